@@ -1,0 +1,1 @@
+"""The concept library: SQLite rows, photo files, learned-token blobs, export and import. No torch here."""
