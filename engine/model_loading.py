@@ -256,3 +256,61 @@ def load_model(
         quantized=quantize,
         fingerprint=model_fingerprint(model),
     )
+
+
+def _quantize_decoder_layers(model: FamiliarChameleon, device: torch.device, dtype: torch.dtype) -> None:
+    """Swap every Linear of the decoder layers for a 4-bit NF4 Linear4bit (quantized on `device`)."""
+    import bitsandbytes as bnb
+
+    for parent in list(model.model.layers.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear:
+                continue
+            quantized = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=dtype,
+                quant_type="nf4",
+                device="meta",
+            )
+            quantized.weight = bnb.nn.Params4bit(
+                child.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True, module=quantized
+            )
+            if child.bias is not None:
+                quantized.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, quantized.to(device))
+    _disable_cpu_repacking(model)
+
+
+def random_model(
+    config: ChameleonConfig, device: torch.device, quantize: bool, dtype: torch.dtype | None = None, seed: int = 0
+) -> LoadedModel:
+    """A model of `config`'s shape with random weights, for benchmarks without a download.
+
+    It uses the demo model's tokenizer for text (the benchmark only needs ids, not meaning) and an
+    untrained VQGAN decoder of the config's shape.
+    """
+    from engine.vqgan import VQGANDecoder
+
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = FamiliarChameleon(config).to(dtype)
+        decoder = VQGANDecoder(config.vq_config).eval()
+    model.model.vqmodel.float()
+    if quantize:
+        _quantize_decoder_layers(model, device, dtype)
+    model.requires_grad_(False).eval()
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir())
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        image_tokenizer=ImageTokenizer(model.model.vqmodel, decoder, config.vocabulary_map),
+        source="random",
+        is_demo=False,
+        device=device,
+        dtype=dtype,
+        quantized=quantize,
+        fingerprint=model_fingerprint(model),
+    )

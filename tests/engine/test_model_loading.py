@@ -94,3 +94,17 @@ def test_memory_estimate_for_the_full_size_model() -> None:
     four_bit = model_loading.estimate_memory(config, torch.device("cpu"), torch.bfloat16, quantize=True)
     full = model_loading.estimate_memory(config, torch.device("cpu"), torch.bfloat16, quantize=False)
     assert 4 * 2**30 < four_bit.needed < 9 * 2**30 < full.needed
+
+
+def test_random_full_size_path_quantizes_and_draws_on_cpu() -> None:
+    """The benchmark's random-weights path, on the demo's shape: 4-bit decoder layers, a usable model."""
+    from engine.assistant import Assistant
+    from engine.generation import Sampling
+
+    config = model_loading.read_config(demo_model_dir())
+    loaded = model_loading.random_model(config, torch.device("cpu"), quantize=True)
+    linear = loaded.model.model.layers[0].self_attn.q_proj
+    assert type(linear).__name__ == "Linear4bit" and linear.weight.bnb_quantized
+    assert not linear.support_avx512bf16_for_cpu
+    picture = Assistant(loaded).generate("a dog", Sampling(seed=0))
+    assert picture.tokens.shape == (loaded.image_tokenizer.tokens_per_image,)
