@@ -90,8 +90,11 @@ class ConceptEmbedding(nn.Module):
         mask = index >= 0
         if not bool(mask.any()):
             return out
-        rows = self._bank.rows("embed").to(out.dtype)[index.clamp(min=0)]
-        return torch.where(mask.unsqueeze(-1), rows, out)
+        # A one-hot matmul rather than indexing: its gradient is a plain matmul, deterministic on CPU,
+        # where the scatter-add behind an indexing gradient is not (runs must repeat exactly for resume).
+        rows = self._bank.rows("embed").to(out.dtype)
+        onehot = nn.functional.one_hot(index.clamp(min=0), rows.shape[0]).to(out.dtype)
+        return torch.where(mask.unsqueeze(-1), onehot @ rows, out)
 
 
 class ConceptHead(nn.Module):
@@ -190,8 +193,8 @@ class ConceptSlots:
         params = self.params(name)
         return ConceptState(
             name=name,
-            embed=params.embed.detach().cpu(),
-            head=params.head.detach().cpu(),
+            embed=params.embed.detach().cpu().clone(),
+            head=params.head.detach().cpu().clone(),
             base_fingerprint=self.fingerprint,
         )
 

@@ -23,16 +23,13 @@ EOI_TOKEN = "<eoss>"
 class ImageTokenizer:
     """Turns images into the vocabulary ids of their image tokens, and such ids back into images."""
 
-    def __init__(
-        self, vqmodel: ChameleonVQVAE, decoder: VQGANDecoder, vocabulary_map: dict[str, int]
-    ) -> None:
+    def __init__(self, vqmodel: ChameleonVQVAE, decoder: VQGANDecoder, vocabulary_map: dict[str, int]) -> None:
         self.vqmodel = vqmodel
         self.decoder = decoder
         num_embeddings = vqmodel.config.num_embeddings
         if decoder.config.num_embeddings != num_embeddings:
             raise EngineError(
-                f"The VQ encoder has {num_embeddings} codes but the decoder has "
-                f"{decoder.config.num_embeddings}."
+                f"The VQ encoder has {num_embeddings} codes but the decoder has {decoder.config.num_embeddings}."
             )
         missing = [name for name in (BOI_TOKEN, EOI_TOKEN) if name not in vocabulary_map]
         if missing:

@@ -56,8 +56,7 @@ def open_image(source: Path | bytes) -> Image.Image:
                     )
                 if min(width, height) < MIN_SIDE:
                     raise ImageError(
-                        f"{name} is only {width}x{height} pixels; images need at least {MIN_SIDE} "
-                        "pixels on each side."
+                        f"{name} is only {width}x{height} pixels; images need at least {MIN_SIDE} pixels on each side."
                     )
                 image.load()
                 return _flatten_to_rgb(ImageOps.exif_transpose(image))
@@ -66,9 +65,7 @@ def open_image(source: Path | bytes) -> Image.Image:
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name} is not an image in a format Familiar can read.") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(
-            f"{name} declares an enormous size (a possible decompression bomb) and was refused."
-        ) from exc
+        raise ImageError(f"{name} declares an enormous size (a possible decompression bomb) and was refused.") from exc
     except Exception as exc:
         raise ImageError(f"{name} is truncated or corrupt and could not be decoded ({exc}).") from exc
 

@@ -54,9 +54,7 @@ class ResnetBlock(nn.Module):
         self.norm2 = _group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
-        self.nin_shortcut = (
-            nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
-        )
+        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -165,8 +163,7 @@ def _validate_config(config: ChameleonVQVAEConfig) -> None:
         problems.append(f"channel_multiplier must be non-empty and positive (got {mults})")
     elif config.resolution <= 0 or config.resolution % 2 ** (len(mults) - 1):
         problems.append(
-            f"resolution {config.resolution} must be a positive multiple of 2**{len(mults) - 1} "
-            f"for {len(mults)} levels"
+            f"resolution {config.resolution} must be a positive multiple of 2**{len(mults) - 1} for {len(mults)} levels"
         )
     if config.num_res_blocks < 0:
         problems.append(f"num_res_blocks must be >= 0 (got {config.num_res_blocks})")
@@ -200,8 +197,7 @@ class VQGANDecoder(nn.Module):
         """LongTensor [B, h*w] of codebook indices -> FloatTensor [B, 3, H, W], roughly in [-1, 1]."""
         if indices.ndim != 2 or indices.shape[1] != self.tokens_per_image:
             raise EngineError(
-                f"Expected codebook indices of shape [batch, {self.tokens_per_image}], "
-                f"got {list(indices.shape)}."
+                f"Expected codebook indices of shape [batch, {self.tokens_per_image}], got {list(indices.shape)}."
             )
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.config.num_embeddings):
             raise EngineError(

@@ -71,9 +71,7 @@ def test_encode_gives_image_token_ids_as_transformers_maps_them(tokenizer: Image
 
 
 def test_decode_inverts_the_mapping(tokenizer: ImageTokenizer) -> None:
-    codes = torch.randint(
-        0, NUM_CODES, (2, tokenizer.tokens_per_image), generator=torch.Generator().manual_seed(2)
-    )
+    codes = torch.randint(0, NUM_CODES, (2, tokenizer.tokens_per_image), generator=torch.Generator().manual_seed(2))
     ids = ChameleonImageVocabularyMapping(vocabulary()).convert_img2bpe(codes).long()
     images = tokenizer.decode(ids)
     with torch.no_grad():

@@ -56,9 +56,7 @@ def random_decoder(config: ChameleonVQVAEConfig, seed: int = 0) -> VQGANDecoder:
 
 def random_indices(config: ChameleonVQVAEConfig, batch: int = 2) -> torch.Tensor:
     side = config.resolution // 2 ** (len(config.channel_multiplier) - 1)
-    return torch.randint(
-        0, config.num_embeddings, (batch, side * side), generator=torch.Generator().manual_seed(1)
-    )
+    return torch.randint(0, config.num_embeddings, (batch, side * side), generator=torch.Generator().manual_seed(1))
 
 
 def write_release_ckpt(model_dir: Path, decoder: VQGANDecoder, **extra: object) -> Path:
