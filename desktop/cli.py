@@ -10,11 +10,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from desktop import __version__, commands_engine
+from desktop import __version__, commands_engine, commands_library
 from engine.errors import EngineError
 from store.errors import StoreError
 
-COMMAND_MODULES = (commands_engine,)
+COMMAND_MODULES = (commands_engine, commands_library)
 
 
 def build_parser() -> argparse.ArgumentParser:

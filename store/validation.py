@@ -1,0 +1,82 @@
+"""Checks on what users and callers hand the store: names, kinds, roles, facts, JSON values."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from store.errors import InvalidValueError
+
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+# Names that would read as the model's own special tokens once written as <name>.
+_RESERVED_NAME = re.compile(r"(image|img|pad|unk|s|bos|eos|sep|mask|reserved\d*|[gu]\d+)", re.IGNORECASE)
+KINDS = ("pet", "person", "object", "place")
+ROLES = ("train", "test", "reference")
+MAX_FACTS_CHARS = 10_000
+MAX_JSON_BYTES = 1 * 2**20
+
+
+def check_name(name: str) -> str:
+    """A concept name usable as `<name>` in prompts: 1-32 letters, digits, `_` or `-`, starting with a letter."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidValueError(
+            f"invalid concept name {name!r}: use 1-32 letters, digits, '_' or '-', starting with a letter"
+        )
+    if _RESERVED_NAME.fullmatch(name):
+        raise InvalidValueError(f"the concept name {name!r} is reserved by the model's prompt format")
+    return name
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise InvalidValueError(f"invalid kind {kind!r}: choose one of {', '.join(KINDS)}")
+    return kind
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidValueError(f"invalid photo role {role!r}: choose one of {', '.join(ROLES)}")
+    return role
+
+
+def check_facts(facts: str) -> str:
+    """Free text the user writes about a concept; surrounding whitespace is dropped."""
+    if not isinstance(facts, str):
+        raise InvalidValueError("facts must be text")
+    facts = facts.strip()
+    if len(facts) > MAX_FACTS_CHARS:
+        raise InvalidValueError(f"facts are {len(facts)} characters; the limit is {MAX_FACTS_CHARS}")
+    if "\x00" in facts:
+        raise InvalidValueError("facts must not contain NUL characters")
+    return facts
+
+
+def to_json(value: Mapping[str, Any], what: str) -> str:
+    """Serialize a JSON object (config, metrics, params) with finite numbers only, keys sorted."""
+    if not isinstance(value, Mapping):
+        raise InvalidValueError(f"{what} must be a JSON object (a dict)")
+    try:
+        text = json.dumps(dict(value), sort_keys=True, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidValueError(f"{what} is not plain JSON with finite numbers: {exc}") from exc
+    if len(text.encode()) > MAX_JSON_BYTES:
+        raise InvalidValueError(f"{what} is over {MAX_JSON_BYTES // 2**20} MB of JSON")
+    return text
+
+
+def check_fraction(value: float, what: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise InvalidValueError(f"{what} must be a number")
+    if not 0.0 <= value <= 1.0:
+        raise InvalidValueError(f"{what} must be between 0 and 1, got {value}")
+    return float(value)
+
+
+def check_count(value: int, what: str, *, maximum: int = 2**63 - 1) -> int:
+    """A whole number from 0 to `maximum` (SQLite's integers are signed 64-bit)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise InvalidValueError(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
+    return value

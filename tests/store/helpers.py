@@ -1,0 +1,84 @@
+"""Shared test helpers: photo and state-file factories, library snapshots."""
+
+from __future__ import annotations
+
+import functools
+import io
+import random
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from safetensors.numpy import save
+
+DREAMBOOTH = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dreambooth"
+FINGERPRINT = "ab" * 32
+
+
+def dreambooth(subject: str, count: int) -> list[Path]:
+    """The first `count` real photos of a DreamBooth subject (the caller skips when absent)."""
+    return sorted((DREAMBOOTH / subject).glob("*.jpg"))[:count]
+
+
+def noise_image(size: tuple[int, int] = (160, 120), seed: int = 0, mode: str = "RGB") -> Image.Image:
+    """A small image whose pixels depend on `seed`, so different seeds never collide as duplicates."""
+    rng = random.Random(seed)
+    pixels = bytes(rng.getrandbits(8) for _ in range(size[0] * size[1] * len(mode)))
+    return Image.frombytes(mode, size, pixels)
+
+
+def write_image(
+    path: Path, seed: int = 0, fmt: str = "JPEG", size: tuple[int, int] = (160, 120), alpha: bool = False, **options
+) -> Path:
+    """Write a noise image file; `options` go to Pillow's save (exif=..., comment=..., pnginfo=...)."""
+    noise_image(size, seed, "RGBA" if alpha else "RGB").save(path, fmt, **options)
+    return path
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt)
+    return out.getvalue()
+
+
+def state_bytes(hidden: int = 8, fingerprint: str = FINGERPRINT, seed: int = 0, **metadata: str) -> bytes:
+    """A concept state file as the engine writes it, made with safetensors itself (no torch).
+
+    safetensors orders header keys at random, so results are cached: the same arguments give the same bytes.
+    """
+    return _state_bytes(hidden, fingerprint, seed, tuple(sorted(metadata.items())))
+
+
+@functools.cache
+def _state_bytes(hidden: int, fingerprint: str, seed: int, metadata: tuple[tuple[str, str], ...]) -> bytes:
+    rng = np.random.default_rng(seed)
+    tensors = {
+        "embed": rng.standard_normal((33, hidden)).astype(np.float32),
+        "head": rng.standard_normal((33, hidden)).astype(np.float32),
+    }
+    meta = {
+        "format": "familiar.concept/1",
+        "base_fingerprint": fingerprint,
+        "name": "bo",
+        "hidden_size": str(hidden),
+        "n_generation": "16",
+        "n_understanding": "16",
+        **dict(metadata),
+    }
+    return save(tensors, metadata=meta)
+
+
+def stored_files(root: Path) -> dict[str, bytes]:
+    """Every file of a library except the database, by relative path, with its bytes."""
+    skip = {"library.db", "library.db-wal", "library.db-shm"}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip
+    }
+
+
+def rows(root: Path) -> dict[str, list[tuple]]:
+    """Every row of every table, read through a fresh connection (what a crash would leave)."""
+    with sqlite3.connect(root / "library.db") as conn:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}

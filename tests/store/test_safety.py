@@ -1,0 +1,240 @@
+"""Safety of data: injected crashes at every step, hard crashes, a full disk, concurrent readers."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from store import faults, files, schema
+from store.errors import LibraryBusyError, StorageFullError
+from store.library import Library
+from tests.store.helpers import rows, state_bytes, stored_files, write_image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Crash(Exception):
+    """The injected failure."""
+
+
+def fault_points(action: Callable[[], object]) -> list[str]:
+    """The fault points `action` reaches, in order."""
+    reached: list[str] = []
+    faults.install(reached.append)
+    try:
+        action()
+    finally:
+        faults.install(None)
+    return reached
+
+
+def crash_at(index: int) -> None:
+    """Raise Crash at the `index`-th fault point reached from now on."""
+    count = iter(range(10**6))
+
+    def hook(name: str) -> None:
+        if next(count) == index:
+            raise Crash(name)
+
+    faults.install(hook)
+
+
+def populated(root: Path, tmp_path: Path) -> Library:
+    """A library holding one concept ('rex') with photos, learned tokens, a run and an image."""
+    library = Library.open(root)
+    library.concepts.add("rex", [write_image(tmp_path / f"rex{i}.jpg", seed=100 + i) for i in range(2)])
+    version = library.tokens.add("rex", state_bytes(seed=9))
+    run = library.runs.start(library.runs.create("rex", {}).id)
+    library.runs.add_checkpoint(run.id, state_bytes(seed=10), step=1, epoch=0)
+    library.runs.finish(run.id, "done")
+    library.gallery.add((tmp_path / "rex0.jpg").read_bytes(), prompt="<rex>", seed=1, version_ids=[version.id])
+    return library
+
+
+def assert_unchanged(library: Library, before_rows: dict, before_files: dict) -> None:
+    assert rows(library.root) == before_rows
+    assert stored_files(library.root) == before_files
+    assert not any(library.layout.tmp.iterdir()) and not any(library.layout.trash.iterdir())
+
+
+ACTIONS: dict[str, Callable[[Library, Path], object]] = {
+    "add concept": lambda lib, tmp: lib.concepts.add(
+        "bo", [write_image(tmp / f"bo{i}.jpg", seed=i) for i in range(3)] + [tmp / "rex0.jpg"], kind="pet"
+    ),
+    "add photos": lambda lib, tmp: lib.concepts.add_photos("rex", [write_image(tmp / "more.png", seed=50, fmt="PNG")]),
+    "add tokens": lambda lib, tmp: lib.tokens.add("rex", state_bytes(seed=11)),
+    "remove concept": lambda lib, tmp: lib.concepts.remove("rex"),
+    "remove photo": lambda lib, tmp: lib.concepts.remove_photo("rex", lib.concepts.photos("rex")[0].sha256),
+    "import": lambda lib, tmp: lib.import_concept(tmp / "rex.familiar", rename="rex2"),
+    "generated image": lambda lib, tmp: lib.gallery.add(
+        (tmp / "rex1.jpg").read_bytes(), prompt="x", seed=2, version_ids=[lib.tokens.active("rex").id]
+    ),
+}
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_a_crash_at_any_step_leaves_the_library_as_it_was(tmp_path: Path, action: str) -> None:
+    library = populated(tmp_path / "lib", tmp_path)
+    library.export_concept("rex", tmp_path / "rex.familiar")
+    before_rows, before_files = rows(library.root), stored_files(library.root)
+    # A dry run on a twin library finds the steps this action goes through.
+    with populated(tmp_path / "twin", tmp_path) as twin:
+        points = fault_points(lambda: ACTIONS[action](twin, tmp_path))
+    assert "commit" in points and len(points) >= 3, points
+    for index, point in enumerate(points):
+        crash_at(index)
+        with pytest.raises(Crash, match=point):
+            ACTIONS[action](library, tmp_path)
+        faults.install(None)
+        assert_unchanged(library, before_rows, before_files)
+    ACTIONS[action](library, tmp_path)  # and with no crash it goes through
+    assert rows(library.root) != before_rows
+    library.close()
+
+
+CRASH_SCRIPT = """
+import os, sys
+from pathlib import Path
+from store import faults
+from store.library import Library
+
+target = sys.argv[2]
+faults.install(lambda name: os._exit(17) if name == target else None)
+with Library.open(sys.argv[1]) as library:
+    library.concepts.add("bo", [Path(p) for p in sys.argv[3:]])
+"""
+
+
+@pytest.mark.parametrize("point", ["staged photos", "placed photos", "placed thumbs", "photo row", "commit"])
+def test_a_hard_crash_is_cleaned_up_when_the_library_next_opens(tmp_path: Path, point: str) -> None:
+    library = populated(tmp_path / "lib", tmp_path)
+    before_rows, before_files = rows(library.root), stored_files(library.root)
+    library.close()
+    photos = [str(write_image(tmp_path / f"bo{i}.jpg", seed=i)) for i in range(3)]
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_SCRIPT, str(tmp_path / "lib"), point, *photos], cwd=REPO, capture_output=True
+    )
+    assert crashed.returncode == 17, crashed.stderr.decode()
+    if point != "staged photos":
+        assert any(p.suffix == ".journal" for p in (tmp_path / "lib" / "tmp").iterdir())
+    with Library.open(tmp_path / "lib") as library:
+        assert rows(library.root) == before_rows
+        leftovers = set(stored_files(library.root)) - set(before_files)
+        # A staged file written before the crash is not yet an hour old: recovery leaves it, GC of
+        # *.part files older than STALE_PART_S removes it later. Nothing else may remain.
+        assert all(name.startswith("tmp/") and name.endswith(".part") for name in leftovers), leftovers
+        assert not any(library.layout.trash.iterdir())
+
+
+def test_full_disk_while_writing_a_file(library: Library, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    library.concepts.add("rex", [write_image(tmp_path / "rex.jpg", seed=1)])
+    before_rows, before_files = rows(library.root), stored_files(library.root)
+    real_write = files._write_durably
+    calls = iter(range(10**6))
+
+    def write_then_fill_up(path: Path, data: bytes) -> None:
+        if next(calls) == 2:  # the second photo: half of it fits, then the disk is full
+            path.write_bytes(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(files, "_write_durably", write_then_fill_up)
+    photos = [write_image(tmp_path / f"bo{i}.jpg", seed=10 + i) for i in range(3)]
+    with pytest.raises(StorageFullError, match="not enough disk space"):
+        library.concepts.add("bo", photos)
+    assert_unchanged(library, before_rows, before_files)
+    monkeypatch.undo()
+    assert library.concepts.add("bo", photos).photo_count == 3
+
+
+def test_full_disk_inside_the_database(library: Library, tmp_path: Path) -> None:
+    library.concepts.add("rex", [write_image(tmp_path / "rex.jpg", seed=1)])
+    before_rows, before_files = rows(library.root), stored_files(library.root)
+    pages = library.db.execute("PRAGMA page_count").fetchone()[0]
+    library.db.execute(f"PRAGMA max_page_count = {pages}")  # the database file cannot grow any more
+    with pytest.raises(StorageFullError, match="not enough disk space"):
+        library.concepts.add("bo", [write_image(tmp_path / "bo.jpg", seed=2)], facts="x" * 9000)
+    assert_unchanged(library, before_rows, before_files)
+
+
+def test_readers_go_on_while_a_writer_holds_the_lock(tmp_path: Path) -> None:
+    writer = populated(tmp_path / "lib", tmp_path)
+    run = writer.runs.start(writer.runs.create("rex", {}).id)
+    with Library.open(tmp_path / "lib") as reader:
+        with writer.change(lock=True):
+            writer.db.execute("UPDATE runs SET progress = 0.5 WHERE id = ?", [run.id])
+            started = time.perf_counter()
+            assert [c.name for c in reader.concepts.list()] == ["rex"]
+            assert reader.runs.get(run.id).progress == 0.0  # the committed state, not the writer's
+            assert time.perf_counter() - started < 1.0
+        assert reader.runs.get(run.id).progress == 0.5
+
+        errors: list[BaseException] = []
+
+        def train() -> None:  # a training run reporting progress from its own thread and connection
+            try:
+                with Library.open(tmp_path / "lib") as own:
+                    for step in range(1, 41):
+                        own.runs.report(run.id, step / 40, step=step)
+                        if step % 10 == 0:
+                            own.runs.add_checkpoint(run.id, state_bytes(seed=step), step=step, epoch=step // 10)
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=train)
+        thread.start()
+        seen = []
+        while thread.is_alive():
+            seen.append(reader.runs.get(run.id).step)
+            assert len(reader.concepts.list()) == 1
+        thread.join()
+        assert errors == []
+        assert seen == sorted(seen) and reader.runs.get(run.id).step == 40
+        assert len(reader.runs.checkpoints(run.id)) == 4
+    writer.close()
+
+
+def test_a_second_writer_gives_up_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = Library.open(tmp_path / "lib")
+    monkeypatch.setattr(schema, "BUSY_TIMEOUT_S", 0.2)
+    with (
+        Library.open(tmp_path / "lib") as other,
+        writer.change(lock=True),
+        pytest.raises(LibraryBusyError, match="busy"),
+    ):
+        other.concepts.add("bo")
+    writer.close()
+
+
+def test_collect_garbage_removes_only_unreferenced_files(library: Library, tmp_path: Path) -> None:
+    library.concepts.add("bo", [write_image(tmp_path / "a.jpg")])
+    library.tokens.add("bo", state_bytes())
+    kept = stored_files(library.root)
+    stray = library.layout.file("photos", "f" * 64, "jpg")
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"left by a crash long ago")
+    (library.layout.runs / "deadbeef").mkdir()
+    old_part = library.layout.tmp / "x.part"
+    old_part.write_bytes(b"partial")
+    an_hour_ago = time.time() - files.STALE_PART_S - 10
+    os.utime(old_part, (an_hour_ago, an_hour_ago))
+    assert library.collect_garbage() == 3
+    assert stored_files(library.root) == kept
+    assert not (library.layout.runs / "deadbeef").exists()
+
+
+def test_store_imports_no_torch_engine_or_qt() -> None:
+    code = (
+        "import sys, store.library, store.archive, desktop.commands_library;"
+        "bad = [m for m in ('torch', 'engine', 'PySide6') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
