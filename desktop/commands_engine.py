@@ -37,6 +37,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
+        "--concept", action="append", default=[], help="load a library concept (mentions <name> load too); repeatable"
+    )
+    parser.add_argument(
         "--concept-file",
         type=Path,
         action="append",
@@ -45,7 +48,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _assistant(args: argparse.Namespace) -> Assistant:
+def _assistant(args: argparse.Namespace, text: str) -> Assistant:
+    """Load the model, then the concepts: files given directly, and library concepts named with
+    --concept or mentioned as <name> in the text."""
+    from desktop.library_concepts import attach_from_library
     from engine.assistant import Assistant
     from engine.concept_state import ConceptState
     from engine.model_loading import load_model
@@ -56,6 +62,12 @@ def _assistant(args: argparse.Namespace) -> Assistant:
         print(f"familiar: note: {assistant.notice}", file=sys.stderr)
     for path in args.concept_file:
         assistant.attach(ConceptState.load(path, loaded.fingerprint))
+    wanted = [n for n in [*args.concept, *assistant.prompts.mentions(text)] if n.lower() not in assistant.slots.names()]
+    if wanted:
+        from store.library import Library
+
+        with Library.open(args.data_dir) as library:
+            attach_from_library(library, assistant, wanted)
     return assistant
 
 
@@ -87,7 +99,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from engine.images import open_image
 
     image = open_image(args.image) if args.image else None
-    assistant = _assistant(args)
+    assistant = _assistant(args, args.question)
     sampling = Sampling(temperature=args.temperature, top_p=0.9, seed=args.seed)
     if args.auto and assistant.wants_image(args.question, image):
         picture = assistant.generate(args.question, sampling, progress=_progress)
@@ -102,7 +114,7 @@ def run_chat(args: argparse.Namespace) -> int:
 def run_generate(args: argparse.Namespace) -> int:
     from engine.generation import Sampling
 
-    assistant = _assistant(args)
+    assistant = _assistant(args, args.prompt)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     picture = assistant.generate(args.prompt, sampling, guidance_scale=args.guidance, progress=_progress)
     _save(picture, args.output, assistant.loaded.source)

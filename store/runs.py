@@ -28,7 +28,12 @@ if TYPE_CHECKING:
 
 STATUSES = ("queued", "running", "cancelled", "failed", "done")
 FINISHED = ("cancelled", "failed", "done")
-_NEXT = {"queued": ("running", "cancelled"), "running": FINISHED}
+_NEXT = {
+    "queued": ("running", "cancelled"),
+    "running": FINISHED,
+    "cancelled": ("running",),
+    "failed": ("running",),
+}
 MAX_MESSAGE_CHARS = 10_000
 
 
@@ -80,7 +85,12 @@ class Runs:
     def start(self, run_id: int) -> Run:
         """queued -> running, owned by this process."""
         now = utc_now()
-        self._move(run_id, "running", {"started_at": now, "pid": os.getpid()})
+        self._move(run_id, "running", {"started_at": now, "pid": os.getpid()}, ("queued",))
+        return self.get(run_id)
+
+    def resume(self, run_id: int) -> Run:
+        """cancelled or failed -> running again, owned by this process (training continues from a checkpoint)."""
+        self._move(run_id, "running", {"pid": os.getpid(), "finished_at": None, "error": None}, ("cancelled", "failed"))
         return self.get(run_id)
 
     def report(
@@ -256,9 +266,9 @@ class Runs:
             raise RunStateError(f"training run {run_id} is {row[0]}, not {' or '.join(allowed)}")
         return str(row[0])
 
-    def _move(self, run_id: int, status: str, changes: dict[str, Any]) -> None:
+    def _move(self, run_id: int, status: str, changes: dict[str, Any], sources: tuple[str, ...] = STATUSES) -> None:
         with self._lib.change(lock=True):
-            current = self._require_status(run_id, *STATUSES)
+            current = self._require_status(run_id, *sources)
             if status not in _NEXT.get(current, ()):
                 raise RunStateError(f"training run {run_id} is {current}; it cannot become {status}")
             self._lib.db["runs"].update(run_id, {**changes, "status": status, "updated_at": utc_now()})

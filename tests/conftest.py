@@ -15,3 +15,11 @@ def dreambooth() -> Path:
     if not (DREAMBOOTH / "dog" / "00.jpg").is_file():
         pytest.skip(f"real photos not found at {DREAMBOOTH} (they live beside the repo, not in it)")
     return DREAMBOOTH
+
+
+@pytest.fixture(autouse=True)
+def private_library(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test's default library is a fresh temporary folder, never the user's real one."""
+    folder = tmp_path_factory.mktemp("library")
+    monkeypatch.setenv("FAMILIAR_DATA", str(folder))
+    return folder

@@ -48,7 +48,7 @@ def test_chat_about_a_photo_with_a_concept_file(
 
 def test_unknown_concept_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["chat", "Where is <nobody>?", "--max-tokens", "4"]) == 2
-    assert "unknown concept <nobody>" in capsys.readouterr().err
+    assert "no concept named 'nobody'" in capsys.readouterr().err
 
 
 def test_foreign_concept_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

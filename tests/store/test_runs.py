@@ -106,3 +106,18 @@ def test_removing_a_concept_waits_for_its_running_run(library: Library) -> None:
     assert not folder.exists()
     assert list((library.root / "tokens").rglob("*.safetensors")) == []
     assert library.runs.list() == []
+
+
+def test_a_cancelled_or_interrupted_run_resumes(library: Library) -> None:
+    library.concepts.add("bo")
+    run = library.runs.start(library.runs.create("bo", {}).id)
+    library.runs.add_checkpoint(run.id, state_bytes(), step=3, epoch=1)
+    library.runs.finish(run.id, "cancelled")
+    resumed = library.runs.resume(run.id)
+    assert (resumed.status, resumed.finished_at, resumed.step) == ("running", None, 0)
+    assert [c.step for c in library.runs.checkpoints(run.id)] == [3]
+    library.runs.finish(run.id, "failed", error="killed")
+    assert library.runs.resume(run.id).error is None
+    library.runs.finish(run.id, "done")
+    with pytest.raises(RunStateError, match="done"):
+        library.runs.resume(run.id)

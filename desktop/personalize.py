@@ -1,0 +1,241 @@
+"""Personalize a concept from the library: build its data, train, checkpoint into the library, select.
+
+Decisions (see docs/training.md): photos with the `test` role are held out for selection; when there
+are none and the concept has three or more photos, its last photo is held out. Negatives are the other
+concepts' photos plus, with an index, the retrieval plan's hard and easy negatives; a fifth of them
+(at least one) is held out for selection. The base model describes each training photo once (greedy,
+no concept loaded) and those descriptions become question-answer targets. Every epoch ends with a
+checkpoint scored on the held-out photos; the best score becomes the concept's active version.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from PIL import Image
+
+from engine.assistant import Assistant
+from engine.concept_state import ConceptState
+from engine.errors import EngineError
+from engine.generation import Sampling
+from engine.images import open_image
+from engine.model_loading import load_model
+from engine.selection import ImageSimilarity, score
+from engine.trainer import Checkpoint, Progress, TrainConfig, Trainer, TrainingCancelled
+from engine.training_data import ConceptData, DataMix, augmentations, build_samples
+from store.library import Library
+from store.models import Run
+
+CLASS_WORDS = {"pet": "animal", "person": "person", "object": "object", "place": "place"}
+CLASS_FACT = re.compile(r"^\s*class\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+DESCRIBE = "Describe this photo in detail."
+ENCODE_BATCH = 8
+REPORT_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    model: str = "demo"
+    device: str = "auto"
+    epochs: int = 15
+    soft_positives: int = 1000
+    seed: int = 0
+    learning_rate: float = 1e-3
+    micro_batch: int = 4
+    negatives: int = 200
+    recognition_per_photo: int = 4
+    generation_per_photo: int = 2
+    qa_repeats: int = 2
+    augment: bool = True
+    describe_photos: bool = True
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built deterministically from the library so a resumed run matches."""
+
+    assistant: Assistant
+    trainer: Trainer
+    held_out: list[list[int]]
+    held_out_negatives: list[list[int]]
+    real_photos: list[Image.Image]
+
+
+def class_word(kind: str, facts: str) -> str:
+    """The word a concept's rows start from: a `class: dog` line in the facts, else the kind's word."""
+    match = CLASS_FACT.search(facts)
+    return match.group(1) if match else CLASS_WORDS.get(kind, "object")
+
+
+def _encode(assistant: Assistant, images: list[Image.Image]) -> list[list[int]]:
+    tokenizer = assistant.loaded.image_tokenizer
+    out: list[list[int]] = []
+    for start in range(0, len(images), ENCODE_BATCH):
+        out += [row.tolist() for row in tokenizer.encode(images[start : start + ENCODE_BATCH])]
+    return out
+
+
+def _start_state(library: Library, assistant: Assistant, name: str, kind: str, facts: str) -> ConceptState:
+    """An instant concept's rows when the concept has one (refine), else the class word's rows."""
+    active = library.tokens.active(name)
+    if active is not None and active.kind == "instant":
+        state = ConceptState.from_bytes(library.tokens.read_bytes(active), assistant.loaded.fingerprint)
+        state.name = name
+        return state
+    return assistant.slots.initial_state(name, assistant.loaded.tokenizer, class_word(kind, facts))
+
+
+def prepare(library: Library, name: str, options: TrainOptions, report: Callable[[str], None]) -> Prepared:
+    concept = library.concepts.get(name)
+    key = concept.name.lower()
+    photos = library.concepts.photos(name)
+    train = [p for p in photos if p.role != "test"]
+    test = [p for p in photos if p.role == "test"]
+    if not test and len(train) >= 3:
+        train, test = train[:-1], train[-1:]
+    if not train:
+        raise EngineError(f"<{concept.name}> has no training photos: add 3-5 photos first")
+    report("loading the model")
+    assistant = Assistant(load_model(options.model, device=options.device))
+    train_images = [open_image(p.path) for p in train]
+    descriptions = []
+    if options.describe_photos:
+        report("describing the photos with the base model")
+        for image in train_images:
+            answer = assistant.chat(DESCRIBE, image, Sampling(temperature=0, seed=0), max_new_tokens=48)
+            descriptions.append("".join(answer).strip())
+    assistant.attach(_start_state(library, assistant, key, concept.kind, concept.facts))
+    report("encoding photos")
+    others = [
+        p for other in library.concepts.list() if other.id != concept.id for p in library.concepts.photos(other.name)
+    ]
+    negatives = _encode(assistant, [open_image(p.path) for p in others[: options.negatives]])
+    held_negatives = max(1, len(negatives) // 5) if negatives else 0
+    data = ConceptData(
+        name=key,
+        kind=concept.kind,
+        photos=_encode(assistant, augmentations(train_images) if options.augment else train_images),
+        negatives=negatives[held_negatives:],
+        facts=concept.facts,
+        descriptions=descriptions,
+    )
+    mix = DataMix(
+        recognition_positive_per_photo=options.recognition_per_photo,
+        recognition_negatives=options.negatives,
+        qa_repeats=options.qa_repeats,
+        generation_per_photo=options.generation_per_photo,
+        soft_positives=options.soft_positives,
+    )
+    samples = build_samples(assistant.prompts, data, mix, options.seed)
+    config = TrainConfig(
+        epochs=options.epochs, learning_rate=options.learning_rate, seed=options.seed, micro_batch=options.micro_batch
+    )
+    return Prepared(
+        assistant=assistant,
+        trainer=Trainer(assistant, key, samples, config),
+        held_out=_encode(assistant, [open_image(p.path) for p in test]),
+        held_out_negatives=negatives[:held_negatives],
+        real_photos=train_images,
+    )
+
+
+def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint]:
+    """The concept's latest interrupted or cancelled run and its last checkpoint."""
+    for run in library.runs.list(name):
+        if run.status in ("failed", "cancelled"):
+            saved = library.runs.checkpoints(run.id)
+            if not saved or saved[-1].optimizer_state is None:
+                break
+            last = saved[-1]
+            checkpoint = Checkpoint(
+                state=ConceptState.load(last.path),
+                optimizer=last.optimizer_state.read_bytes(),
+                step=last.step,
+                epoch=last.epoch,
+            )
+            return run, checkpoint
+        if run.status == "done":
+            break
+    raise EngineError(f"<{name}> has no interrupted training run with a checkpoint to resume")
+
+
+def train_concept(
+    library: Library,
+    name: str,
+    options: TrainOptions,
+    progress: Callable[[Progress], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    status: Callable[[str], None] | None = None,
+    resume: bool = False,
+    similarity: ImageSimilarity | None = None,
+) -> Run:
+    """Train `name` and make the best checkpoint its active version; returns the finished run.
+
+    Cancelling saves a checkpoint and returns the run marked cancelled; `resume=True` continues the
+    latest interrupted or cancelled run from its last checkpoint, with that run's options.
+    """
+    report = status or (lambda _m: None)
+    resume_from = None
+    if resume:
+        run, resume_from = _resumable(library, name)
+        options = TrainOptions(**{**asdict(options), **run.config})
+    prepared = prepare(library, name, options, report)
+    trainer = prepared.trainer
+    if resume_from is None:
+        run = library.runs.create(name, asdict(options))
+    library.runs.start(run.id) if resume_from is None else library.runs.resume(run.id)
+    library.runs.log(run.id, f"{len(trainer.samples)} samples, {trainer.total_steps} steps")
+    last_report = 0.0
+
+    def on_progress(update: Progress) -> None:
+        nonlocal last_report
+        if progress is not None:
+            progress(update)
+        if time.monotonic() - last_report >= REPORT_EVERY_S or update.step == update.total:
+            last_report = time.monotonic()
+            message = f"epoch {update.epoch + 1}, loss {update.loss:.3f}" if update.loss is not None else update.phase
+            library.runs.report(
+                run.id, update.step / update.total, step=update.step, total_steps=update.total, message=message
+            )
+
+    def on_checkpoint(checkpoint: Checkpoint) -> None:
+        report(f"scoring the checkpoint at step {checkpoint.step}")
+        scores = score(
+            prepared.assistant,
+            trainer.name,
+            prepared.held_out,
+            prepared.held_out_negatives,
+            prepared.real_photos,
+            similarity,
+            seed=options.seed,
+        )
+        window = checkpoint.losses[-trainer.steps_per_epoch :]
+        metrics = {**scores.as_dict(), "loss": sum(window) / max(len(window), 1)}
+        optimizer = library.runs.folder(run.id) / f"optimizer-{checkpoint.step:07d}.safetensors"
+        optimizer.write_bytes(checkpoint.optimizer)
+        library.runs.add_checkpoint(
+            run.id,
+            checkpoint.state.to_bytes(),
+            step=checkpoint.step,
+            epoch=checkpoint.epoch,
+            metrics=metrics,
+            optimizer_state=optimizer,
+        )
+        library.runs.log(
+            run.id, f"checkpoint at step {checkpoint.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+        )
+
+    try:
+        trainer.run(on_progress, cancelled, on_checkpoint, resume_from)
+    except TrainingCancelled as stop:
+        library.runs.log(run.id, f"cancelled at step {stop.checkpoint.step}")
+        return library.runs.finish(run.id, "cancelled")
+    except BaseException as exc:
+        library.runs.finish(run.id, "failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    best = max(library.runs.checkpoints(run.id), key=lambda c: (c.metrics.get("score", 0.0), c.step))
+    library.tokens.add_from_checkpoint(best.id)
+    return library.runs.finish(run.id, "done", metrics={**best.metrics, "best_step": best.step})
