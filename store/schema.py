@@ -190,6 +190,10 @@ def upgrade(db: Database, target: int = SCHEMA_VERSION) -> None:
         raise ValueError(f"no schema version {target}")
     where = db.conn.execute("PRAGMA database_list").fetchone()[2] or "memory"
     with storage_errors(where):
+        version = schema_version(db)
+        if version >= target:  # the usual case: no write lock, so opening never waits for a writer
+            _check_openable(db, version, where)
+            return
         while True:
             db.execute("BEGIN IMMEDIATE")
             try:
