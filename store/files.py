@@ -170,9 +170,11 @@ class Change:
         faults.reach("commit")
         with storage_errors(str(self.layout.root)):
             self.db.execute("COMMIT")
-        for _final, trash in self._trashed:
-            trash.unlink(missing_ok=True)
-        self._end_journal()
+        self.locked = False  # committed: from here on nothing is undone
+        with suppress(OSError):  # on failure the journal stays and the next open empties trash/
+            for _final, trash in self._trashed:
+                trash.unlink(missing_ok=True)
+            self._end_journal()
 
     def _abort(self) -> None:
         undone = True

@@ -1,6 +1,7 @@
 """Training runs: config, status, progress, log lines and checkpoints (learned state + step/epoch).
 
-Status moves queued -> running -> done | failed | cancelled (or queued -> cancelled). A run records the
+Status moves queued -> running -> done | failed | cancelled (or queued -> cancelled), and a cancelled or
+failed run can resume (running again; the engine goes on from its last checkpoint). A run records the
 process id that started it; when the library opens, a run still marked running whose process is gone is
 marked failed ("interrupted"), so a crash never leaves a concept locked by a ghost run.
 """

@@ -28,8 +28,7 @@ class StateHeader:
 
     base_fingerprint: str
     hidden_size: int
-    name: str
-    metadata: dict[str, str]
+    name: str  # the concept's name when the file was written (it may have been renamed since)
 
 
 def read_state_header(data: bytes, label: str = "learned-token file") -> StateHeader:
@@ -61,7 +60,7 @@ def read_state_header(data: bytes, label: str = "learned-token file") -> StateHe
     if set(header) != {"embed", "head"}:
         raise TokenFileError(f"{label}: expected tensors 'embed' and 'head', found {sorted(header)}")
     _check_tensors(header, hidden, len(data) - 8 - header_len, label)
-    return StateHeader(fingerprint, hidden, metadata.get("name", ""), dict(metadata))
+    return StateHeader(fingerprint, hidden, metadata.get("name", ""))
 
 
 def _check_tensors(header: dict[str, object], hidden: int, data_len: int, label: str) -> None:

@@ -75,8 +75,8 @@ def check_fraction(value: float, what: str) -> float:
     return float(value)
 
 
-def check_count(value: int, what: str, *, maximum: int = 2**63 - 1) -> int:
-    """A whole number from 0 to `maximum` (SQLite's integers are signed 64-bit)."""
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
-        raise InvalidValueError(f"{what} must be a whole number from 0 to {maximum}, got {value!r}")
+def check_count(value: int, what: str) -> int:
+    """A whole number from 0 to 2**63 - 1 (SQLite's integers are signed 64-bit)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise InvalidValueError(f"{what} must be a whole number from 0 to 2**63 - 1, got {value!r}")
     return value
