@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="teach the model a concept from its photos")
     train.add_argument("name")
     train.add_argument("--epochs", type=int, default=15)
+    train.add_argument("--index", type=Path, help="an offline embedding index for soft positives and negatives")
+    train.add_argument("--soft-positives", type=int, default=1000, help="look-alike images to retrieve (with --index)")
+    train.add_argument("--embedder-weights", type=Path, help="the index's embedder weights (not needed for demo)")
     train.add_argument("--resume", action="store_true", help="continue the last interrupted or cancelled run")
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")
@@ -50,6 +54,9 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         seed=args.seed,
         learning_rate=args.learning_rate,
+        soft_positives=args.soft_positives,
+        index=str(args.index) if args.index else None,
+        embedder_weights=str(args.embedder_weights) if args.embedder_weights else None,
     )
     try:
         with Library.open(args.data_dir) as library:

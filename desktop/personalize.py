@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from engine.assistant import Assistant
@@ -27,7 +29,7 @@ from engine.selection import ImageSimilarity, score
 from engine.trainer import Checkpoint, Progress, TrainConfig, Trainer, TrainingCancelled
 from engine.training_data import ConceptData, DataMix, augmentations, build_samples
 from store.library import Library
-from store.models import Run
+from store.models import Photo, Run
 
 CLASS_WORDS = {"pet": "animal", "person": "person", "object": "object", "place": "place"}
 CLASS_FACT = re.compile(r"^\s*class\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
@@ -51,6 +53,8 @@ class TrainOptions:
     qa_repeats: int = 2
     augment: bool = True
     describe_photos: bool = True
+    index: str | None = None
+    embedder_weights: str | None = None
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Prepared:
     held_out: list[list[int]]
     held_out_negatives: list[list[int]]
     real_photos: list[Image.Image]
+    similarity: ImageSimilarity | None
 
 
 def class_word(kind: str, facts: str) -> str:
@@ -86,6 +91,53 @@ def _start_state(library: Library, assistant: Assistant, name: str, kind: str, f
         state.name = name
         return state
     return assistant.slots.initial_state(name, assistant.loaded.tokenizer, class_word(kind, facts))
+
+
+@dataclass
+class Retrieved:
+    """Soft-positive tiers (token count, images as VQ ids) and retrieved negatives (VQ ids)."""
+
+    tiers: list[tuple[int, list[list[int]]]]
+    negatives: list[list[int]]
+    similarity: ImageSimilarity
+
+
+def retrieve(library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions) -> Retrieved:
+    """Plan soft positives and hard/easy negatives from the offline index, then get their VQ tokens:
+    from the index where it holds tokens for this base model, else by encoding the image file."""
+    from engine.embedder import load_embedder_for
+    from engine.index import EmbeddingIndex, Neighbour
+    from engine.retrieval_plan import ConceptPhoto, PlanSettings, plan_concept, read_concept_photos
+
+    assert options.index is not None
+    index = EmbeddingIndex(Path(options.index))
+    embedder = load_embedder_for(index.embedder, options.embedder_weights, device=assistant.loaded.device)
+    photos, embeddings = read_concept_photos([p.path for p in train], embedder)
+    others = {
+        c.name: [ConceptPhoto(str(p.path), p.sha256) for p in library.concepts.photos(c.name)]
+        for c in library.concepts.list()
+        if c.name.lower() != name
+    }
+    hard = easy = options.negatives // 2
+    settings = PlanSettings(
+        top_n=options.soft_positives, num_hard_negatives=hard, num_easy_negatives=easy, seed=options.seed
+    )
+    plan = plan_concept(name, photos, embeddings, index, others, settings)
+    vq = (plan.index or {}).get("vq") or {}
+    stored = index.vq_tokens if vq.get("model_fingerprint") == assistant.loaded.fingerprint else None
+
+    def tokens(images: list[Neighbour]) -> list[list[int]]:
+        if stored is not None and all(image.row is not None for image in images):
+            return [stored[image.row].tolist() for image in images]
+        return _encode(assistant, [open_image(Path(image.source)) for image in images])
+
+    def similarity(generated: Sequence[Image.Image], real: Sequence[Image.Image]) -> float:
+        """Cosine of each generated image to the normalised mean of the real photos (CLIP-I)."""
+        mean = embedder.embed(list(real)).mean(0)
+        return float((embedder.embed(list(generated)) @ (mean / np.linalg.norm(mean))).mean())
+
+    tiers = [(tier.num_tokens, tokens(tier.images)) for tier in plan.tiers]
+    return Retrieved(tiers, tokens(plan.hard_negatives + plan.easy_negatives), similarity)
 
 
 def prepare(library: Library, name: str, options: TrainOptions, report: Callable[[str], None]) -> Prepared:
@@ -113,6 +165,12 @@ def prepare(library: Library, name: str, options: TrainOptions, report: Callable
         p for other in library.concepts.list() if other.id != concept.id for p in library.concepts.photos(other.name)
     ]
     negatives = _encode(assistant, [open_image(p.path) for p in others[: options.negatives]])
+    tiers: list[tuple[int, list[list[int]]]] = []
+    similarity = None
+    if options.index is not None:
+        report("retrieving look-alikes and negatives from the index")
+        retrieved = retrieve(library, assistant, key, train, options)
+        tiers, negatives, similarity = retrieved.tiers, negatives + retrieved.negatives, retrieved.similarity
     held_negatives = max(1, len(negatives) // 5) if negatives else 0
     data = ConceptData(
         name=key,
@@ -121,10 +179,11 @@ def prepare(library: Library, name: str, options: TrainOptions, report: Callable
         negatives=negatives[held_negatives:],
         facts=concept.facts,
         descriptions=descriptions,
+        soft_positive_tiers=tiers,
     )
     mix = DataMix(
         recognition_positive_per_photo=options.recognition_per_photo,
-        recognition_negatives=options.negatives,
+        recognition_negatives=len(data.negatives),
         qa_repeats=options.qa_repeats,
         generation_per_photo=options.generation_per_photo,
         soft_positives=options.soft_positives,
@@ -139,6 +198,7 @@ def prepare(library: Library, name: str, options: TrainOptions, report: Callable
         held_out=_encode(assistant, [open_image(p.path) for p in test]),
         held_out_negatives=negatives[:held_negatives],
         real_photos=train_images,
+        similarity=similarity,
     )
 
 
@@ -209,7 +269,7 @@ def train_concept(
             prepared.held_out,
             prepared.held_out_negatives,
             prepared.real_photos,
-            similarity,
+            similarity or prepared.similarity,
             seed=options.seed,
         )
         window = checkpoint.losses[-trainer.steps_per_epoch :]

@@ -133,3 +133,35 @@ def test_killed_run_resumes_to_the_same_step_count_and_the_concept_works(
     assert capsys.readouterr().out.strip()
     assert main(["--data-dir", str(data), "chat", "Is <mimi> here?", "--max-tokens", "4"]) == 2
     assert "no learned tokens yet" in capsys.readouterr().err
+
+
+def test_training_with_an_index_uses_soft_positives_and_image_similarity(
+    library: Library, dreambooth: Path, tmp_path: Path
+) -> None:
+    from engine.embedder import load_embedder
+    from engine.index import ImageTokenSource, build_index
+    from engine.model_loading import load_model
+
+    pool = tmp_path / "pool"
+    for subject in ("dog2", "dog3", "backpack", "can"):
+        (pool / subject).mkdir(parents=True)
+        for photo in sorted((dreambooth / subject).glob("*.jpg"))[:2]:
+            (pool / subject / photo.name).write_bytes(photo.read_bytes())
+    loaded = load_model("demo", device="cpu")
+    tokens = ImageTokenSource(loaded.image_tokenizer, loaded.fingerprint, loaded.source)
+    build_index(pool, tmp_path / "index", load_embedder("demo"), tokens)
+
+    def samples(run_id: int) -> int:
+        first = library.runs.log_lines(run_id)[0].message  # "<n> samples, <m> steps"
+        return int(first.split(" samples")[0])
+
+    options = replace(QUICK, epochs=1, index=str(tmp_path / "index"), soft_positives=4, negatives=2)
+    plain = train_concept(library, "bo", replace(options, index=None))
+    run = train_concept(library, "bo", options)
+    assert run.status == "done"
+    metrics = library.runs.checkpoints(run.id)[-1].metrics
+    assert -1.0 <= metrics["image_similarity"] <= 1.0
+    assert metrics["score"] == pytest.approx((metrics["recognition"] + metrics["image_similarity"]) / 2)
+    assert "image_similarity" not in library.runs.checkpoints(plain.id)[-1].metrics
+    # 4 soft positives plus up to 2 retrieved negatives (one each hard and easy, a fifth held out)
+    assert 4 <= samples(run.id) - samples(plain.id) <= 6
