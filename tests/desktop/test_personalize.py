@@ -165,3 +165,21 @@ def test_training_with_an_index_uses_soft_positives_and_image_similarity(
     assert "image_similarity" not in library.runs.checkpoints(plain.id)[-1].metrics
     # 4 soft positives plus up to 2 retrieved negatives (one each hard and easy, a fifth held out)
     assert 4 <= samples(run.id) - samples(plain.id) <= 6
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(library: Library) -> None:
+    data = library.layout.root
+    process = _familiar("train", "bo", "--epochs", "3", "--device", "cpu", data=data)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        runs = library.runs.list("bo")
+        if runs and runs[0].status == "running" and runs[0].step >= 1:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "familiar train bo --resume" in err and "Traceback" not in err
+    run = library.runs.list("bo")[0]
+    assert run.status == "cancelled"
+    assert library.runs.checkpoints(run.id)[-1].optimizer_state is not None
