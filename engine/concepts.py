@@ -70,10 +70,10 @@ class _Bank:
         return torch.cat([getattr(p, which) for p in self.params.values()])
 
 
-class ConceptEmbedding(nn.Module):
-    """Input embedding whose slot ids read from the attached concepts' rows."""
+class _SlotWrapper(nn.Module):
+    """A base layer (kept as `base`, never written) plus the attached concepts' rows."""
 
-    def __init__(self, base: nn.Embedding, bank: _Bank) -> None:
+    def __init__(self, base: nn.Module, bank: _Bank) -> None:
         super().__init__()
         self.base = base
         self._bank = bank
@@ -81,6 +81,10 @@ class ConceptEmbedding(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         return self.base.weight
+
+
+class ConceptEmbedding(_SlotWrapper):
+    """Input embedding whose slot ids read from the attached concepts' rows."""
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         out = self.base(input_ids)
@@ -97,17 +101,8 @@ class ConceptEmbedding(nn.Module):
         return torch.where(mask.unsqueeze(-1), onehot @ rows, out)
 
 
-class ConceptHead(nn.Module):
+class ConceptHead(_SlotWrapper):
     """Output head whose slot logits come from the attached concepts' head rows."""
-
-    def __init__(self, base: nn.Linear, bank: _Bank) -> None:
-        super().__init__()
-        self.base = base
-        self._bank = bank
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.base(hidden)
