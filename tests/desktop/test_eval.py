@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -84,10 +83,10 @@ def test_report_renders_tables_and_charts(tmp_path: Path) -> None:
 def test_a_missing_model_path_is_a_clear_error_before_training(
     dreambooth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    start = time.monotonic()
     code = main(["eval", str(dreambooth), "--concepts", "dog", "cat", "-o", str(tmp_path), "--dino", "/no/dino"])
-    assert code == 2 and "DINO model folder /no/dino does not exist" in capsys.readouterr().err
-    assert time.monotonic() - start < 10 and not (tmp_path / "report.md").exists()
+    err = capsys.readouterr().err
+    assert code == 2 and "DINO model folder /no/dino does not exist" in err
+    assert "training" not in err and not (tmp_path / "report.md").exists()
 
 
 def test_end_to_end_on_two_dreambooth_subjects(
@@ -103,11 +102,9 @@ def test_end_to_end_on_two_dreambooth_subjects(
         json.dumps([{"concept": "dog", "question": "What is <dog>?", "options": ["a dog", "a cat"], "answer": 0}])
     )
     out = tmp_path / "report"
-    start = time.monotonic()
     argv = ["eval", str(dreambooth), "--concepts", "dog", "cat", "-o", str(out), "--epochs", "1", "--images", "1"]
     argv += ["--clip", str(tiny_clip(tmp_path / "clip")), "--dino", str(tiny_dino(tmp_path / "dino")), "--qa", str(qa)]
     assert main(argv) == 0
-    elapsed = time.monotonic() - start
     assert "recognition" in capsys.readouterr().err  # the progress bar
     results = json.loads((out / "results.json").read_text())
     assert results["base_model_untouched"] == {"passed": True, "max_abs_logit_difference": 0.0}
@@ -123,4 +120,3 @@ def test_end_to_end_on_two_dreambooth_subjects(
     assert (out / dog["images"][0]).is_file()
     report = (out / "report.md").read_text()
     assert "## Recognition" in report and "| dog |" in report and "![training](training.png)" in report
-    assert elapsed < 60
