@@ -10,11 +10,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from desktop import __version__, commands_engine, commands_eval, commands_index, commands_library, commands_train
+from desktop import (
+    __version__,
+    commands_app,
+    commands_engine,
+    commands_eval,
+    commands_index,
+    commands_library,
+    commands_train,
+)
 from engine.errors import EngineError
 from store.errors import StoreError
 
-COMMAND_MODULES = (commands_engine, commands_library, commands_train, commands_index, commands_eval)
+COMMAND_MODULES = (commands_engine, commands_library, commands_train, commands_index, commands_eval, commands_app)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,348 @@
+"""The chat: questions with `<concept>` mentions and an optional photo; answers stream in piece by piece;
+pictures appear inline (save, copy) and in the gallery. In Auto mode the model itself chooses between
+answering and drawing (`Assistant.wants_image`)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QImage
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.app.engine_host import EngineHost
+from desktop.app.mentions import MentionEdit
+from desktop.app.tasks import Report
+from desktop.app.widgets import fitted_pixmap, heading, square_pixmap
+from store.library import Library
+from store.models import GeneratedImage as StoredImage
+
+if TYPE_CHECKING:
+    from desktop.conversation import Reply
+    from engine.assistant import Assistant
+
+MODES = {"auto": "Auto: the model decides", "answer": "Answer in words", "draw": "Draw a picture"}
+IMAGE_SIDE = 320
+PHOTO_SIDE = 120
+DRAW_REPORT_EVERY = 32
+
+
+class TextBubble(QFrame):
+    """One message; the assistant's grows as pieces arrive."""
+
+    def __init__(self, text: str, mine: bool) -> None:
+        super().__init__()
+        self.setObjectName("bubble")
+        colour = "#dbe8ff" if mine else "#f1f1f1"
+        self.setStyleSheet(f"#bubble {{ background: {colour}; border-radius: 8px; }}")
+        self.layout_ = QVBoxLayout(self)
+        self.label = QLabel(text)
+        self.label.setTextFormat(Qt.TextFormat.PlainText)
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.layout_.addWidget(self.label)
+
+    def append(self, piece: str) -> None:
+        self.label.setText(self.label.text() + piece)
+
+
+class ImageBubble(QFrame):
+    """A generated picture with its prompt and seed, and Save / Copy buttons."""
+
+    def __init__(self, image: StoredImage) -> None:
+        super().__init__()
+        self.image = image
+        self.setObjectName("bubble")
+        self.setStyleSheet("#bubble { background: #f1f1f1; border-radius: 8px; }")
+        layout = QVBoxLayout(self)
+        picture = QLabel()
+        picture.setPixmap(fitted_pixmap(image.path, IMAGE_SIDE))
+        picture.setToolTip(image.prompt)
+        layout.addWidget(picture)
+        caption = QLabel(f"seed {image.seed} \u00b7 kept in the gallery")
+        caption.setStyleSheet("color: #555;")
+        layout.addWidget(caption)
+        buttons = QHBoxLayout()
+        save = QPushButton("Save\u2026")
+        save.clicked.connect(self._ask_save)
+        copy = QPushButton("Copy")
+        copy.clicked.connect(self.copy)
+        buttons.addWidget(save)
+        buttons.addWidget(copy)
+        buttons.addStretch(1)
+        layout.addLayout(buttons)
+
+    def save_to(self, target: Path) -> None:
+        """Copy the stored PNG (with its prompt, seed and model text chunks)."""
+        shutil.copyfile(self.image.path, target)
+
+    def copy(self) -> None:
+        QGuiApplication.clipboard().setImage(QImage(str(self.image.path)))
+
+    def _ask_save(self) -> None:
+        target, _ = QFileDialog.getSaveFileName(
+            self, "Save picture", str(Path.home() / f"familiar-{self.image.seed}.png"), "PNG (*.png)"
+        )
+        if target:
+            self.save_to(Path(target))
+
+
+class DrawingBubble(QFrame):
+    """Shown while a picture is being drawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Drawing\u2026"))
+        self.bar = QProgressBar()
+        layout.addWidget(self.bar)
+
+    def step(self, done: int, total: int) -> None:
+        self.bar.setRange(0, total)
+        self.bar.setValue(done)
+
+
+class ChatView(QWidget):
+    """The conversation. `image_added` fires when a picture lands in the gallery."""
+
+    image_added = Signal()
+
+    def __init__(self, library: Library, engine: EngineHost) -> None:
+        super().__init__()
+        self.library = library
+        self.engine = engine
+        self.photo: Path | None = None
+        self.reply: QWidget | None = None
+        self.reply_row: QHBoxLayout | None = None
+        self.busy = False
+        self.setAcceptDrops(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(heading("Chat"))
+        self.transcript_host = QWidget()
+        self.transcript = QVBoxLayout(self.transcript_host)
+        self.transcript.addStretch(1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setWidget(self.transcript_host)
+        layout.addWidget(self.scroll, 1)
+
+        self.attachment = QFrame()
+        row = QHBoxLayout(self.attachment)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.attachment_image = QLabel()
+        self.attachment_name = QLabel()
+        remove = QToolButton()
+        remove.setText("\u2715")
+        remove.setToolTip("Remove the photo")
+        remove.clicked.connect(self.clear_photo)
+        row.addWidget(self.attachment_image)
+        row.addWidget(self.attachment_name)
+        row.addWidget(remove)
+        row.addStretch(1)
+        self.attachment.hide()
+        layout.addWidget(self.attachment)
+
+        inputs = QHBoxLayout()
+        photo = QPushButton("Photo\u2026")
+        photo.setToolTip("Attach a photo to your question (or drop one here)")
+        photo.clicked.connect(self._pick_photo)
+        inputs.addWidget(photo)
+        self.edit = MentionEdit()
+        self.edit.setPlaceholderText("Ask about a photo, or describe a picture; type < to mention a concept")
+        self.edit.returnPressed.connect(self.send)
+        inputs.addWidget(self.edit, 1)
+        self.mode = QComboBox()
+        for key, label in MODES.items():
+            self.mode.addItem(label, key)
+        inputs.addWidget(self.mode)
+        self.send_button = QPushButton("Send")
+        self.send_button.clicked.connect(self.send)
+        inputs.addWidget(self.send_button)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.engine.cancel)
+        inputs.addWidget(self.stop_button)
+        layout.addLayout(inputs)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Offer the trained concepts' names for `<` mentions."""
+        self.edit.set_names([c.name for c in self.library.concepts.list() if c.active is not None])
+
+    def mention(self, name: str) -> None:
+        self.edit.setText(f"{self.edit.text()} <{name}> ".lstrip())
+        self.edit.setFocus()
+
+    def attach_photo(self, path: Path) -> bool:
+        """Attach a photo to the next question; False (with a note in the transcript) if it is unreadable."""
+        thumb = square_pixmap(path, 48)
+        if thumb.isNull():
+            self._note(f"{path.name} is not a photo that can be read")
+            return False
+        self.photo = path
+        self.attachment_image.setPixmap(thumb)
+        self.attachment_name.setText(path.name)
+        self.attachment.show()
+        return True
+
+    def clear_photo(self) -> None:
+        self.photo = None
+        self.attachment.hide()
+
+    def send(self) -> None:
+        """Ask the model: the turn runs on the model's thread; pieces stream back as signals."""
+        question = self.edit.text().strip()
+        if not question or self.busy:
+            return
+        photo, mode = self.photo, self.mode.currentData()
+        self._user_message(question, photo)
+        self.edit.clear()
+        self.clear_photo()
+        waiting = "\u2026" if self.engine.state == "ready" else "Waiting for the model to load\u2026"
+        self.reply = TextBubble(waiting, False)
+        self.reply.setProperty("placeholder", True)
+        self.reply_row = self._add(self.reply)
+        self._set_busy(True)
+
+        def job(library: Library, assistant: Assistant, attached: dict[str, int], report: Report) -> Reply | None:
+            from desktop.conversation import take_turn
+            from engine.generation import GenerationCancelled
+
+            def drawing(done: int, total: int) -> None:
+                if done == 1 or done % DRAW_REPORT_EVERY == 0 or done == total:
+                    report(("draw", done, total))
+
+            report(("start", None, None))
+            try:
+                return take_turn(
+                    library,
+                    assistant,
+                    attached,
+                    question,
+                    photo,
+                    mode,
+                    on_text=lambda piece: report(("text", piece, None)),
+                    on_drawing=drawing,
+                    cancelled=self.engine.cancel_event.is_set,
+                )
+            except GenerationCancelled:
+                return None
+
+        self.engine.submit(job, done=self._answered, failed=self._failed, progress=self._piece)
+
+    def _piece(self, update: tuple[str, object, object]) -> None:
+        kind, value, total = update
+        if kind == "start" and isinstance(self.reply, TextBubble):
+            self.reply.label.setText("\u2026")
+        elif kind == "text":
+            if self.reply is not None and self.reply.property("placeholder"):
+                self._replace(TextBubble("", False))
+            if isinstance(self.reply, TextBubble):
+                self.reply.append(str(value))
+                self._scroll_down()
+        elif kind == "draw":
+            if not isinstance(self.reply, DrawingBubble):
+                self._replace(DrawingBubble())
+            assert isinstance(self.reply, DrawingBubble)
+            self.reply.step(int(value), int(total))
+
+    def _answered(self, reply: Reply | None) -> None:
+        if reply is None:
+            self._finish_text(" (stopped)")
+        elif reply.kind == "image" and reply.image is not None:
+            self._replace(ImageBubble(reply.image))
+            self.image_added.emit()
+        elif self.reply is not None and self.reply.property("placeholder"):
+            self._replace(TextBubble(reply.text or "(no words came out)", False))
+        self._end_turn()
+
+    def _failed(self, message: str) -> None:
+        bubble = TextBubble(message, False)
+        bubble.setStyleSheet("#bubble { background: #fde8e8; border-radius: 8px; }")
+        self._replace(bubble)
+        self._end_turn()
+
+    def _end_turn(self) -> None:
+        self.reply = self.reply_row = None
+        self._set_busy(False)
+
+    def _finish_text(self, suffix: str) -> None:
+        if isinstance(self.reply, TextBubble) and not self.reply.property("placeholder"):
+            self.reply.append(suffix)
+        else:
+            self._replace(TextBubble(suffix.strip(), False))
+
+    def _user_message(self, question: str, photo: Path | None) -> None:
+        bubble = TextBubble(question, True)
+        if photo is not None:
+            image = QLabel()
+            image.setPixmap(fitted_pixmap(photo, PHOTO_SIDE))
+            bubble.layout_.addWidget(image)
+        self._add(bubble, mine=True)
+
+    def _note(self, text: str) -> None:
+        note = QLabel(text)
+        note.setStyleSheet("color: #9b1c1c;")
+        self._add(note)
+
+    def _add(self, widget: QWidget, mine: bool = False) -> QHBoxLayout:
+        row = QHBoxLayout()
+        if mine:
+            row.addStretch(1)
+        row.addWidget(widget, 4)
+        if not mine:
+            row.addStretch(1)
+        self.transcript.insertLayout(self.transcript.count() - 1, row)
+        self._scroll_down()
+        return row
+
+    def _replace(self, widget: QWidget) -> None:
+        """Put `widget` where the pending reply is (a placeholder, a drawing in progress)."""
+        if self.reply is None or self.reply_row is None:
+            self.reply_row = self._add(widget)
+        else:
+            self.reply_row.replaceWidget(self.reply, widget)
+            self.reply.setParent(None)
+            self.reply.deleteLater()
+        self.reply = widget
+
+    def _scroll_down(self) -> None:
+        QTimer.singleShot(
+            0, lambda: self.scroll.verticalScrollBar().setValue(self.scroll.verticalScrollBar().maximum())
+        )
+
+    def _set_busy(self, busy: bool) -> None:
+        self.busy = busy
+        self.send_button.setEnabled(not busy)
+        self.stop_button.setEnabled(busy)
+
+    def _pick_photo(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Attach a photo", str(Path.home()), "Photos (*.jpg *.jpeg *.png *.webp);;All files (*)"
+        )
+        if path:
+            self.attach_photo(Path(path))
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        local = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+        if local:
+            event.acceptProposedAction()
+            self.attach_photo(local[0])

@@ -1,0 +1,121 @@
+"""The loaded model, owned by one worker thread: loading, chat turns and drawing run there in order.
+
+Engine modules are imported inside the jobs (in the worker), never at import time, so the window shows
+before torch is imported. Jobs queue on a single thread: a turn asked for while the model is still
+loading simply waits behind the load."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QObject, Signal
+
+from desktop.app.settings import AppSettings
+from desktop.app.tasks import Report, Runner
+
+if TYPE_CHECKING:
+    from engine.assistant import Assistant
+    from store.library import Library
+
+HOW_TO_SET_A_MODEL = (
+    "To use a real model, open Settings, choose a Chameleon-family model folder (for example "
+    "Anole-7b-v0.1-hf with the original release's tokenizer/ folder copied into it) and press "
+    "\u201cCheck and load\u201d."
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the status bar and the demo banner need to know about the loaded model."""
+
+    source: str
+    device: str
+    is_demo: bool
+    quantized: bool
+    notice: str | None
+
+
+class EngineHost(QObject):
+    """Loads the model in the background and runs jobs that need it, one at a time."""
+
+    status = Signal(str)
+    ready = Signal(object)
+    failed = Signal(str)
+
+    def __init__(self, data_dir: Path, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.data_dir = data_dir
+        self.runner = Runner(1, self)
+        self.state = "idle"
+        self.info: ModelInfo | None = None
+        self.cancel_event = threading.Event()
+        self._assistant: Assistant | None = None
+        self._attached: dict[str, int] = {}
+
+    def load(self, settings: AppSettings) -> None:
+        """Load (or reload) the model that `settings` names."""
+        self.state = "loading"
+        self.info = None
+        self.status.emit(f"Loading {'the demo model' if settings.model == 'demo' else settings.model}\u2026")
+        self.runner.submit(
+            lambda report: self._load(settings, report), done=self._loaded, failed=self._failed, progress=self._status
+        )
+
+    def _load(self, settings: AppSettings, report: Report) -> ModelInfo:
+        from engine.assistant import Assistant
+        from engine.model_loading import load_model
+
+        self._assistant = None
+        self._attached.clear()
+        loaded = load_model(settings.model, device=settings.device, quantize=settings.quantize, progress=report)
+        self._assistant = Assistant(loaded)
+        return ModelInfo(
+            source=loaded.source,
+            device=str(loaded.device),
+            is_demo=loaded.is_demo,
+            quantized=loaded.quantized,
+            notice=self._assistant.notice,
+        )
+
+    def _status(self, message: object) -> None:
+        self.status.emit(str(message))
+
+    def _loaded(self, info: ModelInfo) -> None:
+        self.state = "ready"
+        self.info = info
+        self.status.emit(f"Model ready: {'demo model' if info.is_demo else info.source} on {info.device}")
+        self.ready.emit(info)
+
+    def _failed(self, message: str) -> None:
+        self.state = "failed"
+        self.status.emit(f"The model could not be loaded: {message}")
+        self.failed.emit(message)
+
+    def submit(
+        self,
+        job: Callable[[Library, Assistant, dict[str, int], Report], Any],
+        done: Callable[[Any], None],
+        failed: Callable[[str], None],
+        progress: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Run `job(library, assistant, attached, report)` on the model's thread, with a Library opened
+        there (a Library holds one SQLite connection and must stay in its thread)."""
+        self.cancel_event.clear()
+        self.runner.submit(lambda report: self._run(job, report), done=done, failed=failed, progress=progress)
+
+    def _run(self, job: Callable[[Library, Assistant, dict[str, int], Report], Any], report: Report) -> Any:
+        from engine.errors import EngineError
+        from store.library import Library
+
+        if self._assistant is None:
+            raise EngineError("the model is not loaded; check the model folder in Settings")
+        with Library.open(self.data_dir) as library:
+            return job(library, self._assistant, self._attached, report)
+
+    def cancel(self) -> None:
+        """Ask the running chat or drawing to stop at its next step."""
+        self.cancel_event.set()

@@ -1,0 +1,233 @@
+"""The main window: a navigation list, the views in a stack, the demo banner and the model status.
+
+Construction is cheap (no torch): the model loads on the engine's thread after the window is built."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QCoreApplication, QSize, QTimer
+from PySide6.QtGui import QCloseEvent
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QProgressBar,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.app.chat_view import ChatView
+from desktop.app.engine_host import HOW_TO_SET_A_MODEL, EngineHost, ModelInfo
+from desktop.app.gallery_view import GalleryView
+from desktop.app.history import resumable_run
+from desktop.app.library_view import LibraryView
+from desktop.app.settings import AppSettings
+from desktop.app.settings_view import SettingsView
+from desktop.app.tasks import Runner
+from desktop.app.training import TrainingController
+from desktop.app.training_view import TrainingView
+from desktop.app.widgets import Banner
+from desktop.app.wizard import ConceptWizard
+from store.library import Library
+
+PAGES = ("Library", "Chat", "Training", "Gallery", "Settings")
+DEMO_BANNER = (
+    "Familiar is running its small untrained demo model: every answer and picture it makes is noise until a "
+    "real model is set. "
+)
+
+
+@dataclass
+class AppContext:
+    """Where things are and what tests may inject (`train_overrides` are TrainOptions fields)."""
+
+    data_dir: Path
+    settings_path: Path
+    settings: AppSettings
+    folder_override: str | None = None
+    train_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+class MainWindow(QMainWindow):
+    """Familiar's window. `idle()` is true once the model has loaded (or failed) and no work is running."""
+
+    def __init__(self, context: AppContext) -> None:
+        super().__init__()
+        self.context = context
+        self.setWindowTitle("Familiar")
+        self.resize(QSize(1120, 780))
+        self.library = Library.open(context.data_dir)
+        self.engine = EngineHost(context.data_dir, self)
+        self.work = Runner(2, self)
+        self.training = TrainingController(context.data_dir, context.train_overrides, self)
+        self._closing = False
+
+        self.settings_view = SettingsView(
+            context.settings, context.settings_path, context.data_dir, context.folder_override, self.work
+        )
+        self.library_view = LibraryView(self.library)
+        self.chat_view = ChatView(self.library, self.engine)
+        self.training_view = TrainingView(self.library, self.training, self.engine, lambda: self.settings_view.settings)
+        self.gallery_view = GalleryView(self.library)
+        self.wizard = ConceptWizard(
+            self.library, self.work, instant_available=importlib.util.find_spec("engine.aligner") is not None
+        )
+        self.views: dict[str, QWidget] = {
+            "Library": self.library_view,
+            "Chat": self.chat_view,
+            "Training": self.training_view,
+            "Gallery": self.gallery_view,
+            "Settings": self.settings_view,
+            "Add concept": self.wizard,
+        }
+        self._build()
+        self._connect()
+        self._offer_resume()
+        # Start loading once the window has been shown and painted: the first import of torch in the
+        # worker holds the interpreter lock for a few hundred milliseconds at a time.
+        QTimer.singleShot(0, lambda: self.engine.load(context.settings))
+
+    def _build(self) -> None:
+        central = QWidget()
+        outer = QVBoxLayout(central)
+        self.demo_banner = Banner(DEMO_BANNER + HOW_TO_SET_A_MODEL, "warning", action="Open Settings")
+        self.demo_banner.hide()
+        self.error_banner = Banner("", "error", action="Open Settings")
+        self.error_banner.hide()
+        self.resume_banner = Banner("", "info", action="Resume")
+        self.resume_banner.hide()
+        for banner in (self.demo_banner, self.error_banner, self.resume_banner):
+            outer.addWidget(banner)
+        body = QHBoxLayout()
+        self.nav = QListWidget()
+        self.nav.addItems(PAGES)
+        self.nav.setFixedWidth(140)
+        self.nav.setStyleSheet("QListWidget { font-size: 14px; } QListWidget::item { padding: 8px; }")
+        body.addWidget(self.nav)
+        self.stack = QStackedWidget()
+        for view in self.views.values():
+            self.stack.addWidget(view)
+        body.addWidget(self.stack, 1)
+        outer.addLayout(body, 1)
+        self.setCentralWidget(central)
+        self.model_status = QLabel()
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setFixedWidth(120)
+        self.statusBar().addWidget(self.model_status, 1)
+        self.statusBar().addPermanentWidget(self.busy)
+        self.nav.setCurrentRow(0)
+
+    def _connect(self) -> None:
+        self.nav.currentTextChanged.connect(lambda page: page and self.stack.setCurrentWidget(self.views[page]))
+        for banner in (self.demo_banner, self.error_banner):
+            banner.action.connect(lambda: self.show_page("Settings"))
+        self.engine.status.connect(self.model_status.setText)
+        self.engine.ready.connect(self._model_ready)
+        self.engine.failed.connect(self._model_failed)
+        self.library_view.add.connect(lambda: self.show_page("Add concept"))
+        self.library_view.train.connect(lambda name: self.train(name))
+        self.library_view.resume.connect(lambda name: self.train(name, resume=True))
+        self.library_view.chat.connect(self._chat_about)
+        self.wizard.created.connect(self._concept_added)
+        self.wizard.cancelled.connect(lambda: self.show_page("Library"))
+        self.training_view.changed.connect(self.refresh)
+        self.training.finished.connect(self._training_ended)
+        self.training.failed.connect(self._training_ended)
+        self.chat_view.image_added.connect(self.gallery_view.refresh)
+        self.settings_view.model_chosen.connect(self._load_model)
+
+    def _offer_resume(self) -> None:
+        """After a restart, point at a training run that stopped early (the newest one) and offer Resume."""
+        stopped = [run for c in self.library.concepts.list() if (run := resumable_run(self.library, c.name))]
+        if not stopped:
+            return
+        run = max(stopped, key=lambda r: r.updated_at)
+        how = "was cancelled" if run.status == "cancelled" else "was interrupted"
+        self.resume_banner.label.setText(
+            f"Training <{run.concept}> {how} at step {run.step} of {run.total_steps}. Its checkpoint is saved: "
+            "Resume continues from there."
+        )
+        self.resume_banner.action.connect(lambda: (self.resume_banner.hide(), self.train(run.concept, resume=True)))
+        self.resume_banner.show()
+
+    def show_page(self, page: str) -> None:
+        if page in PAGES:
+            self.nav.setCurrentRow(PAGES.index(page))
+        else:
+            self.nav.clearSelection()
+        self.stack.setCurrentWidget(self.views[page])
+
+    def train(self, name: str, resume: bool = False) -> None:
+        self.show_page("Training")
+        self.training_view.start(name, resume=resume)
+
+    def refresh(self) -> None:
+        """Re-read the library into every view (after a concept is added or a run ends)."""
+        if self._closing:
+            return
+        self.library_view.refresh()
+        self.chat_view.refresh()
+        self.gallery_view.refresh()
+
+    def idle(self) -> bool:
+        return (
+            self.engine.state in ("ready", "failed")
+            and not self.engine.runner.busy
+            and not self.training.running
+            and not self.work.busy
+            and not self.wizard.checker.busy
+        )
+
+    def _concept_added(self, name: str, train: bool) -> None:
+        self.refresh()
+        self.training_view.refresh()
+        if train:
+            self.train(name)
+        else:
+            self.show_page("Library")
+
+    def _chat_about(self, name: str) -> None:
+        self.show_page("Chat")
+        self.chat_view.mention(name)
+
+    def _load_model(self, settings: AppSettings) -> None:
+        self.demo_banner.hide()
+        self.error_banner.hide()
+        self.busy.show()
+        self.engine.load(settings)
+
+    def _model_ready(self, info: ModelInfo) -> None:
+        self.busy.hide()
+        self.demo_banner.setVisible(info.is_demo)
+
+    def _model_failed(self, message: str) -> None:
+        self.busy.hide()
+        self.error_banner.label.setText(f"The model could not be loaded: {message}")
+        self.error_banner.show()
+
+    def _training_ended(self, _result: object) -> None:
+        if self._closing:
+            self.close()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        """A running training run is cancelled first (which saves a checkpoint); then the window closes."""
+        if self.training.running:
+            self._closing = True
+            self.training.cancel()
+            self.model_status.setText("Saving a checkpoint of the training run before closing\u2026")
+            event.ignore()
+            return
+        self._closing = True
+        self.engine.cancel()
+        for runner in (self.engine.runner, self.work, self.wizard.checker, self.training.runner):
+            runner.wait()
+        QCoreApplication.sendPostedEvents()
+        self.library.close()
+        event.accept()

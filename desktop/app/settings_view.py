@@ -1,0 +1,196 @@
+"""Settings: the model (with its memory estimate, refused when it will not fit), device, 4-bit, the offline
+index, the opt-in remote kNN service, and the library folder. Saved to the settings file at once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.app.settings import DEVICES, REMOTE_KNN_STATEMENT, AppSettings, save_settings
+from desktop.app.tasks import Report, Runner
+from desktop.app.widgets import heading
+
+if TYPE_CHECKING:
+    from desktop.model_check import ModelCheck
+
+OK_STYLE, BAD_STYLE = "color: #1e6b34;", "color: #9b1c1c;"
+
+
+def _folder_row(edit: QLineEdit, title: str, parent: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    browse = QPushButton("Browse\u2026")
+    browse.clicked.connect(
+        lambda: (
+            (chosen := QFileDialog.getExistingDirectory(parent, title, edit.text() or str(Path.home())))
+            and edit.setText(chosen)
+        )
+    )
+    row.addWidget(browse)
+    return row
+
+
+def _note(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setStyleSheet("color: #555;")
+    return label
+
+
+class SettingsView(QWidget):
+    """`model_chosen(settings)` fires when a model passed its memory check; the window then loads it."""
+
+    model_chosen = Signal(object)
+
+    def __init__(
+        self, settings: AppSettings, path: Path, library_dir: Path, folder_override: str | None, runner: Runner
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.path = path
+        self.runner = runner
+        outer = QVBoxLayout(self)
+        outer.addWidget(heading("Settings"))
+        body = QWidget()
+        layout = QVBoxLayout(body)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+        outer.addWidget(scroll, 1)
+
+        model = QGroupBox("Model")
+        form = QFormLayout(model)
+        self.model = QLineEdit(settings.model)
+        self.model.setPlaceholderText("demo, or a Chameleon-family model folder")
+        row = _folder_row(self.model, "Choose a model folder", self)
+        demo = QPushButton("Use demo")
+        demo.clicked.connect(lambda: self.model.setText("demo"))
+        row.addWidget(demo)
+        form.addRow("Model folder", row)
+        self.device = QComboBox()
+        self.device.addItems(DEVICES)
+        self.device.setCurrentText(settings.device)
+        form.addRow("Device", self.device)
+        self.four_bit = QCheckBox("Load real models in 4-bit (NF4) on a CUDA GPU")
+        self.four_bit.setChecked(settings.four_bit)
+        form.addRow("", self.four_bit)
+        form.addRow(
+            "",
+            _note(
+                "A model folder is in the Hugging Face layout (e.g. Anole-7b-v0.1-hf) with the original release's "
+                "tokenizer/ folder copied into it. About 7 GiB in 4-bit on a GPU; 17 GiB in bf16."
+            ),
+        )
+        self.estimate = QLabel()
+        self.estimate.setWordWrap(True)
+        self.estimate.setTextFormat(Qt.TextFormat.PlainText)
+        form.addRow("Memory", self.estimate)
+        self.load_button = QPushButton("Check and load")
+        self.load_button.clicked.connect(self.check_and_load)
+        form.addRow("", self.load_button)
+        layout.addWidget(model)
+
+        retrieval = QGroupBox("Finding look-alike pictures (soft positives)")
+        form = QFormLayout(retrieval)
+        self.index = QLineEdit(settings.index_folder)
+        self.index.setPlaceholderText("none: training uses your photos only")
+        form.addRow("Offline index folder", _folder_row(self.index, "Choose an index folder", self))
+        self.remote = QCheckBox("Use a remote kNN service (off by default)")
+        self.remote.setChecked(settings.remote_knn)
+        form.addRow("", self.remote)
+        self.remote_url = QLineEdit(settings.remote_knn_url)
+        self.remote_url.setPlaceholderText("https://\u2026 (a clip-retrieval compatible service)")
+        self.remote_url.setEnabled(settings.remote_knn)
+        self.remote.toggled.connect(self.remote_url.setEnabled)
+        form.addRow("Service URL", self.remote_url)
+        form.addRow("", _note(REMOTE_KNN_STATEMENT))
+        layout.addWidget(retrieval)
+
+        library = QGroupBox("Library")
+        form = QFormLayout(library)
+        self.data_folder = QLineEdit(settings.data_folder or str(library_dir))
+        form.addRow("Data folder", _folder_row(self.data_folder, "Choose the library folder", self))
+        where = f"In use now: {library_dir}. A new folder takes effect the next time Familiar starts."
+        if folder_override:
+            where += f" This session's folder was set by {folder_override}, which wins over this setting."
+        form.addRow("", _note(where))
+        layout.addWidget(library)
+
+        save_row = QHBoxLayout()
+        self.saved = QLabel()
+        save_row.addWidget(self.saved, 1)
+        save = QPushButton("Save")
+        save.clicked.connect(self.save)
+        save_row.addWidget(save)
+        layout.addLayout(save_row)
+        layout.addStretch(1)
+
+    def save(self) -> None:
+        """Save the retrieval and library choices (the model is saved by Check and load)."""
+        url = self.remote_url.text().strip()
+        if self.remote.isChecked() and not url.startswith(("https://", "http://")):
+            self.saved.setStyleSheet(BAD_STYLE)
+            self.saved.setText("The remote kNN service needs an http(s) URL.")
+            return
+        self.settings = replace(
+            self.settings,
+            index_folder=self.index.text().strip(),
+            remote_knn=self.remote.isChecked(),
+            remote_knn_url=url,
+            data_folder=self.data_folder.text().strip(),
+        )
+        save_settings(self.path, self.settings)
+        self.saved.setStyleSheet(OK_STYLE)
+        self.saved.setText(f"Saved to {self.path}")
+
+    def check_and_load(self) -> None:
+        """Estimate memory in the background; a model that fits is saved and loaded, one that does not is refused."""
+        chosen = replace(
+            self.settings,
+            model=self.model.text().strip() or "demo",
+            device=self.device.currentText(),
+            four_bit=self.four_bit.isChecked(),
+        )
+        self.estimate.setStyleSheet("")
+        self.estimate.setText("Reading the model's config\u2026")
+        self.load_button.setEnabled(False)
+
+        def work(_report: Report) -> ModelCheck:
+            from desktop.model_check import check_model
+
+            return check_model(chosen.model, chosen.device, chosen.four_bit)
+
+        self.runner.submit(work, done=lambda check: self._checked(chosen, check), failed=self._refused)
+
+    def _checked(self, chosen: AppSettings, check: ModelCheck) -> None:
+        self.load_button.setEnabled(True)
+        if not check.fits:
+            self._refused(check.message)
+            return
+        self.estimate.setStyleSheet(OK_STYLE)
+        self.estimate.setText(check.message + " Loading it now.")
+        self.settings = replace(self.settings, model=chosen.model, device=chosen.device, four_bit=chosen.four_bit)
+        save_settings(self.path, self.settings)
+        self.model_chosen.emit(self.settings)
+
+    def _refused(self, message: str) -> None:
+        self.load_button.setEnabled(True)
+        self.estimate.setStyleSheet(BAD_STYLE)
+        self.estimate.setText(message)
