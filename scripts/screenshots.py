@@ -5,7 +5,7 @@
 Builds a fresh library in a temporary folder: <bo> (the DreamBooth dog) trained briefly, <teddy> (the bear
 plushie) whose run is cancelled part-way, <mimi> (the cat) untrained; then walks the window through the
 add-concept wizard (with one bad file), a training run, a chat with a photo and a drawing, the gallery and
-the settings, saving one PNG per view."""
+the settings, saving one PNG per view (two for training: during the run and after it)."""
 
 from __future__ import annotations
 
@@ -120,6 +120,7 @@ def main() -> int:
     window.refresh()
     window.training_view.refresh()
     train(window, "bo", shot=lambda: shoot(window, args.out, "training"))
+    shoot(window, args.out, "training-done")
     train(window, "teddy", stop_after=2)
     window.refresh()
     window.show_page("Library")

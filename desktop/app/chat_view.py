@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QImage
 from PySide6.QtWidgets import (
     QComboBox,
@@ -139,6 +139,10 @@ class ChatView(QWidget):
         self.scroll.setWidgetResizable(True)
         self.scroll.setWidget(self.transcript_host)
         layout.addWidget(self.scroll, 1)
+        bar = self.scroll.verticalScrollBar()
+        self.follow = True  # keep the newest message in view unless the user scrolled up to read
+        bar.valueChanged.connect(lambda value: setattr(self, "follow", value >= bar.maximum() - 4))
+        bar.rangeChanged.connect(lambda _low, high: self.follow and bar.setValue(high))
 
         self.attachment = QFrame()
         row = QHBoxLayout(self.attachment)
@@ -209,6 +213,7 @@ class ChatView(QWidget):
         if not question or self.busy:
             return
         photo, mode = self.photo, self.mode.currentData()
+        self.follow = True
         self._user_message(question, photo)
         self.edit.clear()
         self.clear_photo()
@@ -253,7 +258,6 @@ class ChatView(QWidget):
                 self._replace(TextBubble("", False))
             if isinstance(self.reply, TextBubble):
                 self.reply.append(str(value))
-                self._scroll_down()
         elif kind == "draw":
             if not isinstance(self.reply, DrawingBubble):
                 self._replace(DrawingBubble())
@@ -307,7 +311,6 @@ class ChatView(QWidget):
         if not mine:
             row.addStretch(1)
         self.transcript.insertLayout(self.transcript.count() - 1, row)
-        self._scroll_down()
         return row
 
     def _replace(self, widget: QWidget) -> None:
@@ -319,11 +322,6 @@ class ChatView(QWidget):
             self.reply.setParent(None)
             self.reply.deleteLater()
         self.reply = widget
-
-    def _scroll_down(self) -> None:
-        QTimer.singleShot(
-            0, lambda: self.scroll.verticalScrollBar().setValue(self.scroll.verticalScrollBar().maximum())
-        )
 
     def _set_busy(self, busy: bool) -> None:
         self.busy = busy

@@ -10,20 +10,29 @@ SMOOTHING = 0.8
 
 
 class LossCurve(QWidget):
-    """Plots (step, loss) points; `add` appends one and repaints, `set_points` replaces them all."""
+    """Plots (step, loss) points: live, one per optimizer step (`add`), drawn raw and smoothed; or, for a
+    run read back from the library, one mean per epoch (`set_points(..., per_epoch=True)`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.points: list[tuple[int, float]] = []
         self.epoch_steps: list[int] = []
         self.total_steps = 0
+        self.per_epoch = False
         self.setMinimumHeight(180)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
-    def set_points(self, points: list[tuple[int, float]], total_steps: int = 0, epoch_steps: list[int] | None = None):
+    def set_points(
+        self,
+        points: list[tuple[int, float]],
+        total_steps: int = 0,
+        epoch_steps: list[int] | None = None,
+        per_epoch: bool = False,
+    ) -> None:
         self.points = list(points)
         self.total_steps = total_steps
         self.epoch_steps = list(epoch_steps or [])
+        self.per_epoch = per_epoch
         self.update()
 
     def add(self, step: int, loss: float, total_steps: int) -> None:
@@ -81,16 +90,20 @@ class LossCurve(QWidget):
         painter.drawText(
             QRectF(plot.left(), plot.bottom() + 4, plot.width(), metrics.height()),
             Qt.AlignmentFlag.AlignHCenter,
-            f"step (of {last_step})   light: loss of each step, bold: moving average",
+            f"step (of {last_step})   "
+            + ("mean loss of each epoch" if self.per_epoch else "light: loss of each step, bold: moving average"),
         )
-        for points, pen in (
-            (self.points, QPen(QColor("#a8c4e8"), 1)),
-            (self.smoothed(), QPen(QColor("#1f5fbf"), 2)),
-        ):
+        bold = QPen(QColor("#1f5fbf"), 2)
+        lines = [(self.points, bold)] if self.per_epoch else [(self.points, QPen(QColor("#a8c4e8"), 1))]
+        if not self.per_epoch:
+            lines.append((self.smoothed(), bold))
+        for points, pen in lines:
             path = QPainterPath(at(*points[0]))
             for step, loss in points[1:]:
                 path.lineTo(at(step, loss))
             painter.setPen(pen)
             painter.drawPath(path)
-            if len(points) == 1:
-                painter.drawEllipse(at(*points[0]), 3, 3)
+        if self.per_epoch or len(self.points) == 1:
+            painter.setPen(bold)
+            for step, loss in self.points:
+                painter.drawEllipse(at(step, loss), 3, 3)

@@ -17,7 +17,8 @@ CONFIG_ENV = "FAMILIAR_CONFIG"
 DEVICES = ("auto", "cpu", "cuda")
 REMOTE_KNN_STATEMENT = (
     "When this is on, training sends only a numeric embedding of your photos (a list of numbers) to the "
-    "service you name, never the photos."
+    "service you name, never the photos. The training service does not call a remote service yet: for now "
+    "this choice is only saved, and look-alikes come from the offline index."
 )
 
 
@@ -29,6 +30,7 @@ class AppSettings:
     device: str = "auto"
     four_bit: bool = True
     index_folder: str = ""
+    embedder_weights: str = ""
     remote_knn: bool = False
     remote_knn_url: str = ""
     data_folder: str = ""

@@ -30,6 +30,7 @@ from desktop.app.widgets import heading
 if TYPE_CHECKING:
     from desktop.model_check import ModelCheck
 
+NOTE_WIDTH = 560
 OK_STYLE, BAD_STYLE = "color: #1e6b34;", "color: #9b1c1c;"
 
 
@@ -48,8 +49,11 @@ def _folder_row(edit: QLineEdit, title: str, parent: QWidget) -> QHBoxLayout:
 
 
 def _note(text: str) -> QLabel:
+    """Grey explanatory text. The minimum width keeps its size hint (and so the page) from growing tall:
+    a word-wrapped label's hint assumes a narrow column."""
     label = QLabel(text)
     label.setWordWrap(True)
+    label.setMinimumWidth(NOTE_WIDTH)
     label.setStyleSheet("color: #555;")
     return label
 
@@ -98,7 +102,8 @@ class SettingsView(QWidget):
                 "tokenizer/ folder copied into it. About 7 GiB in 4-bit on a GPU; 17 GiB in bf16."
             ),
         )
-        self.estimate = QLabel()
+        self.estimate = QLabel("Check and load estimates the memory the model needs before loading it.")
+        self.estimate.setStyleSheet("color: #555;")
         self.estimate.setWordWrap(True)
         self.estimate.setTextFormat(Qt.TextFormat.PlainText)
         form.addRow("Memory", self.estimate)
@@ -112,6 +117,15 @@ class SettingsView(QWidget):
         self.index = QLineEdit(settings.index_folder)
         self.index.setPlaceholderText("none: training uses your photos only")
         form.addRow("Offline index folder", _folder_row(self.index, "Choose an index folder", self))
+        self.weights = QLineEdit(settings.embedder_weights)
+        self.weights.setPlaceholderText("the index's embedder weights file (not needed for a demo index)")
+        weights_row = QHBoxLayout()
+        weights_row.addWidget(self.weights, 1)
+        pick = QPushButton("Browse\u2026")
+        pick.clicked.connect(self._pick_weights)
+        weights_row.addWidget(pick)
+        form.addRow("Embedder weights", weights_row)
+        form.addRow("", _note("Build an index with `familiar index build FOLDER -o INDEX` (see docs/retrieval.md)."))
         self.remote = QCheckBox("Use a remote kNN service (off by default)")
         self.remote.setChecked(settings.remote_knn)
         form.addRow("", self.remote)
@@ -133,25 +147,36 @@ class SettingsView(QWidget):
         form.addRow("", _note(where))
         layout.addWidget(library)
 
+        layout.addStretch(1)
         save_row = QHBoxLayout()
         self.saved = QLabel()
+        self.saved.setWordWrap(True)
         save_row.addWidget(self.saved, 1)
         save = QPushButton("Save")
+        save.setToolTip("Save the look-alike and library choices (the model is saved by Check and load)")
         save.clicked.connect(self.save)
         save_row.addWidget(save)
-        layout.addLayout(save_row)
-        layout.addStretch(1)
+        outer.addLayout(save_row)
 
     def save(self) -> None:
         """Save the retrieval and library choices (the model is saved by Check and load)."""
         url = self.remote_url.text().strip()
+        index, weights = self.index.text().strip(), self.weights.text().strip()
+        problem = None
         if self.remote.isChecked() and not url.startswith(("https://", "http://")):
+            problem = "The remote kNN service needs an http(s) URL."
+        elif index and not Path(index).expanduser().is_dir():
+            problem = f"The index folder {index} does not exist."
+        elif weights and not Path(weights).expanduser().is_file():
+            problem = f"The embedder weights file {weights} does not exist."
+        if problem:
             self.saved.setStyleSheet(BAD_STYLE)
-            self.saved.setText("The remote kNN service needs an http(s) URL.")
+            self.saved.setText(problem)
             return
         self.settings = replace(
             self.settings,
-            index_folder=self.index.text().strip(),
+            index_folder=index,
+            embedder_weights=weights,
             remote_knn=self.remote.isChecked(),
             remote_knn_url=url,
             data_folder=self.data_folder.text().strip(),
@@ -159,6 +184,11 @@ class SettingsView(QWidget):
         save_settings(self.path, self.settings)
         self.saved.setStyleSheet(OK_STYLE)
         self.saved.setText(f"Saved to {self.path}")
+
+    def _pick_weights(self) -> None:
+        chosen, _ = QFileDialog.getOpenFileName(self, "Embedder weights", str(Path.home()), "Weights (*.safetensors)")
+        if chosen:
+            self.weights.setText(chosen)
 
     def check_and_load(self) -> None:
         """Estimate memory in the background; a model that fits is saved and loaded, one that does not is refused."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal
 
 from desktop.app.settings import AppSettings
 from desktop.app.tasks import Report, Runner
 from store.library import Library
+
+if TYPE_CHECKING:
+    from desktop.personalize import TrainOptions
 
 
 class TrainingController(QObject):
@@ -55,10 +58,22 @@ class TrainingController(QObject):
         """Stop at the next step; the trainer saves a checkpoint first, so Resume continues from there."""
         self._cancel.set()
 
-    def _train(self, name: str, settings: AppSettings, resume: bool, report: Report) -> Any:
-        from desktop.personalize import TrainOptions, train_concept
+    def options(self, settings: AppSettings) -> TrainOptions:
+        """The run's options: model, device and index from the settings, then the injected overrides."""
+        from desktop.personalize import TrainOptions
 
-        options = TrainOptions(**{"model": settings.model, "device": settings.device, **self.overrides})
+        chosen = {
+            "model": settings.model,
+            "device": settings.device,
+            "index": settings.index_folder or None,
+            "embedder_weights": settings.embedder_weights or None,
+        }
+        return TrainOptions(**{**chosen, **self.overrides})
+
+    def _train(self, name: str, settings: AppSettings, resume: bool, report: Report) -> Any:
+        from desktop.personalize import train_concept
+
+        options = self.options(settings)
         with Library.open(self.data_dir) as library:
             return train_concept(
                 library,

@@ -187,7 +187,7 @@ class TrainingView(QWidget):
     def _show_run(self, run: Run) -> None:
         losses = epoch_losses(self.library, run)
         total = run.total_steps or 0
-        self.curve.set_points(losses, total, [step for step, _ in losses])
+        self.curve.set_points(losses, total, [step for step, _ in losses], per_epoch=True)
         self.bar.setRange(0, max(total, 1))
         self.bar.setValue(run.step)
         self.phase.setText(f"Run {run.id}: {run.status}" + (f" ({run.message})" if run.message else ""))
@@ -226,12 +226,9 @@ class TrainingView(QWidget):
 
     def _progress(self, update: Progress) -> None:
         step, total = update.step, update.total
-        if not self.curve.points:  # the run's first update: list it; a resumed run shows its earlier epochs
-            runs = self.library.runs.list(self.controller.concept or "")
+        if not self.curve.points:  # the run's first update: it is in the library now
             self.runs.clear()
-            self.runs.addItems([describe_run(run) for run in runs])
-            if step > 1 and runs:
-                self.curve.set_points(epoch_losses(self.library, runs[0]), total)
+            self.runs.addItems([describe_run(run) for run in self.library.runs.list(self.controller.concept or "")])
         self.bar.setRange(0, total)
         self.bar.setValue(step)
         self.eta.setText(format_eta(update.eta_seconds))

@@ -1,6 +1,7 @@
 """Settings: the memory estimate refuses a model that will not fit (and keeps the current one), a model that
-fits is saved and loaded; the remote kNN service is off by default and says what it would send; the demo
-model's banner says how to set a real one; settings survive a restart."""
+fits is saved and loaded; the remote kNN service is off by default and says what it would send; the index
+folder is checked and reaches training's options; the demo model's banner says how to set a real one;
+the settings file round-trips and survives damage."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def test_a_model_that_will_not_fit_is_refused_and_the_demo_reloads(open_window, 
     assert window.demo_banner.isVisible()
 
 
-def test_remote_knn_is_opt_in_and_plain_about_what_it_sends(open_window) -> None:
+def test_remote_knn_is_opt_in_and_the_index_reaches_training(open_window, tmp_path: Path) -> None:
     window = open_window()
     view = window.settings_view
     assert not view.remote.isChecked() and not view.remote_url.isEnabled()
@@ -65,11 +66,18 @@ def test_remote_knn_is_opt_in_and_plain_about_what_it_sends(open_window) -> None
     view.save()
     assert "http(s) URL" in view.saved.text() and not view.path.exists()
     view.remote_url.setText("https://knn.example.org/knn-service")
-    view.index.setText("/data/index")
+    view.index.setText(str(tmp_path / "no-index"))
+    view.save()
+    assert "does not exist" in view.saved.text() and not view.path.exists()
+    (tmp_path / "index").mkdir()
+    view.index.setText(str(tmp_path / "index"))
     view.save()
     saved = load_settings(view.path)
     assert saved.remote_knn and saved.remote_knn_url == "https://knn.example.org/knn-service"
-    assert saved.index_folder == "/data/index" and saved.model == "demo"
+    assert saved.index_folder == str(tmp_path / "index") and saved.model == "demo"
+    options = window.training.options(saved)
+    assert options.index == str(tmp_path / "index") and options.embedder_weights is None
+    assert (options.epochs, options.device) == (1, "cpu")  # the test's quick overrides still apply
 
 
 def test_demo_banner_says_how_to_set_a_real_model(open_window) -> None:

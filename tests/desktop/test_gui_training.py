@@ -82,3 +82,5 @@ def test_loss_curve_smooths_and_draws(qtbot) -> None:
     curve.add(3, 1.0, 4)
     assert curve.smoothed() == [(1, 4.0), (2, 3.6), (3, 3.08)]
     assert _line_pixels(curve) > 50
+    curve.set_points([(2, 3.0), (4, 2.5)], total_steps=4, epoch_steps=[2, 4], per_epoch=True)
+    assert curve.per_epoch and _line_pixels(curve) > 50
