@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from store.library import Library
 from store.models import Run
 
@@ -20,7 +22,23 @@ def describe_scores(metrics: dict[str, object]) -> str:
     return " \u00b7 ".join(parts)
 
 
-def resumable_run(library: Library, name: str) -> Run | None:
+@dataclass(frozen=True)
+class Stopped:
+    """A run that stopped before its end, and the step of its last checkpoint (where Resume continues;
+    the run row's own step is only reported about once a second, so it can lag behind)."""
+
+    run: Run
+    step: int
+
+    def describe(self) -> str:
+        how = "was cancelled" if self.run.status == "cancelled" else "was interrupted"
+        return (
+            f"Training <{self.run.concept}> {how} at step {self.step} of {self.run.total_steps}. "
+            "Its checkpoint is saved: Resume continues from there."
+        )
+
+
+def resumable_run(library: Library, name: str) -> Stopped | None:
     """The concept's latest interrupted or cancelled run that has a checkpoint to continue from (the run
     `train_concept(resume=True)` picks), or None when its latest run finished or never checkpointed."""
     for run in library.runs.list(name):
@@ -28,7 +46,7 @@ def resumable_run(library: Library, name: str) -> Run | None:
             return None
         if run.status in ("failed", "cancelled"):
             saved = library.runs.checkpoints(run.id)
-            return run if saved and saved[-1].optimizer_state is not None else None
+            return Stopped(run, saved[-1].step) if saved and saved[-1].optimizer_state is not None else None
     return None
 
 

@@ -148,13 +148,11 @@ class MainWindow(QMainWindow):
         stopped = [run for c in self.library.concepts.list() if (run := resumable_run(self.library, c.name))]
         if not stopped:
             return
-        run = max(stopped, key=lambda r: r.updated_at)
-        how = "was cancelled" if run.status == "cancelled" else "was interrupted"
-        self.resume_banner.label.setText(
-            f"Training <{run.concept}> {how} at step {run.step} of {run.total_steps}. Its checkpoint is saved: "
-            "Resume continues from there."
+        latest = max(stopped, key=lambda s: s.run.updated_at)
+        self.resume_banner.label.setText(latest.describe())
+        self.resume_banner.action.connect(
+            lambda: (self.resume_banner.hide(), self.train(latest.run.concept, resume=True))
         )
-        self.resume_banner.action.connect(lambda: (self.resume_banner.hide(), self.train(run.concept, resume=True)))
         self.resume_banner.show()
 
     def show_page(self, page: str) -> None:

@@ -171,25 +171,21 @@ class TrainingView(QWidget):
             return
         runs = self.library.runs.list(name)
         self.runs.addItems([describe_run(run) for run in runs])
-        interrupted = resumable_run(self.library, name)
-        if interrupted is not None:
-            why = "was cancelled" if interrupted.status == "cancelled" else "was interrupted"
-            self.notice.setText(
-                f"Run {interrupted.id} of <{name}> {why} at step {interrupted.step} of {interrupted.total_steps}. "
-                "Its last checkpoint is saved: Resume continues from it."
-            )
+        stopped = resumable_run(self.library, name)
+        if stopped is not None:
+            self.notice.setText(stopped.describe())
             self.notice.show()
-            self._show_run(interrupted)
+            self._show_run(stopped.run, stopped.step)
         elif runs:
-            self._show_run(runs[0])
+            self._show_run(runs[0], runs[0].step)
         self._buttons()
 
-    def _show_run(self, run: Run) -> None:
+    def _show_run(self, run: Run, step: int) -> None:
         losses = epoch_losses(self.library, run)
         total = run.total_steps or 0
         self.curve.set_points(losses, total, [step for step, _ in losses], per_epoch=True)
         self.bar.setRange(0, max(total, 1))
-        self.bar.setValue(run.step)
+        self.bar.setValue(step)
         self.phase.setText(f"Run {run.id}: {run.status}" + (f" ({run.message})" if run.message else ""))
         if run.status == "done":
             self.scores.setText("Scores on held-out photos: " + (describe_scores(run.metrics) or "none"))
@@ -243,7 +239,7 @@ class TrainingView(QWidget):
             self.phase.setText(f"Run {run.id} finished: the best checkpoint is now <{run.concept}>'s active version.")
             self._draw_sample(run)
         else:
-            self.phase.setText(f"Run {run.id} {run.status} at step {run.step}; Resume continues from its checkpoint.")
+            self.phase.setText(f"Run {run.id} {run.status}; Resume continues from its last checkpoint.")
         self.changed.emit()
 
     def _failed(self, message: str) -> None:
