@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from desktop import (
     __version__,
+    commands_aligner,
     commands_app,
     commands_engine,
     commands_eval,
@@ -22,7 +23,15 @@ from desktop import (
 from engine.errors import EngineError
 from store.errors import StoreError
 
-COMMAND_MODULES = (commands_engine, commands_library, commands_train, commands_index, commands_eval, commands_app)
+COMMAND_MODULES = (
+    commands_engine,
+    commands_library,
+    commands_train,
+    commands_index,
+    commands_aligner,
+    commands_app,
+    commands_eval,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,12 +1,15 @@
 """`familiar concept ...`, `familiar export` and `familiar import`: the concept library from the command line.
 
-No torch here: these commands only touch the store, so they answer at once.
+No torch here, except for `concept add --instant`, which loads the model and the Aligner to predict the new
+concept's tokens; the other commands only touch the store, so they answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="JPEG, PNG, WebP or HEIC files")
     add.add_argument("--kind", choices=KINDS, default="object")
     add.add_argument("--facts", default="", help="what you want the model to know about it")
+    add.add_argument(
+        "--instant",
+        action="store_true",
+        help="also predict its learned tokens from the first photo with the Aligner (usable at once, no training)",
+    )
+    add.add_argument("--aligner", type=Path, help="Aligner file for --instant (default: the demo model's)")
+    add.add_argument("--dino", help="DINOv2 folder for --instant (default: the one the Aligner records)")
+    add.add_argument("--model", help="base model for --instant: 'demo' (default), a model folder, or a hub id")
+    add.add_argument("--device", help="device for --instant (default auto)")
     add.set_defaults(handler=run_add)
 
     listing = actions.add_parser("list", help="list the concepts in the library")
@@ -69,9 +81,49 @@ def _open(args: argparse.Namespace) -> Library:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    if args.instant:
+        return _add_instant(args)
+    stray = [f"--{option}" for option in ("aligner", "dino", "model", "device") if getattr(args, option) is not None]
+    if stray:
+        print(f"familiar: error: {', '.join(stray)} only apply with --instant", file=sys.stderr)
+        return 2
     with _open(args) as library:
         concept = library.concepts.add(args.name, args.photos, kind=args.kind, facts=args.facts)
     print(f"added {concept.name} ({concept.kind}, {concept.photo_count} photos)")
+    return 0
+
+
+def _add_instant(args: argparse.Namespace) -> int:
+    """Predict the concept's rows from its first photo, then add the concept and keep them as an instant
+    version; nothing is stored when any step fails."""
+    from engine.aligner import demo_aligner_path, instant_state, load_aligner
+    from engine.errors import EngineError
+    from engine.model_loading import DEMO_NAME, load_model
+
+    model = args.model or DEMO_NAME
+    if args.aligner is None and model != DEMO_NAME:
+        raise EngineError(
+            f"--instant with --model {model} needs --aligner PATH: an Aligner trained for that model "
+            "(familiar aligner train)"
+        )
+    loaded = load_model(model, device=args.device or "auto")
+    if loaded.is_demo:
+        print("familiar: note: the demo model and its Aligner are untrained: instant tokens are noise", file=sys.stderr)
+    aligner = load_aligner(args.aligner or demo_aligner_path(), loaded.fingerprint, args.dino, loaded.device)
+    started = time.perf_counter()
+    state = instant_state(aligner, args.photos[0], args.name, loaded.fingerprint)
+    seconds = time.perf_counter() - started
+    with _open(args) as library:
+        concept = library.concepts.add(args.name, args.photos, kind=args.kind, facts=args.facts)
+        try:
+            version = library.tokens.add(concept.name, state.to_bytes(), kind="instant")
+        except BaseException:
+            library.concepts.remove(concept.name)
+            raise
+    print(
+        f"added {concept.name} ({concept.kind}, {concept.photo_count} photos) with instant tokens "
+        f"(v{version.number}, from {args.photos[0].name} in {seconds:.2f} s)"
+    )
     return 0
 
 
