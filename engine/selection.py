@@ -33,18 +33,25 @@ class Scores:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def _first_token(assistant: Assistant, word: str) -> int:
-    return int(assistant.loaded.tokenizer.encode(f" {word}", add_special_tokens=False)[0])
+def answer_tokens(assistant: Assistant) -> tuple[list[int], int, int]:
+    """(shared prefix, Yes token, No token): " Yes" and " No" may start with the same tokens (a lone space
+    in a byte-level BPE), so the decision is read at the first token where they differ."""
+    tokenizer = assistant.loaded.tokenizer
+    yes = tokenizer.encode(" Yes", add_special_tokens=False)
+    no = tokenizer.encode(" No", add_special_tokens=False)
+    shared = next(i for i, (a, b) in enumerate(zip(yes, no, strict=False)) if a != b)
+    return list(yes[:shared]), int(yes[shared]), int(no[shared])
 
 
 @torch.no_grad()
 def says_yes(assistant: Assistant, name: str, image_ids: Sequence[int]) -> bool:
     """Whether the model answers yes to the recognition question about this image."""
     prompts = assistant.prompts
-    ids = prompts.prompt(QUESTION.format(n=name), image_ids, [name]) + prompts.self_prompt([name], "text")
+    prefix, yes, no = answer_tokens(assistant)
+    ids = prompts.prompt(QUESTION.format(n=name), image_ids, [name]) + prompts.self_prompt([name], "text") + prefix
     device = assistant.loaded.device
     logits = assistant.loaded.model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1]
-    return bool(logits[_first_token(assistant, "Yes")] > logits[_first_token(assistant, "No")])
+    return bool(logits[yes] > logits[no])
 
 
 def recognition_accuracy(

@@ -172,14 +172,18 @@ class Trainer:
         if self.device.type == "cuda":
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         started, first_step = time.monotonic(), step
+        saved: Checkpoint | None = None  # the last checkpoint handed over, reused when cancelling right after it
         try:
             while step < self.total_steps:
                 epoch, within = divmod(step, self.steps_per_epoch)
                 order = self._order(epoch)
                 batch = [self.samples[i] for i in order[within * self.config.batch_size :][: self.config.batch_size]]
                 if cancelled is not None and cancelled():
-                    checkpoint = self._checkpoint(step, epoch, losses)
-                    save(checkpoint)
+                    checkpoint = (
+                        saved if saved is not None and saved.step == step else self._checkpoint(step, epoch, losses)
+                    )
+                    if checkpoint is not saved:
+                        save(checkpoint)
                     raise TrainingCancelled(checkpoint)
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
@@ -195,7 +199,8 @@ class Trainer:
                 rate = (time.monotonic() - started) / (step - first_step)
                 report(Progress("training", step, self.total_steps, total, rate * (self.total_steps - step), epoch))
                 if step % self.steps_per_epoch == 0 or step == self.total_steps:
-                    save(self._checkpoint(step, step // self.steps_per_epoch, losses, final=step == self.total_steps))
+                    saved = self._checkpoint(step, step // self.steps_per_epoch, losses, final=step == self.total_steps)
+                    save(saved)
         finally:
             self.params.requires_grad_(False)
             self.model.eval()

@@ -137,3 +137,33 @@ def test_selection_scores_recognition(images: dict[str, list[list[int]]]) -> Non
     with_images = score(assistant, "bo", images["photos"], images["negatives"], [Image.new("RGB", (8, 8))], similarity)
     assert calls == [(1, 1, (512, 512))]
     assert with_images.score == pytest.approx((with_images.recognition + 0.25) / 2)
+
+
+def test_cancel_right_after_an_epoch_checkpoint_saves_nothing_twice(images: dict[str, list[list[int]]]) -> None:
+    assistant = _fresh()
+    trainer = Trainer(assistant, "bo", _samples(assistant, images), TrainConfig(epochs=3))
+    saved: list[Checkpoint] = []
+    with pytest.raises(TrainingCancelled) as info:
+        trainer.run(on_checkpoint=saved.append, cancelled=lambda: len(saved) == 1)
+    assert [c.step for c in saved] == [trainer.steps_per_epoch]
+    assert info.value.checkpoint is saved[0]
+
+
+def test_recognition_reads_the_token_where_yes_and_no_differ(images: dict[str, list[list[int]]]) -> None:
+    from engine.selection import QUESTION, answer_tokens, says_yes
+
+    assistant = _fresh()
+    prefix, yes, no = answer_tokens(assistant)
+    assert yes != no
+    assert assistant.loaded.tokenizer.encode(" Yes", add_special_tokens=False)[: len(prefix) + 1] == [*prefix, yes]
+    prompts = assistant.prompts
+    image = images["photos"][0]
+    ids = prompts.prompt(QUESTION.format(n="bo"), image, ["bo"]) + prompts.self_prompt(["bo"], "text") + prefix
+    head = assistant.loaded.model.get_output_embeddings().base
+    with torch.no_grad():
+        hidden = assistant.loaded.model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+        towards = 10 * hidden / hidden.norm() ** 2  # a row whose logit at the decision position is 10
+        head.weight[yes], head.weight[no] = towards, -towards
+        assert says_yes(assistant, "bo", image)
+        head.weight[yes], head.weight[no] = -towards, towards
+        assert not says_yes(assistant, "bo", image)
