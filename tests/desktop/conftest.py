@@ -75,7 +75,7 @@ def open_window(qtbot: Any, tmp_path: Path) -> Iterator[Callable[..., Any]]:
 @pytest.fixture()
 def drop_files() -> Callable[[Any, list[Path]], None]:
     """`drop_files(widget, paths)`: drag the files onto the widget and drop them."""
-    from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+    from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
     from PySide6.QtGui import QDragEnterEvent, QDropEvent
     from PySide6.QtWidgets import QApplication
 
@@ -83,7 +83,7 @@ def drop_files() -> Callable[[Any, list[Path]], None]:
         mime = QMimeData()
         mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
         buttons, modifiers = Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
-        enter = QDragEnterEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
+        enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers)
         QApplication.sendEvent(target, enter)
         assert enter.isAccepted()
         QApplication.sendEvent(target, QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, buttons, modifiers))

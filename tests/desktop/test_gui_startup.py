@@ -40,7 +40,8 @@ def test_smoke_mode_saves_a_screenshot_once_the_model_is_loaded(tmp_path: Path) 
 
 
 def test_many_qt_calls_do_not_use_up_none() -> None:
-    """PySide6 6.12.0 on Python 3.11 drops a reference to None per void call; the app's guard absorbs it."""
+    """PySide6-Essentials 6.12.0 on Python 3.11 dropped a reference to None on every void call until CPython
+    aborted ("none_dealloc"); the pin is 6.11.3, which does not. This guards against moving the pin back."""
     loop = (
         "import os; os.environ['QT_QPA_PLATFORM'] = 'offscreen'; import desktop.app\n"
         "from PySide6.QtWidgets import QApplication, QLabel\n"
