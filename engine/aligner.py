@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -34,6 +32,7 @@ from torch import nn
 from transformers import Dinov2Config, Dinov2Model
 from transformers.utils import logging as hf_logging
 
+from engine.atomic_write import write_atomic
 from engine.concept_state import N_GENERATION, N_UNDERSTANDING, ConceptState
 from engine.errors import EngineError, ModelNotFoundError
 from engine.images import open_image, to_pixel_values
@@ -270,20 +269,6 @@ def load_dino(spec: str | Path, device: str | torch.device = "cpu") -> DinoEncod
         raise ModelNotFoundError(f"cannot load the DINOv2 weights in {path}: {exc}") from None
     source = DEMO_DINO if str(spec) == DEMO_DINO else str(path.resolve())
     return DinoEncoder(model.to(device), source)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def aligner_metadata(

@@ -45,9 +45,9 @@ from engine.aligner import (
     new_aligner,
     read_aligner_file,
     save_aligner,
-    write_atomic,
 )
 from engine.assistant import Assistant
+from engine.atomic_write import write_atomic
 from engine.concept_state import SLOT_SIZE
 from engine.errors import EngineError
 from engine.images import open_image

@@ -7,8 +7,6 @@ values are finite, and that the state was made for the loaded base model (its fi
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
+from engine.atomic_write import write_atomic
 from engine.errors import ConceptStateError
 
 FORMAT = "familiar.concept/1"
@@ -56,17 +55,7 @@ class ConceptState:
 
     def save(self, path: Path) -> None:
         """Write atomically: a temporary file in the same folder, fsynced, then renamed."""
-        data = self.to_bytes()
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, self.to_bytes())
 
     @classmethod
     def from_bytes(
