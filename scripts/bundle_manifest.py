@@ -1,0 +1,91 @@
+"""What the packaged app holds beyond what PyInstaller finds by itself; read by build.spec and the tests.
+
+No PyInstaller import here, so that the tests can check the lists without it.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI_NAME = "familiar"
+GUI_NAME = "familiar-gui"
+APP_NAME = "Familiar"
+ENTRY_SCRIPT = ROOT / "desktop" / "frozen.py"
+ICON_PNG = ROOT / "resources" / "icons" / "familiar.png"
+
+# torchvision 0.29 loads its C++ ops from `_C_stable` and `image_stable` through torch.ops.load_library,
+# which PyInstaller's hook (still naming `torchvision._C`) does not see.
+TORCHVISION_EXTENSIONS = ("_C_stable", "image_stable")
+
+# Model families the app loads: the Chameleon model and its tokenizer (LlamaTokenizer in real checkpoints),
+# DINOv2 for instant concepts, ViT for evaluation's DINO, and what AutoTokenizer/AutoConfig touch on the way.
+TRANSFORMERS_MODELS_KEPT = ("auto", "chameleon", "dinov2", "encoder_decoder", "llama", "vit")
+
+EXCLUDES = (
+    "triton",  # 0.9 GB: torch.compile's GPU compiler; Familiar does not compile, torch runs without it
+    "faiss",  # the test extra's; the offline index falls back to numpy where faiss is absent
+    "pytest",
+    "_pytest",
+    "pytestqt",
+    "tkinter",
+    "matplotlib",
+    "IPython",
+    "tensorboard",
+    "torch.utils.tensorboard",
+    "torch.testing._internal",
+    "PyInstaller",
+    "setuptools",
+    "pip",
+)
+
+
+def resource_datas(root: Path = ROOT) -> list[tuple[str, str]]:
+    """The whole `resources/` folder (demo model, demo Aligner and DINOv2, icons), whatever its files."""
+    return [(str(root / "resources"), "resources")]
+
+
+def torchvision_extensions() -> list[tuple[str, str]]:
+    """(file, "torchvision") for each of torchvision's stable-ABI extensions, found as torchvision finds them."""
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("torchvision is not installed")
+    folder = Path(spec.origin).parent
+    loader = (importlib.machinery.ExtensionFileLoader, importlib.machinery.EXTENSION_SUFFIXES)
+    found = []
+    for name in TORCHVISION_EXTENSIONS:
+        ext = importlib.machinery.FileFinder(str(folder), loader).find_spec(name)
+        if ext is None or ext.origin is None:
+            raise RuntimeError(f"torchvision's {name} extension is missing from {folder}")
+        found.append((ext.origin, "torchvision"))
+    return found
+
+
+def transformers_model_excludes() -> list[str]:
+    """`transformers.models.X` for every model family except the kept ones (transformers names them all)."""
+    spec = importlib.util.find_spec("transformers")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("transformers is not installed")
+    models = Path(spec.origin).parent / "models"
+    return sorted(
+        f"transformers.models.{child.name}"
+        for child in models.iterdir()
+        if child.is_dir() and (child / "__init__.py").is_file() and child.name not in TRANSFORMERS_MODELS_KEPT
+    )
+
+
+def version(root: Path = ROOT) -> str:
+    """The app's version, read from `desktop/__init__.py` without importing it."""
+    found = re.search(r'^__version__ = "([^"]+)"', (root / "desktop" / "__init__.py").read_text(encoding="utf-8"), re.M)
+    if found is None:
+        raise RuntimeError("desktop/__init__.py names no __version__")
+    return found.group(1)
+
+
+def icon(platform: str = sys.platform) -> str | None:
+    """The executables' icon: PyInstaller turns the PNG into .ico/.icns with Pillow; Linux uses none."""
+    return str(ICON_PNG) if platform in ("win32", "darwin") and ICON_PNG.is_file() else None
