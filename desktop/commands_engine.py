@@ -59,7 +59,8 @@ def _assistant(args: argparse.Namespace, text: str) -> Assistant:
     loaded = load_model(args.model, device=args.device, progress=lambda m: print(f"familiar: {m}", file=sys.stderr))
     assistant = Assistant(loaded)
     if assistant.notice:
-        print(f"familiar: note: {assistant.notice}", file=sys.stderr)
+        hint = " (pass --model FOLDER, a Chameleon-family model folder)" if loaded.is_demo else ""
+        print(f"familiar: note: {assistant.notice}{hint}", file=sys.stderr)
     for path in args.concept_file:
         assistant.attach(ConceptState.load(path, loaded.fingerprint))
     wanted = [n for n in [*args.concept, *assistant.prompts.mentions(text)] if n.lower() not in assistant.slots.names()]

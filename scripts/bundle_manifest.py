@@ -37,11 +37,21 @@ EXCLUDES = (
     "IPython",
     "tensorboard",
     "torch.utils.tensorboard",
-    "torch.testing._internal",
     "PyInstaller",
     "setuptools",
     "pip",
 )
+
+
+def bitsandbytes_library_unused(dest: str, torch_cuda: str | None) -> bool:
+    """True for bitsandbytes' native libraries this torch never loads: it loads `libbitsandbytes_cpu` and,
+    on CUDA, the one built for torch's own CUDA version (`cuda130` for 13.0); the others (other CUDA
+    versions, ROCm, XPU) are about 120 MB."""
+    name = Path(dest).name
+    if not (Path(dest).parent.name == "bitsandbytes" and name.startswith("libbitsandbytes_")):
+        return False
+    kept = {"cpu"} | ({"cuda" + torch_cuda.replace(".", "")} if torch_cuda else set())
+    return name.removeprefix("libbitsandbytes_").split(".")[0] not in kept
 
 
 def resource_datas(root: Path = ROOT) -> list[tuple[str, str]]:

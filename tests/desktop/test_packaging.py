@@ -92,3 +92,13 @@ def test_clean_env_has_no_virtual_environment(
     assert "VIRTUAL_ENV" not in env and "FAMILIAR_DATA" not in env
     assert env["PATH"] == "/usr/bin" and env["HOME"] == str(tmp_path)
     assert build_app.expected_data_dir(env).is_relative_to(tmp_path) or sys.platform == "win32"
+
+
+def test_only_the_bitsandbytes_libraries_torch_loads_are_kept(manifest: ModuleType) -> None:
+    unused = manifest.bitsandbytes_library_unused
+    assert not unused("bitsandbytes/libbitsandbytes_cpu.so", "13.0")
+    assert not unused("bitsandbytes/libbitsandbytes_cuda130.so", "13.0")
+    assert unused("bitsandbytes/libbitsandbytes_cuda128.so", "13.0")
+    assert unused("bitsandbytes/libbitsandbytes_rocm72.so", "13.0")
+    assert unused("bitsandbytes\\libbitsandbytes_cuda130.dll".replace("\\", "/"), None)
+    assert not unused("torch/lib/libtorch_cuda.so", "13.0")
