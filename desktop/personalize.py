@@ -6,11 +6,18 @@ concepts' photos plus, with an index, the retrieval plan's hard and easy negativ
 (at least one) is held out for selection. The base model describes each training photo once (greedy,
 no concept loaded) and those descriptions become question-answer targets. Every epoch ends with a
 checkpoint scored on the held-out photos; the best score becomes the concept's active version.
+
+`train_concept` loads its own model unless it is handed one that is already loaded (the desktop app's): it
+then detaches every concept from that model first, so training sees the model exactly as freshly loaded, and
+detaches the trained concept again at the end. With `remote_knn_url` set (the user's opt-in), look-alikes are
+asked of that clip-retrieval service, sending only the mean photo embedding; a failure falls back to the
+offline index with a note in the run's log and status. Without it, nothing opens a socket.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +43,7 @@ CLASS_FACT = re.compile(r"^\s*class\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILI
 DESCRIBE = "Describe this photo in detail."
 ENCODE_BATCH = 8
 REPORT_EVERY_S = 1.0
+NOTE = "note: "  # starts a status or log line that warns (e.g. the remote kNN service failed)
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class TrainOptions:
     describe_photos: bool = True
     index: str | None = None
     embedder_weights: str | None = None
+    remote_knn_url: str | None = None
 
 
 @dataclass
@@ -67,6 +76,7 @@ class Prepared:
     held_out_negatives: list[list[int]]
     real_photos: list[Image.Image]
     similarity: ImageSimilarity | None
+    notes: list[str]  # for the run's log: where look-alikes came from, and NOTE lines (e.g. a remote fallback)
 
 
 def class_word(kind: str, facts: str) -> str:
@@ -100,17 +110,31 @@ class Retrieved:
     tiers: list[tuple[int, list[list[int]]]]
     negatives: list[list[int]]
     similarity: ImageSimilarity
+    source: str
+    warnings: list[str]
 
 
 def retrieve(library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions) -> Retrieved:
-    """Plan soft positives and hard/easy negatives from the offline index, then get their VQ tokens:
-    from the index where it holds tokens for this base model, else by encoding the image file."""
+    """Plan soft positives and hard/easy negatives, then get their VQ tokens: from the index where it holds
+    tokens for this base model, else by encoding the image file. Neighbours come from the remote kNN service
+    when `options.remote_knn_url` is set (downloads go to a temporary folder in the library, removed after
+    encoding), else or on its failure from the offline index; `source` says which, `warnings` why."""
+    assert options.index is not None
+    with tempfile.TemporaryDirectory(prefix="remote-knn-", dir=library.layout.tmp) as downloads:
+        return _retrieve(library, assistant, name, train, options, Path(downloads))
+
+
+def _retrieve(
+    library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions, downloads: Path
+) -> Retrieved:
     from engine.embedder import load_embedder_for
     from engine.index import EmbeddingIndex, Neighbour
+    from engine.remote_knn import RemoteKnnSettings
     from engine.retrieval_plan import ConceptPhoto, PlanSettings, plan_concept, read_concept_photos
 
     assert options.index is not None
     index = EmbeddingIndex(Path(options.index))
+    remote = RemoteKnnSettings(enabled=True, url=options.remote_knn_url) if options.remote_knn_url else None
     embedder = load_embedder_for(index.embedder, options.embedder_weights, device=assistant.loaded.device)
     photos, embeddings = read_concept_photos([p.path for p in train], embedder)
     others = {
@@ -122,7 +146,9 @@ def retrieve(library: Library, assistant: Assistant, name: str, train: list[Phot
     settings = PlanSettings(
         top_n=options.soft_positives, num_hard_negatives=hard, num_easy_negatives=easy, seed=options.seed
     )
-    plan = plan_concept(name, photos, embeddings, index, others, settings)
+    plan = plan_concept(name, photos, embeddings, index, others, settings, remote, embedder, downloads)
+    where = "the remote kNN service" if plan.source == "remote" else f"the offline index {index.path}"
+    source = f"{len(plan.soft_positives)} look-alikes from {where}"
     vq = (plan.index or {}).get("vq") or {}
     stored = index.vq_tokens if vq.get("model_fingerprint") == assistant.loaded.fingerprint else None
 
@@ -137,10 +163,12 @@ def retrieve(library: Library, assistant: Assistant, name: str, train: list[Phot
         return float((embedder.embed(list(generated)) @ (mean / np.linalg.norm(mean))).mean())
 
     tiers = [(tier.num_tokens, tokens(tier.images)) for tier in plan.tiers]
-    return Retrieved(tiers, tokens(plan.hard_negatives + plan.easy_negatives), similarity)
+    return Retrieved(tiers, tokens(plan.hard_negatives + plan.easy_negatives), similarity, source, plan.warnings)
 
 
-def prepare(library: Library, name: str, options: TrainOptions, report: Callable[[str], None]) -> Prepared:
+def prepare(
+    library: Library, name: str, options: TrainOptions, report: Callable[[str], None], assistant: Assistant
+) -> Prepared:
     concept = library.concepts.get(name)
     key = concept.name.lower()
     photos = library.concepts.photos(name)
@@ -150,8 +178,6 @@ def prepare(library: Library, name: str, options: TrainOptions, report: Callable
         train, test = train[:-1], train[-1:]
     if not train:
         raise EngineError(f"<{concept.name}> has no training photos: add 3-5 photos first")
-    report("loading the model")
-    assistant = Assistant(load_model(options.model, device=options.device))
     train_images = [open_image(p.path) for p in train]
     descriptions = []
     if options.describe_photos:
@@ -167,10 +193,19 @@ def prepare(library: Library, name: str, options: TrainOptions, report: Callable
     negatives = _encode(assistant, [open_image(p.path) for p in others[: options.negatives]])
     tiers: list[tuple[int, list[list[int]]]] = []
     similarity = None
-    if options.index is not None:
-        report("retrieving look-alikes and negatives from the index")
+    sources: list[str] = []
+    warnings: list[str] = []
+    if options.index is None and options.remote_knn_url:
+        warnings.append("the remote kNN service is on but no offline index is set: training uses your photos only")
+    elif options.index is not None:
+        source = "the remote kNN service" if options.remote_knn_url else "the index"
+        report(f"retrieving look-alikes and negatives from {source}")
         retrieved = retrieve(library, assistant, key, train, options)
         tiers, negatives, similarity = retrieved.tiers, negatives + retrieved.negatives, retrieved.similarity
+        report(retrieved.source)
+        sources, warnings = [retrieved.source], retrieved.warnings
+    for warning in warnings:
+        report(f"{NOTE}{warning}")
     held_negatives = max(1, len(negatives) // 5) if negatives else 0
     data = ConceptData(
         name=key,
@@ -199,6 +234,7 @@ def prepare(library: Library, name: str, options: TrainOptions, report: Callable
         held_out_negatives=negatives[:held_negatives],
         real_photos=train_images,
         similarity=similarity,
+        notes=sources + [f"{NOTE}{warning}" for warning in warnings],
     )
 
 
@@ -222,6 +258,11 @@ def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint]:
     raise EngineError(f"<{name}> has no interrupted training run with a checkpoint to resume")
 
 
+def _detach_all(assistant: Assistant) -> None:
+    for loaded in assistant.slots.names():
+        assistant.slots.detach(loaded)
+
+
 def train_concept(
     library: Library,
     name: str,
@@ -231,23 +272,62 @@ def train_concept(
     status: Callable[[str], None] | None = None,
     resume: bool = False,
     similarity: ImageSimilarity | None = None,
+    assistant: Assistant | None = None,
 ) -> Run:
     """Train `name` and make the best checkpoint its active version; returns the finished run.
 
     Cancelling saves a checkpoint and returns the run marked cancelled; `resume=True` continues the
-    latest interrupted or cancelled run from its last checkpoint, with that run's options.
+    latest interrupted or cancelled run from its last checkpoint, with that run's options. With `assistant`
+    (a model already loaded) no model is loaded (`options.model` and `device` are only recorded); every concept
+    is detached from it before training and none is left attached afterwards. The caller must not use the
+    model for anything else until this returns.
     """
     report = status or (lambda _m: None)
-    resume_from = None
+    run, resume_from = None, None
     if resume:
         run, resume_from = _resumable(library, name)
         options = TrainOptions(**{**asdict(options), **run.config})
-    prepared = prepare(library, name, options, report)
+    if assistant is None:
+        report("loading the model")
+        assistant = Assistant(load_model(options.model, device=options.device))
+    if (
+        run is not None
+        and resume_from is not None
+        and resume_from.state.base_fingerprint != assistant.loaded.fingerprint
+    ):
+        raise EngineError(
+            f"run {run.id} of <{name}> was trained on another base model; load that model to resume it, "
+            "or train the concept again"
+        )
+    _detach_all(assistant)
+    try:
+        return _train(library, name, options, progress, cancelled, report, run, resume_from, similarity, assistant)
+    finally:
+        _detach_all(assistant)
+
+
+def _train(
+    library: Library,
+    name: str,
+    options: TrainOptions,
+    progress: Callable[[Progress], None] | None,
+    cancelled: Callable[[], bool] | None,
+    report: Callable[[str], None],
+    run: Run | None,
+    resume_from: Checkpoint | None,
+    similarity: ImageSimilarity | None,
+    assistant: Assistant,
+) -> Run:
+    prepared = prepare(library, name, options, report, assistant)
     trainer = prepared.trainer
-    if resume_from is None:
+    if run is None or resume_from is None:
         run = library.runs.create(name, asdict(options))
-    library.runs.start(run.id) if resume_from is None else library.runs.resume(run.id)
+        library.runs.start(run.id)
+    else:
+        library.runs.resume(run.id)
     library.runs.log(run.id, f"{len(trainer.samples)} samples, {trainer.total_steps} steps")
+    for note in prepared.notes:
+        library.runs.log(run.id, note)
     last_report = 0.0
 
     def on_progress(update: Progress) -> None:

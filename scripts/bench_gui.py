@@ -137,7 +137,7 @@ def event_loop_latency(folder: Path) -> dict[str, object]:
     loading = lateness(until=lambda: engine.state in ("ready", "failed"))
     load_seconds = time.perf_counter() - started
 
-    controller = TrainingController(data, TRAINING)
+    controller = TrainingController(engine, TRAINING)
     result: dict[str, object] = {}
     first_step: list[float] = []
     controller.progress.connect(lambda _update: first_step or first_step.append(time.perf_counter()))

@@ -208,9 +208,14 @@ class ChatView(QWidget):
         self.attachment.hide()
 
     def send(self) -> None:
-        """Ask the model: the turn runs on the model's thread; pieces stream back as signals."""
+        """Ask the model: the turn runs on the model's thread; pieces stream back as signals. While a training
+        run has the model, the question is refused with a note (it would wait for the whole run)."""
         question = self.edit.text().strip()
         if not question or self.busy:
+            return
+        busy = self.engine.busy_reason()
+        if busy is not None:  # the question stays in the box, to send once the run is over
+            self._note(busy)
             return
         photo, mode = self.photo, self.mode.currentData()
         self.follow = True

@@ -1,8 +1,10 @@
-"""The loaded model, owned by one worker thread: loading, chat turns and drawing run there in order.
+"""The loaded model, owned by one worker thread: loading, chat turns, drawing, instant concepts and training
+run there in order, so no two of them ever use the model at once.
 
 Engine modules are imported inside the jobs (in the worker), never at import time, so the window shows
 before torch is imported. Jobs queue on a single thread: a turn asked for while the model is still
-loading simply waits behind the load."""
+loading simply waits behind the load. A training run holds the thread for minutes, so while one is queued
+or running (`training`), views refuse new model work with `busy_reason()` instead of queueing it."""
 
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ class ModelInfo:
     is_demo: bool
     quantized: bool
     notice: str | None
+    demo_aligner: str | None = None
+    """The Aligner shipped for the demo model, when this is the demo and the file is there."""
 
 
 class EngineHost(QObject):
@@ -53,6 +57,10 @@ class EngineHost(QObject):
         self.state = "idle"
         self.info: ModelInfo | None = None
         self.cancel_event = threading.Event()
+        self.training: str | None = None
+        """The concept a training run on this model is for, from when it is submitted until it ends."""
+        self.cache: dict[Any, Any] = {}
+        """Things jobs keep for the loaded model (e.g. Aligners); emptied when another model loads."""
         self._assistant: Assistant | None = None
         self._attached: dict[str, int] = {}
 
@@ -60,25 +68,57 @@ class EngineHost(QObject):
         """Load (or reload) the model that `settings` names."""
         self.state = "loading"
         self.info = None
-        self.status.emit(f"Loading {'the demo model' if settings.model == 'demo' else settings.model}\u2026")
+        after = f" after the training run of <{self.training}> ends" if self.training else ""
+        self.status.emit(f"Loading {'the demo model' if settings.model == 'demo' else settings.model}{after}\u2026")
         self.runner.submit(
             lambda report: self._load(settings, report), done=self._loaded, failed=self._failed, progress=self._status
         )
 
     def _load(self, settings: AppSettings, report: Report) -> ModelInfo:
+        from engine.aligner import demo_aligner_path
         from engine.assistant import Assistant
         from engine.model_loading import load_model
 
         self._assistant = None
         self._attached.clear()
+        self.cache.clear()
         loaded = load_model(settings.model, device=settings.device, quantize=settings.quantize, progress=report)
         self._assistant = Assistant(loaded)
+        demo_aligner = demo_aligner_path()
         return ModelInfo(
             source=loaded.source,
             device=str(loaded.device),
             is_demo=loaded.is_demo,
             quantized=loaded.quantized,
             notice=self._assistant.notice,
+            demo_aligner=str(demo_aligner) if loaded.is_demo and demo_aligner.is_file() else None,
+        )
+
+    def busy_reason(self) -> str | None:
+        """Why new model work would have to wait for minutes (a training run), or None."""
+        if self.training is None:
+            return None
+        return (
+            f"The model is busy training <{self.training}>: try again when the run finishes, or cancel it in the "
+            "Training view."
+        )
+
+    def aligner_for(self, settings: AppSettings) -> tuple[str | None, str]:
+        """The Aligner file instant concepts would use with the loaded model, or None and why there is none.
+
+        The settings' Aligner file wins; the demo model has its own. Whether a file was made for this base
+        model is checked when it is used (the check needs torch)."""
+        if self.info is None:
+            return None, "Instant concepts need the model: it is not loaded yet."
+        if settings.aligner:
+            if Path(settings.aligner).expanduser().is_file():
+                return str(Path(settings.aligner).expanduser()), ""
+            return None, f"The Aligner file {settings.aligner} (Settings) does not exist."
+        if self.info.demo_aligner is not None:
+            return self.info.demo_aligner, ""
+        return None, (
+            "Instant concepts need an Aligner trained for this model: train one with `familiar aligner train` "
+            "and choose its file in Settings."
         )
 
     def _status(self, message: object) -> None:
@@ -117,5 +157,5 @@ class EngineHost(QObject):
             return job(library, self._assistant, self._attached, report)
 
     def cancel(self) -> None:
-        """Ask the running chat or drawing to stop at its next step."""
+        """Ask the running chat or drawing to stop at its next step (training has its own cancel)."""
         self.cancel_event.set()

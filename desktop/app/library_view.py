@@ -94,6 +94,14 @@ class LibraryView(QWidget):
         add.clicked.connect(self.add.emit)
         top.addWidget(add)
         layout.addLayout(top)
+        self.problem = QLabel()
+        self.problem.setWordWrap(True)
+        self.problem.setTextFormat(Qt.TextFormat.PlainText)
+        self.problem.setObjectName("problem")
+        self.problem.setStyleSheet("#problem { background: #fde8e8; border: 1px solid #e0a0a0; padding: 6px; }")
+        self.problem.hide()
+        self.add.connect(self.problem.hide)
+        layout.addWidget(self.problem)
         self.empty = QLabel(
             "No concepts yet. Add one from 3-5 photos of your dog, a person or a thing; Familiar learns it as a "
             "few tokens and can then talk about it and draw it."
@@ -108,6 +116,11 @@ class LibraryView(QWidget):
         scroll.setWidget(self.grid_host)
         layout.addWidget(scroll, 1)
         self.refresh()
+
+    def show_problem(self, message: str) -> None:
+        """Keep a message above the cards (e.g. why a concept has no instant tokens) until the next Add."""
+        self.problem.setText(message)
+        self.problem.show()
 
     def refresh(self) -> None:
         while (item := self.grid.takeAt(0)) is not None:

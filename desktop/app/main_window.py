@@ -4,7 +4,6 @@ Construction is cheap (no torch): the model loads on the engine's thread after t
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +64,7 @@ class MainWindow(QMainWindow):
         self.library = Library.open(context.data_dir)
         self.engine = EngineHost(context.data_dir, self)
         self.work = Runner(2, self)
-        self.training = TrainingController(context.data_dir, context.train_overrides, self)
+        self.training = TrainingController(self.engine, context.train_overrides, self)
         self._closing = False
 
         self.settings_view = SettingsView(
@@ -75,9 +74,7 @@ class MainWindow(QMainWindow):
         self.chat_view = ChatView(self.library, self.engine)
         self.training_view = TrainingView(self.library, self.training, self.engine, lambda: self.settings_view.settings)
         self.gallery_view = GalleryView(self.library)
-        self.wizard = ConceptWizard(
-            self.library, self.work, instant_available=importlib.util.find_spec("engine.aligner") is not None
-        )
+        self.wizard = ConceptWizard(self.library, self.work, self.engine)
         self.views: dict[str, QWidget] = {
             "Library": self.library_view,
             "Chat": self.chat_view,
@@ -136,6 +133,7 @@ class MainWindow(QMainWindow):
         self.library_view.resume.connect(lambda name: self.train(name, resume=True))
         self.library_view.chat.connect(self._chat_about)
         self.wizard.created.connect(self._concept_added)
+        self.wizard.instant_failed.connect(self._instant_failed)
         self.wizard.cancelled.connect(lambda: self.show_page("Library"))
         self.training_view.changed.connect(self.refresh)
         self.training.finished.connect(self._training_ended)
@@ -160,7 +158,13 @@ class MainWindow(QMainWindow):
             self.nav.setCurrentRow(PAGES.index(page))
         else:
             self.nav.clearSelection()
+        if page == "Add concept":
+            self._offer_instant()
         self.stack.setCurrentWidget(self.views[page])
+
+    def _offer_instant(self) -> None:
+        """Tell the wizard which Aligner "Add instantly" would use with the loaded model, or why there is none."""
+        self.wizard.set_aligner(*self.engine.aligner_for(self.settings_view.settings))
 
     def train(self, name: str, resume: bool = False) -> None:
         self.show_page("Training")
@@ -191,6 +195,11 @@ class MainWindow(QMainWindow):
         else:
             self.show_page("Library")
 
+    def _instant_failed(self, name: str, message: str) -> None:
+        self.library_view.show_problem(
+            f"<{name}> was added with its photos but has no instant tokens (it stays untrained): {message}"
+        )
+
     def _chat_about(self, name: str) -> None:
         self.show_page("Chat")
         self.chat_view.mention(name)
@@ -200,13 +209,16 @@ class MainWindow(QMainWindow):
         self.error_banner.hide()
         self.busy.show()
         self.engine.load(settings)
+        self._offer_instant()
 
     def _model_ready(self, info: ModelInfo) -> None:
         self.busy.hide()
         self.demo_banner.setVisible(info.is_demo)
+        self._offer_instant()
 
     def _model_failed(self, message: str) -> None:
         self.busy.hide()
+        self._offer_instant()
         self.error_banner.label.setText(f"The model could not be loaded: {message}")
         self.error_banner.show()
 

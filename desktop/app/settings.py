@@ -17,8 +17,9 @@ CONFIG_ENV = "FAMILIAR_CONFIG"
 DEVICES = ("auto", "cpu", "cuda")
 REMOTE_KNN_STATEMENT = (
     "When this is on, training sends only a numeric embedding of your photos (a list of numbers) to the "
-    "service you name, never the photos. The training service does not call a remote service yet: for now "
-    "this choice is only saved, and look-alikes come from the offline index."
+    "service you name, never the photos, and downloads the pictures it lists. It needs the offline index "
+    "above: if the service fails, look-alikes come from the index and the training view says so. When it "
+    "is off, nothing leaves this computer."
 )
 
 
@@ -34,11 +35,18 @@ class AppSettings:
     remote_knn: bool = False
     remote_knn_url: str = ""
     data_folder: str = ""
+    aligner: str = ""
+    """The Aligner file for instant concepts; empty means the demo model's own (none for other models)."""
 
     @property
     def quantize(self) -> bool | None:
         """`load_model`'s quantize argument: None lets it pick 4-bit on CUDA for real checkpoints."""
         return None if self.four_bit else False
+
+    @property
+    def remote_knn_service(self) -> str | None:
+        """The remote kNN URL training may query: only when the user turned the service on and gave one."""
+        return (self.remote_knn_url.strip() or None) if self.remote_knn else None
 
 
 def settings_path() -> Path:

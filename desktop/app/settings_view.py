@@ -1,5 +1,6 @@
-"""Settings: the model (with its memory estimate, refused when it will not fit), device, 4-bit, the offline
-index, the opt-in remote kNN service, and the library folder. Saved to the settings file at once."""
+"""Settings: the model (with its memory estimate, refused when it will not fit), device, 4-bit, the Aligner for
+instant concepts, the offline index, the opt-in remote kNN service, and the library folder. Saved to the
+settings file at once."""
 
 from __future__ import annotations
 
@@ -41,6 +42,20 @@ def _folder_row(edit: QLineEdit, title: str, parent: QWidget) -> QHBoxLayout:
     browse.clicked.connect(
         lambda: (
             (chosen := QFileDialog.getExistingDirectory(parent, title, edit.text() or str(Path.home())))
+            and edit.setText(chosen)
+        )
+    )
+    row.addWidget(browse)
+    return row
+
+
+def _file_row(edit: QLineEdit, title: str, pattern: str, parent: QWidget) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    browse = QPushButton("Browse\u2026")
+    browse.clicked.connect(
+        lambda: (
+            (chosen := QFileDialog.getOpenFileName(parent, title, edit.text() or str(Path.home()), pattern)[0])
             and edit.setText(chosen)
         )
     )
@@ -102,6 +117,12 @@ class SettingsView(QWidget):
                 "tokenizer/ folder copied into it. About 7 GiB in 4-bit on a GPU; 17 GiB in bf16."
             ),
         )
+        self.aligner = QLineEdit(settings.aligner)
+        self.aligner.setPlaceholderText("the demo model's own; for another model, one made by familiar aligner train")
+        form.addRow("Aligner file", _file_row(self.aligner, "Aligner file", "Aligner (*.safetensors)", self))
+        form.addRow(
+            "", _note("The Aligner makes instant concepts from one photo (Add instantly); it is saved by Save.")
+        )
         self.estimate = QLabel("Check and load estimates the memory the model needs before loading it.")
         self.estimate.setStyleSheet("color: #555;")
         self.estimate.setWordWrap(True)
@@ -119,12 +140,7 @@ class SettingsView(QWidget):
         form.addRow("Offline index folder", _folder_row(self.index, "Choose an index folder", self))
         self.weights = QLineEdit(settings.embedder_weights)
         self.weights.setPlaceholderText("the index's embedder weights file (not needed for a demo index)")
-        weights_row = QHBoxLayout()
-        weights_row.addWidget(self.weights, 1)
-        pick = QPushButton("Browse\u2026")
-        pick.clicked.connect(self._pick_weights)
-        weights_row.addWidget(pick)
-        form.addRow("Embedder weights", weights_row)
+        form.addRow("Embedder weights", _file_row(self.weights, "Embedder weights", "Weights (*.safetensors)", self))
         form.addRow("", _note("Build an index with `familiar index build FOLDER -o INDEX` (see docs/retrieval.md)."))
         self.remote = QCheckBox("Use a remote kNN service (off by default)")
         self.remote.setChecked(settings.remote_knn)
@@ -153,18 +169,23 @@ class SettingsView(QWidget):
         self.saved.setWordWrap(True)
         save_row.addWidget(self.saved, 1)
         save = QPushButton("Save")
-        save.setToolTip("Save the look-alike and library choices (the model is saved by Check and load)")
+        save.setToolTip("Save the Aligner, look-alike and library choices (the model is saved by Check and load)")
         save.clicked.connect(self.save)
         save_row.addWidget(save)
         outer.addLayout(save_row)
 
     def save(self) -> None:
-        """Save the retrieval and library choices (the model is saved by Check and load)."""
+        """Save the Aligner, retrieval and library choices (the model is saved by Check and load)."""
         url = self.remote_url.text().strip()
         index, weights = self.index.text().strip(), self.weights.text().strip()
+        aligner = self.aligner.text().strip()
         problem = None
         if self.remote.isChecked() and not url.startswith(("https://", "http://")):
             problem = "The remote kNN service needs an http(s) URL."
+        elif self.remote.isChecked() and not index:
+            problem = "The remote kNN service needs an offline index too (its embedder, and the fallback)."
+        elif aligner and not Path(aligner).expanduser().is_file():
+            problem = f"The Aligner file {aligner} does not exist."
         elif index and not Path(index).expanduser().is_dir():
             problem = f"The index folder {index} does not exist."
         elif weights and not Path(weights).expanduser().is_file():
@@ -180,15 +201,11 @@ class SettingsView(QWidget):
             remote_knn=self.remote.isChecked(),
             remote_knn_url=url,
             data_folder=self.data_folder.text().strip(),
+            aligner=aligner,
         )
         save_settings(self.path, self.settings)
         self.saved.setStyleSheet(OK_STYLE)
         self.saved.setText(f"Saved to {self.path}")
-
-    def _pick_weights(self) -> None:
-        chosen, _ = QFileDialog.getOpenFileName(self, "Embedder weights", str(Path.home()), "Weights (*.safetensors)")
-        if chosen:
-            self.weights.setText(chosen)
 
     def check_and_load(self) -> None:
         """Estimate memory in the background; a model that fits is saved and loaded, one that does not is refused."""

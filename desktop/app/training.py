@@ -1,25 +1,33 @@
-"""Runs `desktop.personalize.train_concept` on its own worker thread and relays its callbacks as signals."""
+"""Runs `desktop.personalize.train_concept` on the engine's model thread, with the model the app already
+loaded, and relays its callbacks as signals.
+
+Training switches that model to train mode and attaches the concept being trained, so it must never overlap a
+chat turn or a drawing: it runs as one job on the engine's single thread (behind whatever is already queued),
+and while it is queued or running the engine's `training` names the concept, so the views refuse new model
+work with a message instead of queueing it behind a run of several minutes."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, Signal
 
+from desktop.app.engine_host import EngineHost
 from desktop.app.settings import AppSettings
 from desktop.app.tasks import Report, Runner
 from store.library import Library
 
 if TYPE_CHECKING:
     from desktop.personalize import TrainOptions
+    from engine.assistant import Assistant
 
 
 class TrainingController(QObject):
-    """One training run at a time. `progress` carries the trainer's Progress, `status` its phase lines,
-    `finished` the library's Run record (done or cancelled), `failed` a message."""
+    """One training run at a time. `progress` carries the trainer's Progress, `status` its phase lines (a
+    line starting with "note: " is a warning to keep in view, e.g. a remote kNN fallback), `finished` the
+    library's Run record (done or cancelled), `failed` a message."""
 
     started = Signal(str)
     progress = Signal(object)
@@ -27,30 +35,36 @@ class TrainingController(QObject):
     finished = Signal(object)
     failed = Signal(str)
 
-    def __init__(self, data_dir: Path, overrides: Mapping[str, Any], parent: QObject | None = None) -> None:
+    def __init__(self, engine: EngineHost, overrides: Mapping[str, Any], parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.data_dir = data_dir
+        self.engine = engine
         self.overrides = dict(overrides)
-        self.runner = Runner(1, self)
         self.concept: str | None = None
         self._cancel = threading.Event()
 
     @property
+    def runner(self) -> Runner:
+        """The engine's runner: training is one of its jobs."""
+        return self.engine.runner
+
+    @property
     def running(self) -> bool:
-        return self.runner.busy
+        """A run is queued on the model's thread or running there."""
+        return self.concept is not None
 
     def start(self, name: str, settings: AppSettings, resume: bool = False) -> bool:
         """Start (or resume) training `name`; False when a run is already going."""
         if self.running:
             return False
         self.concept = name
+        self.engine.training = name
         self._cancel.clear()
-        self.runner.submit(
-            lambda report: self._train(name, settings, resume, report),
-            done=self._done,
-            failed=self._failed,
-            progress=self._relay,
-        )
+        options = self.options(settings)
+
+        def job(library: Library, assistant: Assistant, attached: dict[str, int], report: Report) -> Any:
+            return self._train(library, assistant, attached, report, name, options, resume)
+
+        self.engine.submit(job, done=self._done, failed=self._failed, progress=self._relay)
         self.started.emit(name)
         return True
 
@@ -59,7 +73,8 @@ class TrainingController(QObject):
         self._cancel.set()
 
     def options(self, settings: AppSettings) -> TrainOptions:
-        """The run's options: model, device and index from the settings, then the injected overrides."""
+        """The run's options: model, device, index and the remote kNN service (only when the user turned it on)
+        from the settings, then the injected overrides."""
         from desktop.personalize import TrainOptions
 
         chosen = {
@@ -67,14 +82,24 @@ class TrainingController(QObject):
             "device": settings.device,
             "index": settings.index_folder or None,
             "embedder_weights": settings.embedder_weights or None,
+            "remote_knn_url": settings.remote_knn_service,
         }
         return TrainOptions(**{**chosen, **self.overrides})
 
-    def _train(self, name: str, settings: AppSettings, resume: bool, report: Report) -> Any:
+    def _train(
+        self,
+        library: Library,
+        assistant: Assistant,
+        attached: dict[str, int],
+        report: Report,
+        name: str,
+        options: TrainOptions,
+        resume: bool,
+    ) -> Any:
         from desktop.personalize import train_concept
 
-        options = self.options(settings)
-        with Library.open(self.data_dir) as library:
+        attached.clear()  # train_concept detaches every concept; chat re-attaches the ones it mentions
+        try:
             return train_concept(
                 library,
                 name,
@@ -83,7 +108,10 @@ class TrainingController(QObject):
                 cancelled=self._cancel.is_set,
                 status=lambda message: report(message),
                 resume=resume,
+                assistant=assistant,
             )
+        finally:
+            attached.clear()
 
     def _relay(self, update: object) -> None:
         if isinstance(update, str):
@@ -91,10 +119,14 @@ class TrainingController(QObject):
         else:
             self.progress.emit(update)
 
-    def _done(self, run: object) -> None:
+    def _ended(self) -> None:
         self.concept = None
+        self.engine.training = None
+
+    def _done(self, run: object) -> None:
+        self._ended()
         self.finished.emit(run)
 
     def _failed(self, message: str) -> None:
-        self.concept = None
+        self._ended()
         self.failed.emit(message)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from engine.trainer import Progress
 
 SAMPLE_SIDE = 192
+NOTE = "note: "  # as desktop.personalize.NOTE (not imported here: that module imports torch)
 
 
 def format_eta(seconds: float | None) -> str:
@@ -180,7 +181,17 @@ class TrainingView(QWidget):
             self._show_run(runs[0], runs[0].step)
         self._buttons()
 
+    def _add_notice(self, text: str) -> None:
+        shown = self.notice.text() if not self.notice.isHidden() else ""
+        self.notice.setText(f"{shown}\n{text[:1].upper()}{text[1:]}".strip())
+        self.notice.show()
+
     def _show_run(self, run: Run, step: int) -> None:
+        """A stored run: its per-epoch curve, progress, status, warnings from its log, scores and sample."""
+        for note in dict.fromkeys(
+            line.message[len(NOTE) :] for line in self.library.runs.log_lines(run.id) if line.message.startswith(NOTE)
+        ):
+            self._add_notice(note)
         losses = epoch_losses(self.library, run)
         total = run.total_steps or 0
         self.curve.set_points(losses, total, [step for step, _ in losses], per_epoch=True)
@@ -218,6 +229,9 @@ class TrainingView(QWidget):
         self._buttons()
 
     def _status(self, message: str) -> None:
+        if message.startswith(NOTE):  # a warning to keep in view, e.g. a remote kNN fallback
+            self._add_notice(message[len(NOTE) :])
+            return
         self.phase.setText(message[:1].upper() + message[1:])
 
     def _progress(self, update: Progress) -> None:

@@ -1,10 +1,12 @@
 """Add a concept: 3-5 photos (dropped or picked, each checked by the store as it arrives, refusals
-explained in place), a name validated as it is typed, a kind and facts; then add it, or add and train."""
+explained in place), a name validated as it is typed, a kind and facts; then add it, add and train, or add it
+instantly (the Aligner predicts its tokens from the first photo on the model's thread, no training)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QPixmap
@@ -23,12 +25,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.app.engine_host import EngineHost
 from desktop.app.tasks import Report, Runner
 from desktop.app.widgets import FlowLayout, heading
 from store.errors import InvalidValueError, NotFoundError
 from store.library import Library
 from store.photos import clean_photo, read_photo_file
 from store.validation import KINDS, check_facts, check_name
+
+if TYPE_CHECKING:
+    from engine.assistant import Assistant
+    from store.models import TokenVersion
 
 MIN_PHOTOS, MAX_PHOTOS = 3, 5
 PHOTO_SIDE = 104
@@ -117,16 +124,23 @@ class DropArea(QFrame):
             self.dropped.emit(paths)
 
 
+INSTANT_TIP = "Add it and let the Aligner predict its tokens from the first photo: usable at once, no training"
+
+
 class ConceptWizard(QWidget):
-    """The add-concept page. `created(name, train)` fires once the concept is in the library."""
+    """The add-concept page. `created(name, train)` fires once the concept is in the library (with its instant
+    tokens, when added instantly); `instant_failed(name, message)` first, when those could not be made."""
 
     created = Signal(str, bool)
+    instant_failed = Signal(str, str)
     cancelled = Signal()
 
-    def __init__(self, library: Library, runner: Runner, instant_available: bool) -> None:
+    def __init__(self, library: Library, runner: Runner, engine: EngineHost) -> None:
         super().__init__()
         self.library = library
         self.runner = runner
+        self.engine = engine
+        self.aligner: str | None = None
         self.photos: list[CheckedPhoto] = []
         self.refused: list[tuple[Path, str]] = []
         self.pending: set[Path] = set()
@@ -189,11 +203,9 @@ class ConceptWizard(QWidget):
         cancel.clicked.connect(self._cancel)
         buttons.addWidget(cancel)
         buttons.addStretch(1)
-        if instant_available:
-            instant = QPushButton("Add instantly")
-            instant.setEnabled(False)
-            instant.setToolTip("Instant concepts (one photo, no training) are not available in the app yet")
-            buttons.addWidget(instant)
+        self.add_instant = QPushButton("Add instantly")
+        self.add_instant.clicked.connect(lambda: self._submit(train=False, instant=True))
+        buttons.addWidget(self.add_instant)
         self.add_only = QPushButton("Add")
         self.add_only.clicked.connect(lambda: self._submit(train=False))
         buttons.addWidget(self.add_only)
@@ -282,6 +294,13 @@ class ConceptWizard(QWidget):
         ready = problem is None and MIN_PHOTOS <= len(self.photos) <= MAX_PHOTOS and not self.pending
         self.add_only.setEnabled(ready and not self._busy)
         self.add_train.setEnabled(ready and not self._busy)
+        self.add_instant.setEnabled(ready and not self._busy and self.aligner is not None)
+
+    def set_aligner(self, path: str | None, why: str) -> None:
+        """The Aligner file "Add instantly" uses, or None (the button is then disabled and its tip says `why`)."""
+        self.aligner = path
+        self.add_instant.setToolTip(INSTANT_TIP if path is not None else why)
+        self._update()
 
     def _pick(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
@@ -289,11 +308,15 @@ class ConceptWizard(QWidget):
         )
         self.add_files([Path(f) for f in files])
 
-    def _submit(self, train: bool) -> None:
+    def _submit(self, train: bool, instant: bool = False) -> None:
         try:
             facts = check_facts(self.facts.toPlainText())
         except InvalidValueError as exc:
             self.error.setText(str(exc))
+            return
+        busy = self.engine.busy_reason() if instant else None
+        if busy is not None:
+            self.error.setText(f"{busy} (Add stores the concept without tokens now.)")
             return
         name, kind = self.name.text(), self.kind.currentText()
         paths = [p.path for p in self.photos]
@@ -306,7 +329,31 @@ class ConceptWizard(QWidget):
             with Library.open(data_dir) as library:
                 return library.concepts.add(name, paths, kind=kind, facts=facts).name
 
-        self.runner.submit(work, done=lambda added: self._done(added, train), failed=self._failed)
+        if instant:
+            self.runner.submit(work, done=self._predict, failed=self._failed)
+        else:
+            self.runner.submit(work, done=lambda added: self._done(added, train), failed=self._failed)
+
+    def _predict(self, name: str) -> None:
+        """The concept is in the library: predict its instant tokens on the model's thread."""
+        aligner = Path(self.aligner or "")
+        self.error.setText(f"Added <{name}>; predicting its tokens from its first photo\u2026")
+
+        def job(library: Library, assistant: Assistant, _attached: dict[str, int], report: Report) -> TokenVersion:
+            from desktop.instant import add_instant_tokens
+
+            return add_instant_tokens(library, assistant, name, aligner, self.engine.cache, report)
+
+        self.engine.submit(
+            job,
+            done=lambda _version: self._done(name, False),
+            failed=lambda message: self._predict_failed(name, message),
+            progress=lambda message: self.error.setText(f"<{name}>: {message}\u2026"),
+        )
+
+    def _predict_failed(self, name: str, message: str) -> None:
+        self.instant_failed.emit(name, message)
+        self._done(name, False)
 
     def _done(self, name: str, train: bool) -> None:
         self._busy = False
