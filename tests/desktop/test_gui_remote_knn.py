@@ -98,9 +98,13 @@ def _train(window, qtbot, dreambooth: Path, settings: AppSettings) -> Any:
     window.library.concepts.add("bo", sorted((dreambooth / "dog").glob("*.jpg"))[:3], kind="pet")
     window.refresh()
     window.settings_view.settings = settings
-    with qtbot.waitSignal(window.training.finished, timeout=WAIT_MS) as finished:
-        window.train("bo")
-    run = finished.args[0]
+    ended: list = []  # the finished run, or the failure's message
+    window.training.finished.connect(ended.append)
+    window.training.failed.connect(ended.append)
+    window.train("bo")
+    qtbot.waitUntil(lambda: bool(ended), timeout=WAIT_MS)
+    (run,) = ended
+    assert not isinstance(run, str), run
     assert run.status == "done"
     return run
 

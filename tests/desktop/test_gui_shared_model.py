@@ -71,18 +71,23 @@ def test_training_shares_the_loaded_model_and_refuses_chat_meanwhile(
     qtbot.waitUntil(lambda: len(wizard.photos) == 3 and not wizard.pending, timeout=30_000)
     qtbot.keyClicks(wizard.name, "mimi")
 
-    with qtbot.waitSignal(window.training.finished, timeout=WAIT_MS) as finished:
-        window.train("bo")
-        assert window.training.running and window.engine.training == "bo"
-        chat = window.chat_view
-        chat.edit.setText("Is <bo> here?")
-        chat.send()  # refused at once: it would wait behind the whole run
-        assert chat.edit.text() == "Is <bo> here?" and not chat.busy
-        notes = [label.text() for label in chat.transcript_host.findChildren(QLabel)]
-        assert any("busy training <bo>" in note and "cancel" in note for note in notes)
-        wizard.add_instant.click()
-        assert "busy training <bo>" in wizard.error.text()
-    run = finished.args[0]
+    ended: list = []  # the finished run, or the failure's message
+    window.training.finished.connect(ended.append)
+    window.training.failed.connect(ended.append)
+    window.train("bo")
+    # While the run is queued or running (the GUI thread has not seen it end: no events are processed here)
+    assert window.training.running and window.engine.training == "bo"
+    chat = window.chat_view
+    chat.edit.setText("Is <bo> here?")
+    chat.send()  # refused at once: it would wait behind the whole run
+    assert chat.edit.text() == "Is <bo> here?" and not chat.busy
+    notes = [label.text() for label in chat.transcript_host.findChildren(QLabel)]
+    assert any("busy training <bo>" in note and "cancel" in note for note in notes)
+    wizard.add_instant.click()
+    assert "busy training <bo>" in wizard.error.text()
+    qtbot.waitUntil(lambda: bool(ended), timeout=WAIT_MS)
+    (run,) = ended
+    assert not isinstance(run, str), run
     assert run.status == "done" and loads == ["demo"]  # trained on the app's own model
     assert slots_after_training == [[]]  # the chat's <bo> and the trained slot were both detached
     assert window.engine.training is None and not window.training.running
