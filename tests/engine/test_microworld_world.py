@@ -6,7 +6,6 @@ import random
 from dataclasses import asdict
 
 import numpy as np
-import pytest
 
 from engine.microworld.world import (
     ACCESSORY_COLOURS,
@@ -106,9 +105,6 @@ def test_captions_and_questions_mention_the_attributes() -> None:
         assert all(q.endswith("?") or q.endswith(".") for q, _ in scene.questions())
 
 
-@pytest.mark.xfail(
-    strict=True, reason="world.py bug: 'What is it wearing?' answers ' blue glasses.' (leading space, lower case)"
-)
 def test_answers_are_capitalised_sentences() -> None:
     for scene in scenes(11, 200):
         for _, answer in scene.questions():

@@ -1,0 +1,274 @@
+"""Train the micro-world base model: first the VQ image tokenizer, then the language model.
+
+The VQ model is Chameleon's own encoder (transformers' `ChameleonVQVAE`) with the project's VQGAN
+decoder, trained to reconstruct fresh scenes (MSE plus the VQ codebook and commitment terms, unused codes
+restarted from encoder outputs). The language model is `FamiliarChameleon` trained from scratch on the
+product's own sequence formats (engine/prompts.py), with freshly rendered scenes every step:
+- text to image: "A photo of a large red striped circle with a blue hat on grass, on the left." (or only the
+  creature, or the creature and the place), answered with the image;
+- questions about a photo: shape, colour, pattern, accessory, size, position, place, description;
+- recognition: the product's recognition questions about "the red striped circle with a blue hat", over a
+  photo of it (yes), of a creature differing in one attribute (no) or of a random one (no).
+Each sample's loss is its mean over its target tokens, so long image targets do not drown short answers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+from torch import nn
+from transformers import ChameleonConfig, ChameleonVQVAEConfig, PreTrainedTokenizerBase
+from transformers.models.chameleon.modeling_chameleon import ChameleonVQVAE
+
+from engine.chameleon import FamiliarChameleon
+from engine.concepts import ConceptSlots
+from engine.images import to_pixel_values
+from engine.microworld.model_files import the
+from engine.microworld.world import (
+    BACKGROUND_PHRASES,
+    Identity,
+    Scene,
+    one_change,
+    render,
+    sample_identity,
+    sample_scene,
+)
+from engine.prompts import IGNORE, Prompts, Sample
+from engine.trainer import collate
+from engine.training_data import NEGATIVE_ANSWERS, POSITIVE_ANSWERS, RECOGNITION_QUESTIONS
+from engine.vqgan import Codebook, VQGANDecoder
+
+Report = Callable[[str], None]
+
+
+def scene_pixels(scenes: list[Scene]) -> torch.Tensor:
+    """Rendered scenes as the VQ encoder's input, [B, 3, 32, 32] in [-1, 1]."""
+    return to_pixel_values([render(s) for s in scenes], 32)
+
+
+@dataclass
+class VQResult:
+    vqmodel: ChameleonVQVAE
+    decoder: VQGANDecoder
+    mse: float
+    codes_used: int
+
+
+def train_vq(config: ChameleonVQVAEConfig, steps: int, seed: int, report: Report, batch: int = 64) -> VQResult:
+    """Train encoder, codebook and decoder together on fresh scenes; returns them with held-out MSE."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    vqmodel = ChameleonVQVAE(config).train()
+    decoder = VQGANDecoder(config).train()
+    decoder.quantize = vqmodel.quantize  # one codebook, shared while training
+    parameters = [p for p in vqmodel.parameters()] + [
+        p for name, p in decoder.named_parameters() if not name.startswith("quantize")
+    ]
+    optimizer = torch.optim.Adam(parameters, lr=2e-3)
+    usage = torch.zeros(config.num_embeddings)
+    started = time.monotonic()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        pixels = scene_pixels([sample_scene(rng) for _ in range(batch)])
+        latent = vqmodel.quant_conv(vqmodel.encoder(pixels))
+        quantized, vq_loss, indices = vqmodel.quantize(latent)
+        reconstruction = decoder.decoder(decoder.post_quant_conv(quantized))
+        loss = nn.functional.mse_loss(reconstruction, pixels) + vq_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        usage += torch.bincount(indices, minlength=config.num_embeddings)
+        if (step + 1) % 100 == 0 and step + 1 < steps * 0.8:
+            _restart_dead_codes(vqmodel, latent.detach(), usage)
+            usage.zero_()
+        if (step + 1) % 200 == 0:
+            report(f"vq step {step + 1}/{steps} loss {loss.item():.4f} ({time.monotonic() - started:.0f} s)")
+    vqmodel.eval()
+    decoder.eval()
+    held_out = [sample_scene(random.Random(seed + 1)) for _ in range(256)]
+    mse, used = vq_quality(vqmodel, decoder, held_out)
+    decoder.quantize = Codebook(config.num_embeddings, config.embed_dim)
+    decoder.quantize.embedding.load_state_dict(vqmodel.quantize.embedding.state_dict())
+    vqmodel.post_quant_conv.load_state_dict(decoder.post_quant_conv.state_dict())
+    return VQResult(vqmodel, decoder, mse, used)
+
+
+def _restart_dead_codes(vqmodel: ChameleonVQVAE, latent: torch.Tensor, usage: torch.Tensor) -> None:
+    dead = (usage == 0).nonzero().flatten()
+    if len(dead) == 0:
+        return
+    vectors = latent.permute(0, 2, 3, 1).reshape(-1, latent.shape[1])
+    picks = vectors[torch.randint(len(vectors), (len(dead),))]
+    with torch.no_grad():
+        vqmodel.quantize.embedding.weight[dead] = picks + 0.01 * torch.randn_like(picks)
+
+
+@torch.no_grad()
+def vq_quality(vqmodel: ChameleonVQVAE, decoder: VQGANDecoder, scenes: list[Scene]) -> tuple[float, int]:
+    """(reconstruction MSE in [-1, 1] pixel units, distinct codes used) over `scenes`."""
+    pixels = scene_pixels(scenes)
+    indices = vqmodel.encode(pixels).image_tokens.reshape(len(scenes), -1)
+    reconstruction = decoder(indices)
+    return float(nn.functional.mse_loss(reconstruction, pixels)), int(indices.unique().numel())
+
+
+class SampleMaker:
+    """Renders base-model training samples in the product's formats."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        vqmodel: ChameleonVQVAE,
+        code_to_vocab: torch.Tensor,
+        boi: int,
+        eoi: int,
+    ) -> None:
+        # No concept is ever mentioned in base-model text, so the prompt renderer needs no slots.
+        self.prompts = Prompts(tokenizer, cast(ConceptSlots, None), boi, eoi)
+        self.vqmodel = vqmodel
+        self.code_to_vocab = code_to_vocab
+
+    @torch.no_grad()
+    def image_ids(self, scenes: list[Scene]) -> list[list[int]]:
+        codes = self.vqmodel.encode(scene_pixels(scenes)).image_tokens.reshape(len(scenes), -1)
+        return self.code_to_vocab[codes].tolist()
+
+    def text_to_image(self, scene: Scene, image: list[int], rng: random.Random) -> Sample:
+        roll = rng.random()
+        if roll < 0.5:
+            text = scene.prompt()
+        elif roll < 0.75:
+            text = f"A photo of a {scene.identity.describe()}."
+        else:
+            text = f"A photo of a {scene.identity.describe()} {BACKGROUND_PHRASES[scene.background]}."
+        prompt = self.prompts.prompt(text, None, [])
+        return self.prompts.sample(prompt, [*self.prompts.image(image), self.prompts.eos_id])
+
+    def question(self, scene: Scene, image: list[int], rng: random.Random) -> Sample:
+        question, answer = rng.choice(scene.questions())
+        prompt = self.prompts.prompt(question, image, [])
+        return self.prompts.sample(prompt, self.prompts.text_target(answer, []))
+
+    def recognition(self, asked: Identity, image: list[int], positive: bool, rng: random.Random) -> Sample:
+        name = the(asked)
+        question = rng.choice(RECOGNITION_QUESTIONS).format(n=name)
+        answer = rng.choice(POSITIVE_ANSWERS if positive else NEGATIVE_ANSWERS).format(n=name)
+        prompt = self.prompts.prompt(question, image, [])
+        return self.prompts.sample(prompt, self.prompts.text_target(answer, []))
+
+    def batch(self, size: int, rng: random.Random) -> list[Sample]:
+        """`size` samples: 45% text to image, 30% questions, 25% recognition (half of them negative)."""
+        kinds = rng.choices(["t2i", "qa", "rec"], weights=[0.45, 0.30, 0.25], k=size)
+        scenes: list[Scene] = []
+        asked: list[tuple[Identity, bool]] = []
+        for kind in kinds:
+            scene = sample_scene(rng)
+            if kind == "rec":
+                roll = rng.random()
+                if roll < 0.5:
+                    asked.append((scene.identity, True))
+                elif roll < 0.85:
+                    asked.append((one_change(scene.identity, rng), False))
+                else:
+                    other = sample_identity(rng)
+                    asked.append((other, other == scene.identity))
+            scenes.append(scene)
+        images = self.image_ids(scenes)
+        samples, questions = [], iter(asked)
+        for kind, scene, image in zip(kinds, scenes, images, strict=True):
+            if kind == "t2i":
+                samples.append(self.text_to_image(scene, image, rng))
+            elif kind == "qa":
+                samples.append(self.question(scene, image, rng))
+            else:
+                identity, positive = next(questions)
+                samples.append(self.recognition(identity, image, positive, rng))
+        return samples
+
+
+def per_sample_loss(model: FamiliarChameleon, samples: list[Sample], pad_id: int) -> torch.Tensor:
+    """Mean over samples of each sample's mean next-token loss on its target."""
+    ids, mask, labels = collate(samples, pad_id, torch.device("cpu"))
+    hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    selected = labels != IGNORE
+    losses = nn.functional.cross_entropy(model.lm_head(hidden[selected]), labels[selected], reduction="none")
+    rows = selected.nonzero()[:, 0]
+    per_row = torch.zeros(len(samples)).index_add_(0, rows, losses) / selected.sum(1).clamp(min=1)
+    return per_row.mean()
+
+
+def new_language_model(config: ChameleonConfig, vqmodel: ChameleonVQVAE, seed: int) -> FamiliarChameleon:
+    torch.manual_seed(seed)
+    model = FamiliarChameleon(config)
+    model.model.vqmodel.load_state_dict(vqmodel.state_dict())
+    model.model.vqmodel.requires_grad_(False)
+    return model
+
+
+def lm_parameters(model: FamiliarChameleon) -> list[nn.Parameter]:
+    return [p for name, p in model.named_parameters() if ".vqmodel." not in f".{name}"]
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+@dataclass
+class LMState:
+    model: FamiliarChameleon
+    optimizer: torch.optim.Optimizer
+    step: int
+    losses: list[float]
+
+
+def train_language_model(
+    state: LMState,
+    maker: SampleMaker,
+    total_steps: int,
+    seed: int,
+    report: Report,
+    checkpoint: Callable[[LMState], None],
+    batch: int = 32,
+    peak_lr: float = 1e-3,
+    checkpoint_every: int = 250,
+    stop_at: float | None = None,
+) -> None:
+    """Train until `total_steps` (or the monotonic time `stop_at`), checkpointing as it goes."""
+    model, optimizer = state.model, state.optimizer
+    pad_id = int(maker.prompts.tokenizer.pad_token_id)
+    model.train()
+    model.model.vqmodel.eval()
+    started, first = time.monotonic(), state.step
+    while state.step < total_steps:
+        rng = random.Random(seed * 1_000_003 + state.step)
+        samples = maker.batch(batch, rng)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(state.step, total_steps, peak_lr)
+        loss = per_sample_loss(model, samples, pad_id)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(lm_parameters(model), 1.0)
+        optimizer.step()
+        state.step += 1
+        state.losses.append(loss.item())
+        if state.step % 50 == 0:
+            rate = (time.monotonic() - started) / (state.step - first)
+            recent = sum(state.losses[-50:]) / 50
+            report(f"lm step {state.step}/{total_steps} loss {recent:.3f} ({rate:.2f} s/step)")
+        if state.step % checkpoint_every == 0 or state.step == total_steps:
+            checkpoint(state)
+        if stop_at is not None and time.monotonic() > stop_at:
+            checkpoint(state)
+            break
+    model.eval()
