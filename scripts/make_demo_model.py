@@ -17,14 +17,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration, ChameleonVQVAEConfig
 
+from engine.microworld.model_files import build_tokenizer, write_tokenizer
 from engine.model_loading import DEMO_MARKER
 from engine.vqgan import DECODER_FILE, VQGANDecoder, save_decoder
 
 CODEBOOK_SIZE = 512
-RESERVED_TOKENS = 200  # room for 6 concepts of 33 slot tokens each
 TEXT_VOCAB = 1200
 
 VQ_CONFIG = {
@@ -37,20 +36,6 @@ VQ_CONFIG = {
     "num_embeddings": CODEBOOK_SIZE,
     "attn_resolutions": [],
 }
-
-
-def image_token_name(index: int) -> str:
-    """Chameleon's spelling of codebook index `index`: IMGIMG + digits as letters A-J + Z."""
-    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(index)) + "Z"
-
-
-def special_tokens() -> list[str]:
-    """All non-text tokens in id order, mirroring Chameleon's vocabulary layout."""
-    head = ["<s>", "<pad>", "</s>", "<unk>"]
-    images = [image_token_name(i) for i in range(CODEBOOK_SIZE)]
-    markers = ["<eoss>", "<racm3:break>", "<reserved08706>", "<image>"]
-    reserved = [f"<reserved{10000 + i:05d}>" for i in range(RESERVED_TOKENS)]
-    return head + images + markers + reserved
 
 
 def corpus() -> list[str]:
@@ -74,28 +59,10 @@ def corpus() -> list[str]:
     return [template.format(s=s, c=c, p=p) for template, s, c, p in itertools.product(lines, subjects, colours, places)]
 
 
-def build_tokenizer() -> Tokenizer:
-    """Train a byte-level BPE whose first ids are Chameleon-style special tokens."""
-    specials = special_tokens()
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=len(specials) + TEXT_VOCAB,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(corpus(), trainer=trainer)
-    for expected_id, token in enumerate(specials):
-        assert tokenizer.token_to_id(token) == expected_id, token
-    return tokenizer
-
-
 def build(out: Path, seed: int) -> None:
     """Write config, weights, tokenizer and VQGAN decoder of the demo model into `out`."""
     torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(corpus(), TEXT_VOCAB)
     vocab = tokenizer.get_vocab()
     vq_config = ChameleonVQVAEConfig(**VQ_CONFIG)
     config = ChameleonConfig(
@@ -117,18 +84,7 @@ def build(out: Path, seed: int) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model.save_pretrained(out)
-    tokenizer.save(str(out / "tokenizer.json"))
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "pad_token": "<pad>",
-        "unk_token": "<unk>",
-        "sep_token": "<reserved08706>",
-        "add_bos_token": False,
-        "model_max_length": 4096,
-    }
-    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    write_tokenizer(tokenizer, out)
     save_decoder(VQGANDecoder(vq_config), out / DECODER_FILE)
     marker = {
         "what": "Familiar's embedded demo model: real Chameleon architecture, tiny, random weights.",

@@ -34,7 +34,7 @@ def log(message: str) -> None:
 
 def tokenizer_stage(work: Path, seed: int) -> PreTrainedTokenizerFast:
     if not (work / "tokenizer.json").is_file():
-        model_files.write_tokenizer(model_files.build_tokenizer(seed), work)
+        model_files.write_tokenizer(model_files.build_tokenizer(model_files.corpus(seed)), work)
         log(f"tokenizer written ({work / 'tokenizer.json'})")
     return PreTrainedTokenizerFast.from_pretrained(work)
 

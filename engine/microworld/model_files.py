@@ -87,19 +87,19 @@ def corpus(seed: int = 0, scenes: int = 4000) -> list[str]:
     return lines
 
 
-def build_tokenizer(seed: int = 0) -> Tokenizer:
-    """A byte-level BPE whose first ids are Chameleon-style special tokens."""
+def build_tokenizer(lines: list[str], text_vocab: int = TEXT_VOCAB) -> Tokenizer:
+    """A byte-level BPE trained on `lines` whose first ids are Chameleon-style special tokens."""
     specials = special_tokens()
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=len(specials) + TEXT_VOCAB,
+        vocab_size=len(specials) + text_vocab,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus(seed), trainer=trainer)
+    tokenizer.train_from_iterator(lines, trainer=trainer)
     for expected_id, token in enumerate(specials):
         if tokenizer.token_to_id(token) != expected_id:
             raise RuntimeError(f"special token {token} did not get id {expected_id}")
