@@ -14,6 +14,7 @@ from desktop import (
     __version__,
     commands_aligner,
     commands_app,
+    commands_bench,
     commands_engine,
     commands_eval,
     commands_index,
@@ -31,6 +32,7 @@ COMMAND_MODULES = (
     commands_aligner,
     commands_app,
     commands_eval,
+    commands_bench,
 )
 
 

@@ -73,18 +73,11 @@ def _assistant(args: argparse.Namespace, text: str) -> Assistant:
 
 
 def _save(picture: GeneratedImage, path: Path, source: str) -> None:
-    from PIL.PngImagePlugin import PngInfo
-
+    from desktop.drawing import png_bytes
     from engine.errors import EngineError
 
-    info = PngInfo()
-    info.add_text("familiar:prompt", picture.prompt)
-    info.add_text("familiar:seed", str(picture.seed))
-    info.add_text("familiar:model", source)
-    if picture.from_demo:
-        info.add_text("familiar:warning", "made by the untrained demo model: noise")
     try:
-        picture.image.save(path, format="PNG", pnginfo=info)
+        path.write_bytes(png_bytes(picture, source))
     except OSError as exc:
         raise EngineError(f"cannot write {path}: {exc.strerror or exc}") from None
     print(f"saved {path} (seed {picture.seed})")

@@ -17,8 +17,9 @@ CHART_SIZE = (720, 360)
 MARGIN = 48
 COLOURS = ((66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71, 188), (0, 172, 193))
 DEMO_NOTE = (
-    "**The demo model is untrained: its answers and pictures are noise, so these figures measure nothing "
-    "about the method.** Configure a real model (`--model PATH`) for meaningful numbers."
+    "**The demo model knows only the micro-world's 32x32 scenes of made-up creatures, not photos: on a photo "
+    "dataset its answers and pictures are meaningless, so these figures measure nothing about the method.** "
+    "Configure a real model (`--model PATH`) for meaningful numbers."
 )
 
 

@@ -108,7 +108,11 @@ def _add_instant(args: argparse.Namespace) -> int:
         )
     loaded = load_model(model, device=args.device or "auto")
     if loaded.is_demo:
-        print("familiar: note: the demo model and its Aligner are untrained: instant tokens are noise", file=sys.stderr)
+        print(
+            "familiar: note: the demo Aligner reads photos with an untrained DINOv2 and the demo model knows only "
+            "the micro-world's 32x32 scenes: instant tokens made here only show the mechanism",
+            file=sys.stderr,
+        )
     aligner = load_aligner(args.aligner or demo_aligner_path(), loaded.fingerprint, args.dino, loaded.device)
     started = time.perf_counter()
     state = instant_state(aligner, args.photos[0], args.name, loaded.fingerprint)

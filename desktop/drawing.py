@@ -11,8 +11,6 @@ from engine.generation import Cancelled, Sampling, StepProgress
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
 
-DEMO_PNG_WARNING = "made by the untrained demo model: noise"
-
 
 def png_bytes(picture: GeneratedImage, model_source: str) -> bytes:
     """The picture as PNG with text chunks naming its prompt, seed, model (and the demo warning)."""
@@ -20,8 +18,8 @@ def png_bytes(picture: GeneratedImage, model_source: str) -> bytes:
     info.add_text("familiar:prompt", picture.prompt)
     info.add_text("familiar:seed", str(picture.seed))
     info.add_text("familiar:model", model_source)
-    if picture.from_demo:
-        info.add_text("familiar:warning", DEMO_PNG_WARNING)
+    if picture.notice:
+        info.add_text("familiar:warning", f"made by the {picture.notice}")
     out = io.BytesIO()
     picture.image.save(out, format="PNG", pnginfo=info)
     return out.getvalue()
@@ -48,5 +46,10 @@ def draw_into_gallery(
         prompt=prompt,
         seed=picture.seed,
         version_ids=versions,
-        params={"model": assistant.loaded.source, "demo": picture.from_demo, **(params or {})},
+        params={
+            "model": assistant.loaded.source,
+            "demo": picture.from_demo,
+            "warning": picture.notice,
+            **(params or {}),
+        },
     )

@@ -16,7 +16,6 @@ offline index with a note in the run's log and status. Without it, nothing opens
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -34,13 +33,10 @@ from engine.images import open_image
 from engine.model_loading import load_model
 from engine.selection import ImageSimilarity, score
 from engine.trainer import Checkpoint, Progress, TrainConfig, Trainer, TrainingCancelled
-from engine.training_data import ConceptData, DataMix, augmentations, build_samples
+from engine.training_data import DESCRIBE_PHOTO, ConceptData, DataMix, augmentations, build_samples, class_word
 from store.library import Library
 from store.models import Photo, Run
 
-CLASS_WORDS = {"pet": "animal", "person": "person", "object": "object", "place": "place"}
-CLASS_FACT = re.compile(r"^\s*class\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
-DESCRIBE = "Describe this photo in detail."
 ENCODE_BATCH = 8
 REPORT_EVERY_S = 1.0
 NOTE = "note: "  # starts a status or log line that warns (e.g. the remote kNN service failed)
@@ -77,12 +73,6 @@ class Prepared:
     real_photos: list[Image.Image]
     similarity: ImageSimilarity | None
     notes: list[str]  # for the run's log: where look-alikes came from, and NOTE lines (e.g. a remote fallback)
-
-
-def class_word(kind: str, facts: str) -> str:
-    """The word a concept's rows start from: a `class: dog` line in the facts, else the kind's word."""
-    match = CLASS_FACT.search(facts)
-    return match.group(1) if match else CLASS_WORDS.get(kind, "object")
 
 
 def _encode(assistant: Assistant, images: list[Image.Image]) -> list[list[int]]:
@@ -183,7 +173,7 @@ def prepare(
     if options.describe_photos:
         report("describing the photos with the base model")
         for image in train_images:
-            answer = assistant.chat(DESCRIBE, image, Sampling(temperature=0, seed=0), max_new_tokens=48)
+            answer = assistant.chat(DESCRIBE_PHOTO, image, Sampling(temperature=0, seed=0), max_new_tokens=48)
             descriptions.append("".join(answer).strip())
     assistant.attach(_start_state(library, assistant, key, concept.kind, concept.facts))
     report("encoding photos")

@@ -7,12 +7,13 @@ talk; Familiar follows whichever has more probability.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from engine.concept_state import ConceptState
 from engine.concepts import ConceptSlots, Slot
@@ -24,10 +25,12 @@ from engine.generation import (
     sample_image_tokens,
     stream_text_tokens,
 )
-from engine.model_loading import DEMO_WARNING, LoadedModel
+from engine.model_loading import LoadedModel
 from engine.prompts import Prompts
 
-DEMO_LABEL = "Familiar demo model (untrained): this picture is noise"
+SHOWN_SIZE = 256
+"""A demo picture smaller than this (the micro-world's are 32x32) is scaled up to it before it is labelled."""
+LABEL_PADDING = 3
 
 
 @dataclass
@@ -38,7 +41,12 @@ class GeneratedImage:
     tokens: torch.Tensor
     prompt: str
     seed: int
-    from_demo: bool
+    notice: str | None
+    """The demo model's warning, which the picture's file must carry; None from a real model."""
+
+    @property
+    def from_demo(self) -> bool:
+        return self.notice is not None
 
 
 @dataclass
@@ -50,14 +58,19 @@ class Response:
     image: GeneratedImage | None = None
 
 
-def stamp_demo(image: Image.Image) -> Image.Image:
-    """Write the demo warning across the bottom of a picture."""
-    stamped = image.copy()
-    draw = ImageDraw.Draw(stamped)
-    height = max(14, stamped.height // 24)
-    draw.rectangle((0, stamped.height - height, stamped.width, stamped.height), fill=(0, 0, 0))
-    draw.text((4, stamped.height - height + 2), DEMO_LABEL, fill=(255, 255, 255))
-    return stamped
+def stamp_demo(image: Image.Image, label: str) -> Image.Image:
+    """The picture as a user sees it from a demo model: scaled up by a whole factor (nearest neighbour, so
+    every pixel stays a sharp square) when it is smaller than SHOWN_SIZE, then `label` in a thin black bar
+    across the bottom. Only for showing and saving: metrics measure the unlabelled decode."""
+    scale = math.ceil(SHOWN_SIZE / max(image.size))
+    shown = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    draw = ImageDraw.Draw(shown)
+    font = ImageFont.load_default()
+    _, top, _, bottom = draw.textbbox((0, 0), label, font=font)
+    bar_top = shown.height - (bottom - top) - 2 * LABEL_PADDING
+    draw.rectangle((0, bar_top, shown.width, shown.height), fill=(0, 0, 0))
+    draw.text((LABEL_PADDING, bar_top + LABEL_PADDING - top), label, fill=(255, 255, 255), font=font)
+    return shown
 
 
 class Assistant:
@@ -72,7 +85,7 @@ class Assistant:
     @property
     def notice(self) -> str | None:
         """A warning every output must carry, or None for a real model."""
-        return DEMO_WARNING if self.loaded.is_demo else None
+        return self.loaded.demo.warning if self.loaded.demo else None
 
     def attach(self, state: ConceptState) -> Slot:
         return self.slots.attach(state)
@@ -149,10 +162,10 @@ class Assistant:
             cancelled=cancelled,
         )
         picture = tokens.decode(image_ids.unsqueeze(0))[0]
-        if self.loaded.is_demo:
-            picture = stamp_demo(picture)
+        if self.loaded.demo:
+            picture = stamp_demo(picture, self.loaded.demo.label)
         assert sampling.seed is not None
-        return GeneratedImage(picture, image_ids, prompt, sampling.seed, self.loaded.is_demo)
+        return GeneratedImage(picture, image_ids, prompt, sampling.seed, self.notice)
 
     def wants_image(self, text: str, image: Image.Image | None = None) -> bool:
         """True when the model's first answer token is more likely to open an image than text."""

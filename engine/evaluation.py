@@ -63,11 +63,18 @@ def load_questions(path: Path | str) -> list[Question]:
 
 
 @torch.no_grad()
-def option_scores(assistant: Assistant, concept: str, question: str, options: Sequence[str]) -> list[float]:
-    """Each option's total log-likelihood as the answer to `question` about `concept`."""
+def option_scores(
+    assistant: Assistant,
+    concept: str | None,
+    question: str,
+    options: Sequence[str],
+    image_ids: Sequence[int] | None = None,
+) -> list[float]:
+    """Each option's total log-likelihood as the answer to `question` about `concept` (None: a question in
+    plain words, only the concepts it mentions in the prompt), about the image `image_ids` if given."""
     prompts = assistant.prompts
-    names = list(dict.fromkeys([concept, *prompts.mentions(question)]))
-    prefix = prompts.prompt(question, None, names) + prompts.self_prompt(names, "text")
+    names = list(dict.fromkeys([*([concept] if concept else []), *prompts.mentions(question)]))
+    prefix = prompts.prompt(question, image_ids, names) + prompts.self_prompt(names, "text")
     scores = []
     for option in options:
         ids = prefix + prompts.text(f" {option}")

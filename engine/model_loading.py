@@ -7,6 +7,7 @@ is estimated before any weights are read, and loading is refused with the number
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from engine.vqgan import DECODER_FILE, load_decoder
 
 DEMO_MARKER = "familiar_demo.json"
 DEMO_NAME = "demo"
-DEMO_WARNING = "untrained demo model: its words and pictures are noise until a real model is configured"
+DEMO_BUILDER = "scripts/train_microworld.py"
 UNQUANTIZED_MODULES = ["lm_head", "embed_tokens", "vqmodel"]
 
 Progress = Callable[[str], None]
@@ -42,6 +43,40 @@ def demo_model_dir() -> Path:
     return resources_dir() / "demo-model"
 
 
+@dataclass(frozen=True)
+class DemoNotice:
+    """What everything a demo model makes must say about it: `warning` for messages (the CLI's note, the
+    GUI's banner, a picture's PNG text), `label` for the bar drawn on its pictures."""
+
+    warning: str
+    label: str
+
+
+TRAINED_DEMO = DemoNotice(
+    warning="demo model, trained only on the micro-world: it knows just 32x32 scenes of made-up creatures "
+    "(shape, colour, pattern, accessory) and cannot read or draw photos until a real model is configured",
+    label="Familiar demo model: micro-world scenes only",
+)
+UNTRAINED_DEMO = DemoNotice(
+    warning="untrained demo model: its words and pictures are noise until a real model is configured",
+    label="Familiar demo model (untrained): this picture is noise",
+)
+
+
+def demo_notice(path: Path) -> DemoNotice | None:
+    """The notice for the model folder `path`: None without a demo marker; the trained demo's when the
+    marker says `"trained": true` (the micro-world model); otherwise (an unreadable or older marker) the
+    untrained one, which claims nothing."""
+    marker = path / DEMO_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        trained = json.loads(marker.read_text(encoding="utf-8")).get("trained") is True
+    except (OSError, ValueError, AttributeError):
+        trained = False
+    return TRAINED_DEMO if trained else UNTRAINED_DEMO
+
+
 @dataclass
 class LoadedModel:
     """A ready model: the network, its text and image tokenizers, and what it is."""
@@ -50,7 +85,8 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     image_tokenizer: ImageTokenizer
     source: str
-    is_demo: bool
+    demo: DemoNotice | None
+    """How a demo model's output must be labelled; None for a real model."""
     device: torch.device
     dtype: torch.dtype
     quantized: bool
@@ -59,6 +95,10 @@ class LoadedModel:
     @property
     def config(self) -> ChameleonConfig:
         return self.model.config
+
+    @property
+    def is_demo(self) -> bool:
+        return self.demo is not None
 
 
 @dataclass(frozen=True)
@@ -88,7 +128,8 @@ def resolve_model_dir(spec: str) -> Path:
         path = demo_model_dir()
         if not path.is_dir():
             raise ModelNotFoundError(
-                f"the demo model is missing from {path}; rebuild it with scripts/make_demo_model.py"
+                f"the demo model is missing from {path}; restore the folder from Familiar's repository or "
+                f"retrain it with {DEMO_BUILDER}"
             )
         return path
     path = Path(spec).expanduser()
@@ -209,7 +250,8 @@ def load_model(
     path = resolve_model_dir(spec)
     check_model_dir(path)
     config = read_config(path)
-    is_demo = (path / DEMO_MARKER).is_file()
+    demo = demo_notice(path)
+    is_demo = demo is not None
     target = resolve_device(device)
     if quantize is None:
         quantize = target.type == "cuda" and not is_demo
@@ -250,7 +292,7 @@ def load_model(
         tokenizer=tokenizer,
         image_tokenizer=image_tokenizer,
         source=DEMO_NAME if is_demo else str(path),
-        is_demo=is_demo,
+        demo=demo,
         device=target,
         dtype=dtype,
         quantized=quantize,
@@ -308,7 +350,7 @@ def random_model(
         tokenizer=tokenizer,
         image_tokenizer=ImageTokenizer(model.model.vqmodel, decoder, config.vocabulary_map),
         source="random",
-        is_demo=False,
+        demo=None,
         device=device,
         dtype=dtype,
         quantized=quantize,

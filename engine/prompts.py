@@ -7,6 +7,9 @@ Formats (ids shown as text; `<g*>`/`<u*>` are a concept's 16 generation / unders
     text answer      <u1>...<u16>{answer}</s>            (self-prompt: understanding set first)
     image answer     <g1>...<g16><racm3:break>{1024 image tokens}<eoss></s>   (generation set first)
 
+`PromptLayout` changes how a concept's tokens are used, for the paper's ablations (fewer latent tokens, one
+shared set for both tasks, no self-prompting); the product always uses the default layout.
+
 The user writes `<bo>`; here it becomes the identifier token of the slot where `bo` is attached, and
 model output is mapped back the same way. A mention of a concept that is not attached is an error.
 """
@@ -20,6 +23,7 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from engine.concept_state import N_GENERATION
 from engine.concepts import ConceptSlots
 
 MENTION = re.compile(r"<([A-Za-z][A-Za-z0-9_-]{0,31})>")
@@ -39,14 +43,35 @@ class Sample:
     labels: list[int]
 
 
+@dataclass(frozen=True)
+class PromptLayout:
+    """How a concept's slot tokens are used. The default is Yo'Chameleon's: dual sets (generation and
+    understanding) of 16 latent tokens each, the task's set opening every answer (self-prompting).
+    `tokens` uses only the first n of each set; `shared` uses the generation set for both tasks."""
+
+    tokens: int = N_GENERATION
+    shared: bool = False
+    self_prompting: bool = True
+
+
 class Prompts:
     """Renders prompts and targets for one tokenizer and one set of concept slots."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, slots: ConceptSlots, boi_id: int, eoi_id: int) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        slots: ConceptSlots,
+        boi_id: int,
+        eoi_id: int,
+        layout: PromptLayout = PromptLayout(),
+    ) -> None:
+        if not 1 <= layout.tokens <= N_GENERATION:
+            raise ValueError(f"a layout uses 1 to {N_GENERATION} latent tokens, not {layout.tokens}")
         self.tokenizer = tokenizer
         self.slots = slots
         self.boi_id = boi_id
         self.eoi_id = eoi_id
+        self.layout = layout
         self.bos_id = int(tokenizer.bos_token_id)
         self.eos_id = int(tokenizer.eos_token_id)
 
@@ -67,10 +92,20 @@ class Prompts:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
 
+    def generation_ids(self, name: str) -> tuple[int, ...]:
+        """The concept's generation tokens in this layout."""
+        return self.slots.slot(name).generation[: self.layout.tokens]
+
+    def understanding_ids(self, name: str) -> tuple[int, ...]:
+        """The concept's understanding tokens in this layout (the generation set when shared)."""
+        if self.layout.shared:
+            return self.generation_ids(name)
+        return self.slots.slot(name).understanding[: self.layout.tokens]
+
     def concept_prefix(self, name: str) -> list[int]:
-        """`<name> is <g1>...<g16><u1>...<u16>.` followed by a space."""
-        slot = self.slots.slot(name)
-        return [slot.identifier, *self._encode(" is"), *slot.generation, *slot.understanding, *self._encode(". ")]
+        """`<name> is <g1>...<g16><u1>...<u16>.` followed by a space (one set when shared)."""
+        latent = self.generation_ids(name) + (() if self.layout.shared else self.understanding_ids(name))
+        return [self.slots.slot(name).identifier, *self._encode(" is"), *latent, *self._encode(". ")]
 
     def image(self, image_ids: Sequence[int]) -> list[int]:
         return [self.boi_id, *image_ids, self.eoi_id]
@@ -89,11 +124,13 @@ class Prompts:
         return ids + self.text(text) + self._encode(ASSISTANT)
 
     def self_prompt(self, names: Iterable[str], task: Task) -> list[int]:
-        """The token sets that open an answer: understanding sets for text, generation sets for images."""
+        """The token sets that open an answer: understanding sets for text, generation sets for images
+        (none without self-prompting)."""
         ids: list[int] = []
+        if not self.layout.self_prompting:
+            return ids
         for name in names:
-            slot = self.slots.slot(name)
-            ids += slot.understanding if task == "text" else slot.generation
+            ids += self.understanding_ids(name) if task == "text" else self.generation_ids(name)
         return ids
 
     def text_target(self, answer: str, names: Iterable[str]) -> list[int]:

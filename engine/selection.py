@@ -44,14 +44,20 @@ def answer_tokens(assistant: Assistant) -> tuple[list[int], int, int]:
 
 
 @torch.no_grad()
-def says_yes(assistant: Assistant, name: str, image_ids: Sequence[int]) -> bool:
-    """Whether the model answers yes to the recognition question about this image."""
+def answers_yes(assistant: Assistant, question: str, image_ids: Sequence[int], names: Sequence[str]) -> bool:
+    """Whether " Yes" is likelier than " No" as the answer to `question` about this image, with the
+    concepts `names` in the prompt (none for a question in plain words)."""
     prompts = assistant.prompts
     prefix, yes, no = answer_tokens(assistant)
-    ids = prompts.prompt(QUESTION.format(n=name), image_ids, [name]) + prompts.self_prompt([name], "text") + prefix
+    ids = prompts.prompt(question, image_ids, names) + prompts.self_prompt(names, "text") + prefix
     device = assistant.loaded.device
     logits = assistant.loaded.model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1]
     return bool(logits[yes] > logits[no])
+
+
+def says_yes(assistant: Assistant, name: str, image_ids: Sequence[int]) -> bool:
+    """Whether the model answers yes to the recognition question about this image."""
+    return answers_yes(assistant, QUESTION.format(n=name), image_ids, [name])
 
 
 def recognition_accuracy(
@@ -65,9 +71,14 @@ def recognition_accuracy(
 
 def draw(assistant: Assistant, name: str, seed: int) -> Image.Image:
     """One picture for "A photo of <name>." without the demo label (it would bias similarity)."""
+    return draw_prompt(assistant, f"A photo of <{name}>.", [name], seed)
+
+
+def draw_prompt(assistant: Assistant, text: str, names: Sequence[str], seed: int) -> Image.Image:
+    """One unlabelled picture for `text`, with the concepts `names` in the prompt."""
     tokens = assistant.loaded.image_tokenizer
     prompts = assistant.prompts
-    ids = [*prompts.prompt(f"A photo of <{name}>.", None, [name]), *prompts.self_prompt([name], "image"), tokens.boi_id]
+    ids = [*prompts.prompt(text, None, names), *prompts.self_prompt(names, "image"), tokens.boi_id]
     image_ids = sample_image_tokens(
         assistant.loaded.model, ids, tokens.image_token_ids, tokens.tokens_per_image, Sampling(seed=seed)
     )

@@ -132,6 +132,10 @@ FACT_QUESTIONS = {
 OPEN_QUESTIONS = ["Tell me about <{n}>.", "What do you know about <{n}>?", "Describe <{n}>."]
 DESCRIBE_QUESTIONS = ["Describe <{n}> in this photo.", "What does <{n}> look like?"]
 KEY_VALUE = re.compile(r"^\s*([A-Za-z][A-Za-z ]{0,30})\s*:\s*(.+?)\s*$")
+CLASS_WORDS = {"pet": "animal", "person": "person", "object": "object", "place": "place"}
+CLASS_FACT = re.compile(r"^\s*class\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+DESCRIBE_PHOTO = "Describe this photo in detail."
+"""What the base model is asked about each training photo; its greedy answers become description targets."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,12 @@ class ConceptData:
     soft_positive_tiers: list[tuple[int, list[list[int]]]] = field(default_factory=list)
     facts: str = ""
     descriptions: list[str] = field(default_factory=list)
+
+
+def class_word(kind: str, facts: str) -> str:
+    """The word a concept's rows start from: a `class: dog` line in the facts, else the kind's word."""
+    match = CLASS_FACT.search(facts)
+    return match.group(1) if match else CLASS_WORDS.get(kind, "object")
 
 
 def fact_pairs(kind: str, facts: str, name: str) -> list[tuple[str, str]]:
@@ -202,11 +212,11 @@ def build_samples(prompts: Prompts, data: ConceptData, mix: DataMix, seed: int) 
         for question, answer in qa:
             samples.append(prompts.sample(prompts.prompt(question, None, [name]), prompts.text_target(answer, [name])))
 
-    slot = prompts.slots.slot(name)
+    generation = prompts.generation_ids(name)
     budget = mix.soft_positives
     for n_tokens, images in data.soft_positive_tiers:
         for image in images[: max(budget, 0)]:
-            prompt = [prompts.bos_id, *prompts.text("A photo of "), *slot.generation[:n_tokens], *prompts.text(".")]
+            prompt = [prompts.bos_id, *prompts.text("A photo of "), *generation[:n_tokens], *prompts.text(".")]
             samples.append(prompts.sample(prompt, [*prompts.image(image), prompts.eos_id]))
         budget -= len(images)
     return samples

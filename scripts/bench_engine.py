@@ -105,7 +105,7 @@ def main() -> None:
         what = "Chameleon-7B shape, random weights, 4-bit NF4 decoder layers"
     else:
         loaded = load_model("demo", device=args.device)
-        what = "demo model (tiny, untrained), float32"
+        what = "demo model (micro-world, hidden 256, 4 layers), float32"
     _sync(device)
     load_seconds = time.perf_counter() - start
     assistant = Assistant(loaded)

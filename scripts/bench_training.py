@@ -53,7 +53,7 @@ def main() -> None:
         what = "Chameleon-7B shape, random weights, 4-bit NF4 decoder layers, bf16 autocast, checkpointing"
     else:
         loaded = load_model("demo", device=args.device)
-        what = "demo model (tiny, untrained), float32"
+        what = "demo model (micro-world, hidden 256, 4 layers), float32"
     assistant = Assistant(loaded)
     assistant.attach(assistant.slots.initial_state("bo", loaded.tokenizer, "dog"))
     photos = [Image.new("RGB", (512, 512), (40 * i, 90, 160)) for i in range(4)]

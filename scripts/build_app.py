@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bundle_manifest as manifest  # noqa: E402
 
 DIST = ROOT / "dist" / manifest.APP_NAME
-README_PROMPT = "A photo of a dog reading in a library"
+README_PROMPT = "A photo of a large red striped circle with a blue hat on grass, on the left."
 MIN_STD = 4.0  # grey-level standard deviation below which a picture counts as blank
 CLEARED_VARS = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "CONDA_PREFIX", "FAMILIAR_DATA", "FAMILIAR_CONFIG")
 HOME_VARS = ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "HF_HOME", "TORCH_HOME")

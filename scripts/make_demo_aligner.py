@@ -8,13 +8,15 @@ Training data: the DreamBooth subjects (Ruiz et al., CVPR 2023; github.com/googl
 24 subject folders of 4-6 photos that live beside the repository in shared/data/dreambooth: exactly the
 identity-folder layout. The last four subjects (by name) are held out to measure recognition.
 
-Honesty note: the demo language model and this DINOv2 are untrained (random weights), so the Aligner can
-only learn the answer format (self-prompt tokens, "Yes, ..." / "No, ...") and whatever separates the random
-features; the held-out recognition it reaches is printed and recorded in the file's metadata, and is not a
-claim about real models. With `--untrained` (or without the data) the Aligner is only initialized, from seed
-0: it then predicts the neutral rows (the demo model's mean embedding and head rows) for every photo.
-Training runs on CPU and repeats for a seed, though floating-point results can differ across CPUs and
-thread counts.
+The Aligner is bound to the demo model's fingerprint: rerun this script whenever resources/demo-model changes.
+
+Honesty note: this DINOv2 is untrained (random weights) and the demo language model knows only the
+micro-world's 32x32 creature scenes, never a photo, so the Aligner can only learn the answer format
+(self-prompt tokens, "Yes, ..." / "No, ...") and whatever separates the random features; the held-out
+recognition it reaches is printed and recorded in the file's metadata, and is not a claim about real models.
+With `--untrained` (or without the data) the Aligner is only initialized, from seed 0: it then predicts the
+neutral rows (the demo model's mean embedding and head rows) for every photo. Training runs on CPU and
+repeats for a seed, though floating-point results can differ across CPUs and thread counts.
 """
 
 from __future__ import annotations

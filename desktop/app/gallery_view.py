@@ -101,7 +101,8 @@ class GalleryView(QWidget):
             return
         self.preview.setPixmap(fitted_pixmap(image.path, PREVIEW))
         made = image.created_at.replace("T", " ")[:16]
-        demo = "\nMade by the untrained demo model: noise." if image.params.get("demo") else ""
+        warning = image.params.get("warning") or "demo model"
+        demo = f"\nMade by the {warning}." if image.params.get("demo") else ""
         self.details.setText(f"{image.prompt}\nseed {image.seed} \u00b7 {made} UTC{demo}")
 
     def copy(self) -> None:

@@ -36,10 +36,6 @@ from desktop.app.wizard import ConceptWizard
 from store.library import Library
 
 PAGES = ("Library", "Chat", "Training", "Gallery", "Settings")
-DEMO_BANNER = (
-    "Familiar is running its small untrained demo model: every answer and picture it makes is noise until a "
-    "real model is set. "
-)
 
 
 @dataclass
@@ -93,7 +89,7 @@ class MainWindow(QMainWindow):
     def _build(self) -> None:
         central = QWidget()
         outer = QVBoxLayout(central)
-        self.demo_banner = Banner(DEMO_BANNER + HOW_TO_SET_A_MODEL, "warning", action="Open Settings")
+        self.demo_banner = Banner("", "warning", action="Open Settings")
         self.demo_banner.hide()
         self.error_banner = Banner("", "error", action="Open Settings")
         self.error_banner.hide()
@@ -213,6 +209,8 @@ class MainWindow(QMainWindow):
 
     def _model_ready(self, info: ModelInfo) -> None:
         self.busy.hide()
+        if info.notice:
+            self.demo_banner.label.setText(f"Familiar is running its {info.notice}. {HOW_TO_SET_A_MODEL}")
         self.demo_banner.setVisible(info.is_demo)
         self._offer_instant()
 

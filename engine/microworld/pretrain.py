@@ -8,7 +8,9 @@ product's own sequence formats (engine/prompts.py), with freshly rendered scenes
   creature, or the creature and the place), answered with the image;
 - questions about a photo: shape, colour, pattern, accessory, size, position, place, description;
 - recognition: the product's recognition questions about "the red striped circle with a blue hat", over a
-  photo of it (yes), of a creature differing in one attribute (no) or of a random one (no).
+  photo of it (yes), of a creature differing in one attribute (no) or of a random one (no);
+- questions without a picture about a creature named in words: "What colour is the red striped circle with a
+  blue hat?" answered "Red." (the format a concept's QA is measured in).
 Each sample's loss is its mean over its target tokens, so long image targets do not drown short answers.
 """
 
@@ -92,7 +94,8 @@ def train_vq(config: ChameleonVQVAEConfig, steps: int, seed: int, report: Report
             report(f"vq step {step + 1}/{steps} loss {loss.item():.4f} ({time.monotonic() - started:.0f} s)")
     vqmodel.eval()
     decoder.eval()
-    held_out = [sample_scene(random.Random(seed + 1)) for _ in range(256)]
+    held_out_rng = random.Random(seed + 1)
+    held_out = [sample_scene(held_out_rng) for _ in range(256)]
     mse, used = vq_quality(vqmodel, decoder, held_out)
     decoder.quantize = Codebook(config.num_embeddings, config.embed_dim)
     decoder.quantize.embedding.load_state_dict(vqmodel.quantize.embedding.state_dict())
@@ -156,6 +159,12 @@ class SampleMaker:
         prompt = self.prompts.prompt(question, image, [])
         return self.prompts.sample(prompt, self.prompts.text_target(answer, []))
 
+    def about(self, identity: Identity, rng: random.Random) -> Sample:
+        """A question about a creature named in words, without a picture."""
+        _, question, answer = rng.choice(identity.questions(the(identity)))
+        prompt = self.prompts.prompt(question, None, [])
+        return self.prompts.sample(prompt, self.prompts.text_target(answer, []))
+
     def recognition(self, asked: Identity, image: list[int], positive: bool, rng: random.Random) -> Sample:
         name = the(asked)
         question = rng.choice(RECOGNITION_QUESTIONS).format(n=name)
@@ -164,8 +173,9 @@ class SampleMaker:
         return self.prompts.sample(prompt, self.prompts.text_target(answer, []))
 
     def batch(self, size: int, rng: random.Random) -> list[Sample]:
-        """`size` samples: 45% text to image, 30% questions, 25% recognition (half of them negative)."""
-        kinds = rng.choices(["t2i", "qa", "rec"], weights=[0.45, 0.30, 0.25], k=size)
+        """`size` samples: 42% text to image, 26% questions about a photo, 22% recognition (half of them
+        negative), 10% questions about a creature named in words."""
+        kinds = rng.choices(["t2i", "qa", "rec", "about"], weights=[0.42, 0.26, 0.22, 0.10], k=size)
         scenes: list[Scene] = []
         asked: list[tuple[Identity, bool]] = []
         for kind in kinds:
@@ -187,6 +197,8 @@ class SampleMaker:
                 samples.append(self.text_to_image(scene, image, rng))
             elif kind == "qa":
                 samples.append(self.question(scene, image, rng))
+            elif kind == "about":
+                samples.append(self.about(scene.identity, rng))
             else:
                 identity, positive = next(questions)
                 samples.append(self.recognition(identity, image, positive, rng))

@@ -64,6 +64,7 @@ ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
     "position": POSITIONS,
     "background": tuple(BACKGROUNDS),
 }
+_ACCESSORY_PAIRS = [("none", "none")] + [(a, c) for a in ACCESSORIES[1:] for c in ACCESSORY_COLOURS]
 HORIZON = 22
 _X = {"left": 10, "centre": 16, "right": 22}
 _RADIUS = {"small": 6, "large": 9}
@@ -84,6 +85,16 @@ class Identity:
     def describe(self) -> str:
         """`red striped circle with a blue hat`."""
         return f"{self.colour} {self.pattern} {self.shape}{_accessory_phrase(self)}"
+
+    def questions(self, name: str) -> list[tuple[str, str, str]]:
+        """(attribute, question, answer) about this creature called `name`, asked without a picture:
+        `What colour is the red striped circle with a blue hat?` -> `Red.`"""
+        return [
+            ("shape", f"What shape is {name}?", answer("shape", self.shape)),
+            ("colour", f"What colour is {name}?", answer("colour", self.colour)),
+            ("pattern", f"What pattern does {name} have?", answer("pattern", self.pattern)),
+            ("accessory", f"What is {name} wearing?", _wearing(self)),
+        ]
 
 
 @dataclass(frozen=True)
@@ -115,19 +126,35 @@ class Scene:
     def questions(self) -> list[tuple[str, str]]:
         """(question, answer) pairs about the scene, one per attribute, plus a description."""
         identity = self.identity
-        wearing = _accessory_phrase(identity).removeprefix(" with ").capitalize() + "."
-        if identity.accessory == "none":
-            wearing = "Nothing."
         return [
-            ("What shape is it?", f"A {identity.shape}."),
-            ("What colour is it?", f"{identity.colour.capitalize()}."),
-            ("What pattern does it have?", f"{identity.pattern.capitalize()}."),
-            ("What is it wearing?", wearing),
+            ("What shape is it?", answer("shape", identity.shape)),
+            ("What colour is it?", answer("colour", identity.colour)),
+            ("What pattern does it have?", answer("pattern", identity.pattern)),
+            ("What is it wearing?", _wearing(identity)),
             ("Is it large or small?", f"{self.size.capitalize()}."),
             ("Where is it?", f"{POSITION_PHRASES[self.position].capitalize()}."),
             ("Where is the scene?", f"{BACKGROUND_PHRASES[self.background].capitalize()}."),
             ("Describe this photo.", self.caption()),
         ]
+
+
+def answer(attribute: str, value: str) -> str:
+    """The world's short answer naming a shape, colour or pattern: `A circle.`, `Red.`, `Striped.`"""
+    return f"A {value}." if attribute == "shape" else f"{value.capitalize()}."
+
+
+def answer_options(attribute: str) -> list[str]:
+    """Every answer a question of `Identity.questions` about `attribute` can have, in a fixed order."""
+    if attribute == "accessory":
+        base = Identity("circle", "red", "plain", "none", "none")
+        return [_wearing(replace(base, accessory=a, accessory_colour=c)) for a, c in _ACCESSORY_PAIRS]
+    return [answer(attribute, value) for value in ATTRIBUTE_VALUES[attribute]]
+
+
+def _wearing(identity: Identity) -> str:
+    if identity.accessory == "none":
+        return "Nothing."
+    return _accessory_phrase(identity).removeprefix(" with ").capitalize() + "."
 
 
 def _accessory_phrase(identity: Identity) -> str:

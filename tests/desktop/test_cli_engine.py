@@ -13,22 +13,23 @@ from PIL import Image
 
 from desktop import __version__
 from desktop.cli import main
-from engine.assistant import Assistant
-from engine.model_loading import demo_model_dir, load_model
+from engine.assistant import SHOWN_SIZE, Assistant
+from engine.model_loading import TRAINED_DEMO, demo_model_dir, load_model
 
 
 def test_generate_writes_a_png_that_says_it_is_from_the_demo(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "bo.png"
-    assert main(["generate", "A dog reading in a library", "-o", str(out), "--seed", "5", "--device", "cpu"]) == 0
+    prompt = "A photo of a small blue dotted square on sand, in the centre."
+    assert main(["generate", prompt, "-o", str(out), "--seed", "5", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
-    assert "untrained demo model" in captured.err
+    assert f"note: {TRAINED_DEMO.warning} (pass --model FOLDER" in captured.err
     assert "seed 5" in captured.out
     with Image.open(out) as image:
-        assert image.size == (512, 512)
-        assert image.text["familiar:seed"] == "5"
-        assert "untrained demo model" in image.text["familiar:warning"]
+        assert image.size == (SHOWN_SIZE, SHOWN_SIZE)  # 32x32 scaled up, with the label bar
+        assert image.text["familiar:seed"] == "5" and image.text["familiar:prompt"] == prompt
+        assert image.text["familiar:warning"] == f"made by the {TRAINED_DEMO.warning}"
         assert np.asarray(image.convert("RGB")).std() > 1
 
 
@@ -43,7 +44,7 @@ def test_chat_about_a_photo_with_a_concept_file(
     assert main(args) == 0
     captured = capsys.readouterr()
     assert captured.out.strip()
-    assert "untrained demo model" in captured.err
+    assert TRAINED_DEMO.warning in captured.err
 
 
 def test_unknown_concept_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -45,9 +45,9 @@ def test_build_with_vq_tokens_for_the_demo_model(dreambooth: Path, tmp_path: Pat
     assert main([*argv, "--model", "demo"]) == 0
     capsys.readouterr()
     assert main(["index", "info", str(index)]) == 0
-    assert "vq tokens: 1024 per image, model demo" in capsys.readouterr().out
+    assert "vq tokens: 64 per image, model demo" in capsys.readouterr().out
     tokens = np.load(index / "vq_tokens.npy", allow_pickle=False)
-    assert tokens.shape == (5, 1024) and tokens.dtype == np.int32
+    assert tokens.shape == (5, 64) and tokens.dtype == np.int32
 
 
 @pytest.mark.parametrize(("argv", "message"), [

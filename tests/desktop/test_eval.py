@@ -11,9 +11,7 @@ from PIL import Image
 from desktop import commands_eval
 from desktop.cli import main
 from desktop.evaluate import PUBLISHED, read_dataset
-from engine import evaluation
 from engine.errors import EngineError
-from engine.images import open_image
 from tests.engine.test_metrics import tiny_clip, tiny_dino
 
 
@@ -76,7 +74,7 @@ def test_report_renders_tables_and_charts(tmp_path: Path) -> None:
     report = (tmp_path / "report.md").read_text()
     assert "| bo | 1.000 | 0.500 | 0.750 | 1 | 1 |" in report
     assert "| Yo'Chameleon (CVPR 2025), 32 tokens | CLIP-I | 0.783 |" in report
-    assert "theirs" in report and "untrained" in report and "dino not measured" in report
+    assert "theirs" in report and commands_eval.DEMO_NOTE in report and "dino not measured" in report
     assert json.loads((tmp_path / "results.json").read_text())["mean"] == {"recognition_weighted": 0.75}
 
 
@@ -90,13 +88,9 @@ def test_a_missing_model_path_is_a_clear_error_before_training(
 
 
 def test_end_to_end_on_two_dreambooth_subjects(
-    dreambooth: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    dreambooth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Everything runs for real except drawing: a 1024-token picture takes 10-40 s on a CPU, so each concept's
-    "generated" picture is its own test photo (already covered by tests/engine/test_generation.py)."""
-    monkeypatch.setattr(
-        evaluation, "generate", lambda _a, name, count, _s: [open_image(dreambooth / name / "04.jpg")] * count
-    )
+    """Everything runs for real, drawing included (the demo model's pictures are 64 tokens)."""
     qa = tmp_path / "qa.json"
     qa.write_text(
         json.dumps([{"concept": "dog", "question": "What is <dog>?", "options": ["a dog", "a cat"], "answer": 0}])
@@ -117,6 +111,7 @@ def test_end_to_end_on_two_dreambooth_subjects(
     assert [p["epoch"] for p in dog["training"]] == [1] and dog["training"][0]["loss"] > 0
     assert set(results["times_s"]) >= {"add", "train", "recognition", "qa", "generation", "metrics"}
     assert results["skipped"] == {}
-    assert (out / dog["images"][0]).is_file()
+    with Image.open(out / dog["images"][0]) as picture:  # measured and kept unlabelled, at the model's size
+        assert picture.size == (32, 32)
     report = (out / "report.md").read_text()
     assert "## Recognition" in report and "| dog |" in report and "![training](training.png)" in report

@@ -12,7 +12,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from desktop.app.chat_view import ChatView, ImageBubble, TextBubble
-from engine.assistant import Assistant
+from engine.assistant import SHOWN_SIZE, Assistant
+from engine.model_loading import TRAINED_DEMO
 
 WAIT_MS = 90_000
 
@@ -88,10 +89,11 @@ def test_drawing_appears_inline_and_in_the_gallery(chat_window, qtbot, tmp_path:
 
     bubble.save_to(tmp_path / "beach.png")
     saved = Image.open(tmp_path / "beach.png")
-    assert saved.size == (512, 512) and saved.text["familiar:prompt"] == "<bo> at the beach"
-    assert "noise" in saved.text["familiar:warning"]
+    assert saved.size == (SHOWN_SIZE, SHOWN_SIZE) and saved.text["familiar:prompt"] == "<bo> at the beach"
+    assert saved.text["familiar:warning"] == f"made by the {TRAINED_DEMO.warning}"
+    assert chat_window.gallery_view.details.text().endswith(f"Made by the {TRAINED_DEMO.warning}.")
     bubble.copy()
-    assert QApplication.clipboard().image().size().width() == 512
+    assert QApplication.clipboard().image().size().width() == SHOWN_SIZE
 
 
 def test_auto_mode_follows_the_models_choice(chat_window, qtbot, monkeypatch) -> None:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from desktop.app.settings import AppSettings, load_settings, save_settings
-from engine.model_loading import demo_model_dir
+from engine.model_loading import TRAINED_DEMO, demo_model_dir
 
 WAIT_MS = 90_000
 
@@ -84,7 +84,8 @@ def test_demo_banner_says_how_to_set_a_real_model(open_window) -> None:
     window = open_window()
     banner = window.demo_banner
     assert banner.isVisible()
-    assert "noise until a real model is set" in banner.label.text() and "open Settings" in banner.label.text()
+    assert banner.label.text().startswith(f"Familiar is running its {TRAINED_DEMO.warning}. ")
+    assert "open Settings" in banner.label.text()
     banner.action.emit()
     assert window.stack.currentWidget() is window.settings_view
 

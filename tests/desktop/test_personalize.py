@@ -16,13 +16,14 @@ from PIL import Image
 
 from desktop.cli import main
 from desktop.personalize import TrainOptions, class_word, train_concept
+from engine.assistant import SHOWN_SIZE
 from engine.trainer import Progress
 from store.library import Library
 
 QUICK = TrainOptions(
     device="cpu",
     epochs=2,
-    learning_rate=3e-2,
+    learning_rate=3e-3,
     negatives=4,
     recognition_per_photo=2,
     generation_per_photo=1,
@@ -128,7 +129,7 @@ def test_killed_run_resumes_to_the_same_step_count_and_the_concept_works(
     out_png = tmp_path / "bo.png"
     assert main(["--data-dir", str(data), "generate", "<bo> at the beach", "-o", str(out_png), "--seed", "1"]) == 0
     with Image.open(out_png) as picture:
-        assert picture.size == (512, 512)
+        assert picture.size == (SHOWN_SIZE, SHOWN_SIZE)
     assert main(["--data-dir", str(data), "chat", "What is <bo> doing?", "--max-tokens", "6"]) == 0
     assert capsys.readouterr().out.strip()
     assert main(["--data-dir", str(data), "chat", "Is <mimi> here?", "--max-tokens", "4"]) == 2

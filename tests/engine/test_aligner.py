@@ -30,9 +30,12 @@ from engine.assistant import Assistant
 from engine.concept_state import N_GENERATION
 from engine.errors import ModelNotFoundError
 from engine.generation import Sampling
-from engine.model_loading import LoadedModel
+from engine.model_loading import LoadedModel, demo_model_dir, read_config
 
-TINY = AlignerConfig(vision_hidden=32, text_hidden=64, hidden=32, n_queries=16, n_blocks=1, n_heads=2, image_size=56)
+DEMO_HIDDEN = read_config(demo_model_dir()).hidden_size
+TINY = AlignerConfig(
+    vision_hidden=32, text_hidden=DEMO_HIDDEN, hidden=32, n_queries=16, n_blocks=1, n_heads=2, image_size=56
+)
 
 
 def tiny_dino(seed: int) -> Dinov2Model:

@@ -32,11 +32,14 @@ from engine.aligner_training import (
 from engine.assistant import Assistant
 from engine.concept_state import ConceptState
 from engine.errors import EngineError
-from engine.model_loading import LoadedModel
+from engine.model_loading import LoadedModel, demo_model_dir, read_config
 from engine.prompts import IGNORE
 
-TINY = AlignerConfig(vision_hidden=32, text_hidden=64, hidden=32, n_queries=16, n_blocks=1, n_heads=2, image_size=56)
-QUICK = AlignerTrainConfig(epochs=2, samples_per_identity=2, batch_size=2, micro_batch=1, learning_rate=3e-3)
+DEMO_HIDDEN = read_config(demo_model_dir()).hidden_size
+TINY = AlignerConfig(
+    vision_hidden=32, text_hidden=DEMO_HIDDEN, hidden=32, n_queries=16, n_blocks=1, n_heads=2, image_size=56
+)
+QUICK = AlignerTrainConfig(epochs=2, samples_per_identity=2, batch_size=2, micro_batch=1, learning_rate=1e-3)
 SUBJECTS = ("dog", "cat", "backpack")
 
 

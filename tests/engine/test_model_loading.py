@@ -19,8 +19,8 @@ from engine.model_loading import LoadedModel, demo_model_dir, load_model
 def test_demo_loads_through_the_checkpoint_path(demo: LoadedModel) -> None:
     assert demo.is_demo and demo.source == "demo"
     assert demo.model.config.model_type == "chameleon"
-    assert demo.image_tokenizer.tokens_per_image == 1024
-    assert demo.image_tokenizer.resolution == 512
+    assert demo.image_tokenizer.tokens_per_image == 64
+    assert demo.image_tokenizer.resolution == 32
     assert not any(p.requires_grad for p in demo.model.parameters())
     assert len(demo.fingerprint) == 64
 
@@ -43,6 +43,18 @@ def test_fingerprint_changes_with_the_weights(tmp_path: Path, demo: LoadedModel)
     assert not loaded.is_demo
     assert loaded.fingerprint != demo.fingerprint
     assert loaded.fingerprint == model_fingerprint(loaded.model)
+
+
+def test_the_demo_marker_says_which_notice_a_demo_carries(tmp_path: Path) -> None:
+    """Only a marker with `"trained": true` gets the trained demo's notice; any other marker gets the
+    untrained one, which claims nothing; no marker, no demo."""
+    assert model_loading.demo_notice(demo_model_dir()) == model_loading.TRAINED_DEMO
+    marker = tmp_path / model_loading.DEMO_MARKER
+    for text in ('{"what": "random weights"}', '{"trained": "yes"}', "[]", "not json"):
+        marker.write_text(text)
+        assert model_loading.demo_notice(tmp_path) == model_loading.UNTRAINED_DEMO, text
+    marker.unlink()
+    assert model_loading.demo_notice(tmp_path) is None
 
 
 def test_missing_folder_is_named(tmp_path: Path) -> None:

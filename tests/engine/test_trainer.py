@@ -135,7 +135,8 @@ def test_selection_scores_recognition(images: dict[str, list[list[int]]]) -> Non
         return 0.25
 
     with_images = score(assistant, "bo", images["photos"], images["negatives"], [Image.new("RGB", (8, 8))], similarity)
-    assert calls == [(1, 1, (512, 512))]
+    size = assistant.loaded.image_tokenizer.resolution
+    assert calls == [(1, 1, (size, size))]  # the unlabelled decode, never the demo's labelled picture
     assert with_images.score == pytest.approx((with_images.recognition + 0.25) / 2)
 
 

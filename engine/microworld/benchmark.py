@@ -1,0 +1,486 @@
+"""The personalization benchmark: the product's training recipe run on micro-world concepts, and measured.
+
+A concept is one creature (shape, colour, pattern, and an accessory with its colour), drawn from a seed. It has
+- 4 training renders on 4 different backgrounds: the user's photos. As in the app (3 or more photos, none marked
+  for testing), the last one is held out to pick the best epoch;
+- test renders in new poses on the 2 backgrounds the training renders do not use;
+- hard negatives (creatures differing in exactly one identity attribute) and random negatives, in random poses;
+- a retrieval pool shared by all concepts (random scenes, never the concept itself), ranked by the attribute
+  reader's identity embedding, this world's CLIP: the product's retrieval rules (engine/retrieval_plan.py) turn
+  the top ranks into soft-positive tiers and the next ranks into hard negatives; random pool scenes are the easy
+  negatives.
+
+Training is the product's own: start rows from the kind's class word, the base model's descriptions of the
+photos, augmentations, `build_samples`, the `Trainer`, and the best epoch by `engine.selection.score` (with the
+reader's embedding as the image similarity). Only the library and index plumbing is skipped. Measured for every
+concept under every condition:
+- recognition, "Is <c> in this photo?": accuracy on the test renders (positive), on the hard negatives
+  (negative) and on random negatives; `recognition_weighted` is the mean of positive and negative;
+- QA without a picture ("What colour is <c>?", shape, pattern, "What is <c> wearing?"), the answer chosen by
+  likelihood among all of the world's answers to that question;
+- generation, pictures drawn for "A photo of <c>." and read by the attribute reader: the share of the 5
+  identity attributes drawn right (`generation_attribute_accuracy`) and the embedding cosine to the normalised
+  mean of the test renders (`generation_similarity`, like CLIP-I).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from engine.assistant import Assistant
+from engine.concept_state import ConceptState
+from engine.evaluation import option_scores
+from engine.generation import Sampling
+from engine.index import Neighbour, Neighbours
+from engine.metrics import choose
+from engine.microworld.reader import AttributeReader
+from engine.microworld.world import (
+    BACKGROUNDS,
+    IDENTITY,
+    POSITIONS,
+    SIZES,
+    Identity,
+    Scene,
+    all_identities,
+    answer_options,
+    one_change,
+    render,
+    sample_identity,
+    sample_pose,
+    sample_scene,
+)
+from engine.prompts import PromptLayout, Prompts
+from engine.retrieval_plan import ConceptPhoto, PlanSettings, concept_query, plan_from_neighbours
+from engine.selection import answers_yes, draw_prompt, score
+from engine.trainer import Checkpoint, TrainConfig, Trainer
+from engine.training_data import DESCRIBE_PHOTO, ConceptData, DataMix, augmentations, build_samples, class_word
+
+Report = Callable[[str], None]
+KIND = "pet"
+"""The kind a user would give a creature; its class word ("animal") starts the concept's rows."""
+METRICS = (
+    "recognition_positive",
+    "recognition_negative",
+    "recognition_negative_random",
+    "recognition_weighted",
+    "qa_accuracy",
+    "generation_attribute_accuracy",
+    "generation_similarity",
+)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One way of referring to a concept: learned tokens (trained or not, in some layout) or plain words."""
+
+    name: str
+    what: str
+    trained: bool = True
+    soft_positives: bool = True
+    layout: PromptLayout = field(default_factory=PromptLayout)
+    words: str | None = None  # "coarse" or "full": a text prompt instead of a concept
+
+
+CONDITIONS = {
+    c.name: c
+    for c in (
+        Condition("trained", "the product's recipe: dual sets of 16 tokens, self-prompting, soft positives"),
+        Condition("untrained", "the concept's start rows (the class word), not trained", trained=False),
+        Condition(
+            "text_prompt",
+            "the user's own coarse words, e.g. 'red striped creature with a hat'",
+            trained=False,
+            words="coarse",
+        ),
+        Condition(
+            "text_full", "every identity attribute in words (a reference, not a baseline)", trained=False, words="full"
+        ),
+        Condition("positives_only", "ablation: no soft positives", soft_positives=False),
+        Condition("shared_prompt", "ablation: one set of 16 tokens for both tasks", layout=PromptLayout(shared=True)),
+        Condition(
+            "no_self_prompting",
+            "ablation: dual sets, answers not opened by the task's set",
+            layout=PromptLayout(self_prompting=False),
+        ),
+        Condition("tokens_4", "ablation: 4 latent tokens per set", layout=PromptLayout(tokens=4)),
+        Condition("tokens_8", "ablation: 8 latent tokens per set", layout=PromptLayout(tokens=8)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Sizes of the benchmark. Training is the product's recipe (batch 4, lr 1e-3, the DataMix per photo) with
+    fewer epochs (8, not 15), soft positives (45, not 1,000) and negatives (30, not 200), scaled to a
+    3,000-scene pool and to what a 2-core CPU trains in a minute or two per concept. The default conditions
+    leave out `no_self_prompting` and `tokens_8` (run them with `conditions`) to keep a run under an hour."""
+
+    concepts: int = 5
+    train_renders: int = 4
+    test_renders: int = 8
+    negatives: int = 8
+    pool: int = 3000
+    soft_positives: int = 45
+    train_negatives: int = 30
+    epochs: int = 8
+    drawings: int = 4
+    seed: int = 0
+    conditions: tuple[str, ...] = (
+        "trained",
+        "untrained",
+        "text_prompt",
+        "text_full",
+        "positives_only",
+        "shared_prompt",
+        "tokens_4",
+    )
+
+    def validate(self) -> None:
+        unknown = [c for c in self.conditions if c not in CONDITIONS]
+        if unknown:
+            raise ValueError(f"unknown conditions {unknown}; known: {', '.join(CONDITIONS)}")
+        if not 2 <= self.train_renders < len(BACKGROUNDS):
+            raise ValueError(f"train_renders must be 2 to {len(BACKGROUNDS) - 1}")
+        if min(self.concepts, self.test_renders, self.negatives, self.epochs, self.drawings) < 1:
+            raise ValueError("concepts, test_renders, negatives, epochs and drawings must be at least 1")
+
+
+QUICK = BenchSettings(concepts=3, epochs=6, drawings=3, conditions=("trained", "untrained", "text_prompt", "text_full"))
+"""A few concepts, fewer epochs, the baselines and no ablation: under 10 minutes on a 2-core CPU."""
+
+
+@dataclass(frozen=True)
+class BenchConcept:
+    name: str
+    identity: Identity
+    train: list[Scene]
+    test: list[Scene]
+    hard_negatives: list[Scene]
+    random_negatives: list[Scene]
+
+
+def coarse_words(identity: Identity) -> str:
+    """How a user might put the creature in words, leaving out shape and accessory colour:
+    `red striped creature with a hat`."""
+    accessory = {"none": "", "glasses": " with glasses"}.get(identity.accessory, f" with a {identity.accessory}")
+    return f"{identity.colour} {identity.pattern} creature{accessory}"
+
+
+def make_concepts(settings: BenchSettings) -> list[BenchConcept]:
+    """The benchmark's concepts, all wearing an accessory (so 5 identity attributes), from `settings.seed`."""
+    rng = random.Random(f"familiar-bench-concepts-{settings.seed}")
+    identities = rng.sample([i for i in all_identities() if i.accessory != "none"], settings.concepts)
+    concepts = []
+    for number, identity in enumerate(identities):
+        backgrounds = rng.sample(list(BACKGROUNDS), len(BACKGROUNDS))
+        seen, unseen = backgrounds[: settings.train_renders], backgrounds[settings.train_renders :]
+
+        def pose(background: str, identity: Identity = identity) -> Scene:
+            jitter = rng.randint(-1, 1), rng.randint(-1, 1)
+            return Scene(identity, rng.choice(SIZES), rng.choice(POSITIONS), background, *jitter)
+
+        others = []
+        while len(others) < settings.negatives:
+            other = sample_identity(rng)
+            if other != identity:
+                others.append(sample_pose(other, rng))
+        concepts.append(
+            BenchConcept(
+                name=f"c{number}",
+                identity=identity,
+                train=[pose(background) for background in seen],
+                test=[pose(rng.choice(unseen)) for _ in range(settings.test_renders)],
+                hard_negatives=[sample_pose(one_change(identity, rng), rng) for _ in range(settings.negatives)],
+                random_negatives=others,
+            )
+        )
+    return concepts
+
+
+def make_pool(settings: BenchSettings) -> list[Scene]:
+    """The retrieval pool: random scenes, the same for every concept."""
+    rng = random.Random(f"familiar-bench-pool-{settings.seed}")
+    return [sample_scene(rng) for _ in range(settings.pool)]
+
+
+def scene_key(scene: Scene) -> str:
+    """A stable stand-in for an image file's sha256."""
+    return hashlib.sha256(repr(scene).encode()).hexdigest()
+
+
+@dataclass
+class Trained:
+    state: ConceptState
+    samples: int
+    steps: int
+    best_epoch: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+
+
+class Benchmark:
+    """Runs the conditions on one loaded micro-world model; `run` returns the results as a JSON-ready dict."""
+
+    def __init__(
+        self, assistant: Assistant, reader: AttributeReader, settings: BenchSettings, report: Report | None = None
+    ) -> None:
+        settings.validate()
+        self.assistant = assistant
+        self.reader = reader
+        self.settings = settings
+        self.report = report or (lambda _m: None)
+        self.base_prompts = assistant.prompts
+        self.pool = make_pool(settings)
+        self.pool_embeddings = reader.embed([render(s) for s in self.pool])
+        self._tokens: dict[Scene, list[int]] = {}
+        self.pictures: dict[tuple[str, str], Image.Image] = {}
+        """The first picture drawn for each (concept, condition)."""
+
+    def tokens(self, scenes: Sequence[Scene]) -> list[list[int]]:
+        """VQ ids of rendered scenes, cached."""
+        missing = list(dict.fromkeys(s for s in scenes if s not in self._tokens))
+        if missing:
+            encoded = self.encode([render(s) for s in missing])
+            self._tokens.update(zip(missing, encoded, strict=True))
+        return [self._tokens[s] for s in scenes]
+
+    def encode(self, images: Sequence[Image.Image]) -> list[list[int]]:
+        return [row.tolist() for row in self.assistant.loaded.image_tokenizer.encode(list(images))]
+
+    def retrieval(self, concept: BenchConcept, photos: Sequence[Scene], tokens: int) -> tuple[list, list[Scene]]:
+        """(soft-positive tiers as (token count, scenes), negatives as scenes: hard first, then easy), by the
+        product's plan rules over the pool ranked by the reader's embedding of the training photos."""
+        settings = self.settings
+        own = self.reader.embed([render(s) for s in photos])
+        keep = np.array([i for i, s in enumerate(self.pool) if s.identity != concept.identity])
+        similarity = self.pool_embeddings[keep] @ concept_query(own)
+        ranked = np.argsort(-similarity, kind="stable")
+        hard = settings.train_negatives // 2
+        band = keep[ranked[: settings.soft_positives + hard]]
+        items = [
+            Neighbour(f"pool/{i}", self.pool[i].caption(), scene_key(self.pool[i]), float(c), row=int(i))
+            for i, c in zip(band, similarity[ranked[: len(band)]], strict=True)
+        ]
+        plan = plan_from_neighbours(
+            concept.name,
+            [ConceptPhoto(f"photo/{j}", scene_key(s)) for j, s in enumerate(photos)],
+            own,
+            Neighbours(items, self.pool_embeddings[band]),
+            PlanSettings(
+                num_generation_tokens=tokens,
+                top_n=settings.soft_positives,
+                num_hard_negatives=hard,
+                num_easy_negatives=0,
+                seed=settings.seed,
+            ),
+        )
+        rest = keep[ranked[len(band) :]]
+        easy = np.random.default_rng(settings.seed).choice(rest, settings.train_negatives - hard, replace=False)
+        tiers = [(tier.num_tokens, [self.pool[int(str(n.row))] for n in tier.images]) for tier in plan.tiers]
+        negatives = [self.pool[int(str(n.row))] for n in plan.hard_negatives] + [self.pool[int(i)] for i in easy]
+        return tiers, negatives
+
+    def describe(self, photos: Sequence[Scene]) -> list[str]:
+        """The base model's greedy descriptions of the photos, as the app makes them (no concept attached)."""
+        out = []
+        for scene in photos:
+            answer = self.assistant.chat(DESCRIBE_PHOTO, render(scene), Sampling(temperature=0, seed=0), 48)
+            out.append("".join(answer).strip())
+        return out
+
+    def similarity(self, generated: Sequence[Image.Image], real: Sequence[Image.Image]) -> float:
+        """Reader-embedding cosine of each generated picture to the normalised mean of the real ones."""
+        mean = self.reader.embed(list(real)).mean(0)
+        return float((self.reader.embed(list(generated)) @ (mean / np.linalg.norm(mean))).mean())
+
+    def train(self, concept: BenchConcept, condition: Condition, descriptions: list[str]) -> Trained:
+        """Train the attached concept with the product's recipe; leaves the best epoch's rows attached."""
+        settings, assistant, name = self.settings, self.assistant, concept.name
+        started = time.monotonic()
+        photos, held_out = concept.train[:-1], concept.train[-1:]
+        tiers, negatives = self.retrieval(concept, photos, condition.layout.tokens)
+        held = max(1, len(negatives) // 5)
+        images = [render(s) for s in photos]
+        data = ConceptData(
+            name=name,
+            kind=KIND,
+            photos=self.encode(augmentations(images)),
+            negatives=self.tokens(negatives[held:]),
+            soft_positive_tiers=[(n, self.tokens(scenes)) for n, scenes in tiers] if condition.soft_positives else [],
+            descriptions=descriptions,
+        )
+        mix = DataMix(recognition_negatives=len(data.negatives), soft_positives=settings.soft_positives)
+        samples = build_samples(assistant.prompts, data, mix, settings.seed)
+        trainer = Trainer(assistant, name, samples, TrainConfig(epochs=settings.epochs, seed=settings.seed))
+        held_positive, held_negative = self.tokens(held_out), self.tokens(negatives[:held])
+        best: list[tuple[float, int, ConceptState]] = []
+
+        def on_checkpoint(checkpoint: Checkpoint) -> None:
+            scores = score(assistant, name, held_positive, held_negative, images, self.similarity, settings.seed)
+            if not best or scores.score >= best[0][0]:
+                best[:] = [(scores.score, checkpoint.epoch, checkpoint.state)]
+
+        losses = trainer.run(on_checkpoint=on_checkpoint)
+        _, epoch, state = best[0]
+        params = assistant.slots.params(name)
+        with torch.no_grad():
+            params.embed.copy_(state.embed)
+            params.head.copy_(state.head)
+        return Trained(state, len(samples), trainer.total_steps, epoch, time.monotonic() - started, losses)
+
+    def measure(
+        self, concept: BenchConcept, condition: str, subject: str, drawing: str, names: list[str]
+    ) -> dict[str, float]:
+        """Every metric for one way of naming the concept: `subject` in questions, `drawing` as the picture
+        prompt, `names` the attached concepts the prompts carry."""
+        assistant, settings = self.assistant, self.settings
+        question = f"Is {subject} in this photo?"
+
+        def yes_rate(scenes: Sequence[Scene]) -> float:
+            return float(np.mean([answers_yes(assistant, question, ids, names) for ids in self.tokens(scenes)]))
+
+        positive = yes_rate(concept.test)
+        negative = 1 - yes_rate(concept.hard_negatives)
+        negative_random = 1 - yes_rate(concept.random_negatives)
+        right = []
+        for attribute, text, answer in concept.identity.questions(subject):
+            options = answer_options(attribute)
+            right.append(options[choose(option_scores(assistant, None, text, options))] == answer)
+        drawn = [draw_prompt(assistant, drawing, names, settings.seed + k) for k in range(settings.drawings)]
+        self.pictures[concept.name, condition] = drawn[0]
+        truth = {a: getattr(concept.identity, a) for a in IDENTITY}
+        reads = self.reader.read(drawn)
+        attribute_accuracy = float(np.mean([[read[a] == v for a, v in truth.items()] for read in reads]))
+        return {
+            "recognition_positive": positive,
+            "recognition_negative": negative,
+            "recognition_negative_random": negative_random,
+            "recognition_weighted": (positive + negative) / 2,
+            "qa_accuracy": float(np.mean(right)),
+            "generation_attribute_accuracy": attribute_accuracy,
+            "generation_similarity": self.similarity(drawn, [render(s) for s in concept.test]),
+        }
+
+    def run_condition(self, concept: BenchConcept, condition: Condition, descriptions: list[str]) -> dict[str, Any]:
+        assistant = self.assistant
+        if condition.words is not None:
+            words = coarse_words(concept.identity) if condition.words == "coarse" else concept.identity.describe()
+            return self.measure(concept, condition.name, f"the {words}", f"A photo of a {words}.", [])
+        loaded = assistant.loaded
+        tokens = loaded.image_tokenizer
+        assistant.prompts = Prompts(loaded.tokenizer, assistant.slots, tokens.boi_id, tokens.eoi_id, condition.layout)
+        start = assistant.slots.initial_state(concept.name, loaded.tokenizer, class_word(KIND, ""))
+        assistant.attach(start)
+        try:
+            extra: dict[str, Any] = {}
+            if condition.trained:
+                trained = self.train(concept, condition, descriptions)
+                extra = {
+                    "samples": trained.samples,
+                    "steps": trained.steps,
+                    "best_epoch": trained.best_epoch,
+                    "train_seconds": round(trained.seconds, 1),
+                    "first_epoch_loss": float(np.mean(trained.losses[: trained.steps // self.settings.epochs])),
+                    "last_epoch_loss": float(np.mean(trained.losses[-(trained.steps // self.settings.epochs) :])),
+                }
+            subject = f"<{concept.name}>"
+            drawing = f"A photo of {subject}."
+            return {**self.measure(concept, condition.name, subject, drawing, [concept.name]), **extra}
+        finally:
+            assistant.slots.detach(concept.name)
+            assistant.prompts = self.base_prompts
+
+    def reference(self, concept: BenchConcept) -> dict[str, float]:
+        """What the reader makes of the real test renders and of their VQ round trip (encoded to image tokens
+        and decoded, the best a drawing can be): ceilings for the generation metrics."""
+        real = [render(s) for s in concept.test]
+        tokens = self.assistant.loaded.image_tokenizer
+        round_trip = tokens.decode(tokens.encode(real))
+        truth = {a: getattr(concept.identity, a) for a in IDENTITY}
+
+        def attribute_accuracy(images: Sequence[Image.Image]) -> float:
+            return float(np.mean([[r[a] == v for a, v in truth.items()] for r in self.reader.read(list(images))]))
+
+        return {
+            "generation_attribute_accuracy": attribute_accuracy(real),
+            "generation_similarity": self.similarity(real, real),
+            "round_trip_attribute_accuracy": attribute_accuracy(round_trip),
+            "round_trip_similarity": self.similarity(round_trip, real),
+            "hard_negative_similarity": self.similarity([render(s) for s in concept.hard_negatives], real),
+        }
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        settings = self.settings
+        concepts = make_concepts(settings)
+        per_concept = []
+        for index, concept in enumerate(concepts, 1):
+            self.report(f"concept {index}/{len(concepts)} <{concept.name}>: a {concept.identity.describe()}")
+            descriptions = self.describe(concept.train[:-1])
+            results = {}
+            for name in settings.conditions:
+                condition_started = time.monotonic()
+                results[name] = self.run_condition(concept, CONDITIONS[name], descriptions)
+                line = ", ".join(f"{k} {results[name][k]:.2f}" for k in METRICS if k != "recognition_negative_random")
+                self.report(f"  {name}: {line} ({time.monotonic() - condition_started:.0f} s)")
+            per_concept.append(
+                {
+                    "name": concept.name,
+                    "identity": asdict(concept.identity),
+                    "words": concept.identity.describe(),
+                    "coarse_words": coarse_words(concept.identity),
+                    "descriptions": descriptions,
+                    "reference": self.reference(concept),
+                    "conditions": results,
+                }
+            )
+        return summarize(settings, per_concept, time.monotonic() - started)
+
+
+def _mean_and_error(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error over concepts (0 for a single concept)."""
+    mean = float(np.mean(values))
+    error = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+    return mean, error
+
+
+def summarize(settings: BenchSettings, per_concept: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Per-condition means (and standard errors) over concepts; the headline keys are the trained condition's."""
+    conditions: dict[str, dict[str, Any]] = {}
+    for name in settings.conditions:
+        rows = [c["conditions"][name] for c in per_concept]
+        summary: dict[str, Any] = {"what": CONDITIONS[name].what}
+        for metric in METRICS:
+            summary[metric], summary[f"{metric}_stderr"] = _mean_and_error([r[metric] for r in rows])
+        if "train_seconds" in rows[0]:
+            summary["train_seconds"] = float(np.mean([r["train_seconds"] for r in rows]))
+            summary["steps"] = float(np.mean([r["steps"] for r in rows]))
+        conditions[name] = summary
+    headline = ("recognition_weighted", "generation_attribute_accuracy", "qa_accuracy", "generation_similarity")
+    results: dict[str, Any] = {
+        "settings": {**asdict(settings), "conditions": list(settings.conditions)},
+        "seconds": round(seconds, 1),
+        "concepts": per_concept,
+        "conditions": conditions,
+        "reference": {
+            key: float(np.mean([c["reference"][key] for c in per_concept])) for key in per_concept[0]["reference"]
+        },
+    }
+    if "trained" in conditions:
+        results.update({key: conditions["trained"][key] for key in headline})
+    results["baselines"] = {
+        name: {key: conditions[name][key] for key in headline}
+        for name in ("untrained", "text_prompt")
+        if name in conditions
+    }
+    return results
