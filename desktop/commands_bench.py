@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "personalization",
         help="train micro-world concepts with the product's recipe and measure them against baselines",
     )
-    p.add_argument("--quick", action="store_true", help="3 concepts, 6 epochs, baselines only (under 10 minutes)")
+    p.add_argument("--quick", action="store_true", help="3 concepts and the baselines only (under 10 minutes)")
     p.add_argument("-o", "--output", type=Path, required=True, help="results JSON file")
     p.add_argument("--docs", type=Path, default=Path("docs/personalization.md"), help="report to write ('' for none)")
     p.add_argument("--model", default="demo", help="a micro-world model (default: the embedded demo model)")
@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--conditions", nargs="+", metavar="NAME", help="only these conditions")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    p.add_argument("--report-only", action="store_true", help="rewrite --docs from the results in -o; no training")
     p.set_defaults(handler=run_personalization)
 
 
@@ -60,6 +61,14 @@ def run_personalization(args: argparse.Namespace) -> int:
     from engine.microworld.world import SIZE
     from engine.model_loading import load_model
 
+    if args.report_only:
+        try:
+            saved = json.loads(args.output.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"cannot read benchmark results {args.output}: {exc}") from None
+        write_report(saved, args.docs, args.output, None)
+        print(f"wrote {args.docs}")
+        return 0
     settings = QUICK if args.quick else BenchSettings()
     changes: dict[str, Any] = {"seed": args.seed}
     if args.concepts is not None:
@@ -134,7 +143,9 @@ CLAIMS = (
     ("text_prompt", "trained concepts beat the user's text prompt", HEADLINE),
     ("positives_only", "paper: soft positives improve generation", (HEADLINE[1], "generation_similarity")),
     ("shared_prompt", "paper: dual prompts beat one shared prompt", HEADLINE),
+    ("no_self_prompting", "paper: self-prompting helps", HEADLINE),
     ("tokens_4", "paper: 16 latent tokens beat fewer", HEADLINE),
+    ("tokens_8", "paper: 16 latent tokens beat fewer", HEADLINE),
 )
 
 
@@ -152,7 +163,7 @@ def _verdict(mean: float, error: float) -> str:
     if error == 0.0 and mean == 0.0:
         return "no difference"
     if abs(mean) <= 2 * error:
-        return "within noise (|difference| <= 2 standard errors)"
+        return "within noise (difference under 2 standard errors)"
     return "holds" if mean > 0 else "reversed"
 
 
@@ -171,13 +182,19 @@ def _claims(results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _examples(results: dict[str, Any], bench: Any, path: Path) -> list[str]:
-    """A grid per concept: its training photos, then one picture per condition (seed 0, unlabelled)."""
+def _examples(results: dict[str, Any], bench: Any | None, path: Path) -> list[str]:
+    """A grid per concept: its training photos, then one picture per condition (seed 0, unlabelled). Without
+    `bench` (a report rewritten from saved results) the grid already at `path` is kept, if there is one."""
     from engine.microworld.benchmark import make_concepts
     from engine.microworld.world import render
 
-    concepts = make_concepts(bench.settings)
     names = [n for n in ("trained", "untrained", "text_prompt", "text_full") if n in results["conditions"]]
+    header = ", ".join(["training photos"] * results["settings"]["train_renders"] + names)
+    if bench is None:
+        return (
+            [f"![examples]({path.name})", "", f"Columns: {header}. One row per concept.", ""] if path.is_file() else []
+        )
+    concepts = make_concepts(bench.settings)
     columns = len(concepts[0].train) + len(names)
     grid = Image.new("RGB", (columns * TILE, len(concepts) * TILE), "white")
     for row, concept in enumerate(concepts):
@@ -185,12 +202,12 @@ def _examples(results: dict[str, Any], bench: Any, path: Path) -> list[str]:
         for column, picture in enumerate(pictures):
             grid.paste(picture.resize((TILE - 4, TILE - 4), Image.Resampling.NEAREST), (column * TILE, row * TILE))
     grid.save(path)
-    header = ", ".join(["training photos"] * len(concepts[0].train) + names)
     return [f"![examples]({path.name})", "", f"Columns: {header}. One row per concept.", ""]
 
 
-def write_report(results: dict[str, Any], docs: Path, output: Path, bench: Any) -> None:
-    """docs/personalization.md with its charts (docs/personalization-*.png)."""
+def write_report(results: dict[str, Any], docs: Path, output: Path, bench: Any | None) -> None:
+    """docs/personalization.md with its charts (docs/personalization-*.png); `bench` None rewrites the report
+    from saved results, keeping the example pictures already there."""
     conditions = results["conditions"]
     folder = docs.parent
     folder.mkdir(parents=True, exist_ok=True)

@@ -155,8 +155,8 @@ class BenchSettings:
             raise ValueError("concepts, test_renders, negatives, epochs and drawings must be at least 1")
 
 
-QUICK = BenchSettings(concepts=3, epochs=6, drawings=3, conditions=("trained", "untrained", "text_prompt", "text_full"))
-"""A few concepts, fewer epochs, the baselines and no ablation: under 10 minutes on a 2-core CPU."""
+QUICK = BenchSettings(concepts=3, conditions=("trained", "untrained", "text_prompt", "text_full"))
+"""A few concepts and the baselines, no ablation: under 10 minutes on a 2-core CPU."""
 
 
 @dataclass(frozen=True)
@@ -425,7 +425,9 @@ class Benchmark:
         concepts = make_concepts(settings)
         per_concept = []
         for index, concept in enumerate(concepts, 1):
-            self.report(f"concept {index}/{len(concepts)} <{concept.name}>: a {concept.identity.describe()}")
+            words = concept.identity.describe()
+            article = "an" if words[0] in "aeiou" else "a"
+            self.report(f"concept {index}/{len(concepts)} <{concept.name}>: {article} {words}")
             descriptions = self.describe(concept.train[:-1])
             results = {}
             for name in settings.conditions:
