@@ -139,7 +139,7 @@ def main() -> int:
 
     window.show_page("Chat")
     ask(window, "What is <bo> doing in this photo?", "answer", photos("dog", args.photos, 5)[4])
-    ask(window, "<bo> reading in a library", "draw")
+    ask(window, "A photo of <bo> on sand.", "draw")
     shoot(window, args.out, "chat")
 
     window.show_page("Gallery")
