@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from engine.assistant import Assistant
 from engine.evaluation import option_scores
@@ -104,11 +105,7 @@ def drawing(assistant: Assistant, reader: AttributeReader, count: int, rng: rand
     `identity_exact` is the share with all five identity attributes right."""
     scenes = [sample_scene(rng) for _ in range(count)]
     pictures = [draw_prompt(assistant, scene.prompt(), [], number) for number, scene in enumerate(scenes)]
-    reads = reader.read(pictures)
-    truth = [s.attributes() for s in scenes]
-    out = {a: float(np.mean([r[a] == t[a] for r, t in zip(reads, truth, strict=True)])) for a in ATTRIBUTE_VALUES}
-    exact = [all(r[a] == t[a] for a in IDENTITY) for r, t in zip(reads, truth, strict=True)]
-    return {**out, "mean": float(np.mean(list(out.values()))), "identity_exact": float(np.mean(exact))}
+    return _read_right(reader, pictures, scenes)
 
 
 def round_trip(assistant: Assistant, reader: AttributeReader, count: int, rng: random.Random) -> dict[str, float]:
@@ -116,7 +113,13 @@ def round_trip(assistant: Assistant, reader: AttributeReader, count: int, rng: r
     trip (encode to 64 tokens, decode): the ceiling for drawing."""
     scenes = [sample_scene(rng) for _ in range(count)]
     tokens = assistant.loaded.image_tokenizer
-    reads = reader.read(tokens.decode(tokens.encode([render(s) for s in scenes])))
+    return _read_right(reader, tokens.decode(tokens.encode([render(s) for s in scenes])), scenes)
+
+
+def _read_right(reader: AttributeReader, pictures: list[Image.Image], scenes: list[Scene]) -> dict[str, float]:
+    """Per attribute, the share of `pictures` the reader reads as their `scenes`; their mean; and the share with
+    all five identity attributes right."""
+    reads = reader.read(pictures)
     truth = [s.attributes() for s in scenes]
     out = {a: float(np.mean([r[a] == t[a] for r, t in zip(reads, truth, strict=True)])) for a in ATTRIBUTE_VALUES}
     exact = [all(r[a] == t[a] for a in IDENTITY) for r, t in zip(reads, truth, strict=True)]
