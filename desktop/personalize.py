@@ -22,18 +22,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from engine.assistant import Assistant
 from engine.concept_state import ConceptState
 from engine.errors import EngineError
-from engine.generation import Sampling
 from engine.images import open_image
+from engine.metrics import clip_i
 from engine.model_loading import load_model
 from engine.selection import ImageSimilarity, score
 from engine.trainer import Checkpoint, Progress, TrainConfig, Trainer, TrainingCancelled
-from engine.training_data import DESCRIBE_PHOTO, ConceptData, DataMix, augmentations, build_samples, class_word
+from engine.training_data import ConceptData, DataMix, augmentations, build_samples, class_word, describe_photos
 from store.library import Library
 from store.models import Photo, Run
 
@@ -149,8 +148,7 @@ def _retrieve(
 
     def similarity(generated: Sequence[Image.Image], real: Sequence[Image.Image]) -> float:
         """Cosine of each generated image to the normalised mean of the real photos (CLIP-I)."""
-        mean = embedder.embed(list(real)).mean(0)
-        return float((embedder.embed(list(generated)) @ (mean / np.linalg.norm(mean))).mean())
+        return clip_i(embedder.embed(list(generated)), embedder.embed(list(real)))
 
     tiers = [(tier.num_tokens, tokens(tier.images)) for tier in plan.tiers]
     return Retrieved(tiers, tokens(plan.hard_negatives + plan.easy_negatives), similarity, source, plan.warnings)
@@ -172,9 +170,7 @@ def prepare(
     descriptions = []
     if options.describe_photos:
         report("describing the photos with the base model")
-        for image in train_images:
-            answer = assistant.chat(DESCRIBE_PHOTO, image, Sampling(temperature=0, seed=0), max_new_tokens=48)
-            descriptions.append("".join(answer).strip())
+        descriptions = describe_photos(assistant, train_images)
     assistant.attach(_start_state(library, assistant, key, concept.kind, concept.facts))
     report("encoding photos")
     others = [

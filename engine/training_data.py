@@ -16,10 +16,15 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
+from engine.generation import Sampling
 from engine.prompts import Prompts, Sample
+
+if TYPE_CHECKING:
+    from engine.assistant import Assistant
 
 RECOGNITION_QUESTIONS = [
     "Is <{n}> in this photo?",
@@ -160,6 +165,16 @@ class ConceptData:
     soft_positive_tiers: list[tuple[int, list[list[int]]]] = field(default_factory=list)
     facts: str = ""
     descriptions: list[str] = field(default_factory=list)
+
+
+def describe_photos(assistant: Assistant, images: Sequence[Image.Image]) -> list[str]:
+    """The base model's own greedy description of each photo (`DESCRIBE_PHOTO`, at most 48 tokens); call it
+    before the concept is attached."""
+    out = []
+    for image in images:
+        answer = assistant.chat(DESCRIBE_PHOTO, image, Sampling(temperature=0, seed=0), max_new_tokens=48)
+        out.append("".join(answer).strip())
+    return out
 
 
 def class_word(kind: str, facts: str) -> str:

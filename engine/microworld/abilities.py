@@ -23,9 +23,10 @@ from engine.metrics import choose
 from engine.microworld.model_files import the
 from engine.microworld.reader import AttributeReader
 from engine.microworld.world import (
-    ACCESSORY_COLOURS,
+    ACCESSORY_PAIRS,
     ATTRIBUTE_VALUES,
     IDENTITY,
+    Identity,
     Scene,
     answer_options,
     one_change,
@@ -44,7 +45,7 @@ PHOTO_QUESTIONS = ("shape", "colour", "pattern", "accessory", "size", "position"
 def _variants(scene: Scene, attribute: str) -> list[Scene]:
     """The scene with `attribute` set to each of its values (the accessory with each of its colours)."""
     if attribute == "accessory":
-        pairs = [("none", "none")] + [(a, c) for a in ATTRIBUTE_VALUES["accessory"][1:] for c in ACCESSORY_COLOURS]
+        pairs = ACCESSORY_PAIRS
         return [replace(scene, identity=replace(scene.identity, accessory=a, accessory_colour=c)) for a, c in pairs]
     if attribute in IDENTITY:
         return [replace(scene, identity=replace(scene.identity, **{attribute: v})) for v in ATTRIBUTE_VALUES[attribute]]
@@ -66,15 +67,23 @@ def photo_qa(assistant: Assistant, scenes: list[Scene]) -> dict[str, float]:
     return {**out, "mean": float(np.mean(list(out.values())))}
 
 
+def answers_right(assistant: Assistant, identity: Identity, name: str) -> dict[str, bool]:
+    """Per attribute, whether the likeliest answer to `Identity.questions(name)` (asked without a photo) is the
+    right one, among every answer the world has for that question."""
+    right = {}
+    for attribute, question, answer in identity.questions(name):
+        options = answer_options(attribute)
+        right[attribute] = options[choose(option_scores(assistant, None, question, options))] == answer
+    return right
+
+
 def named_qa(assistant: Assistant, count: int, rng: random.Random) -> dict[str, float]:
     """Accuracy per attribute of questions without a photo about creatures named in words."""
     right: dict[str, list[bool]] = {}
     for _ in range(count):
         identity = sample_identity(rng)
-        for attribute, question, answer in identity.questions(the(identity)):
-            options = answer_options(attribute)
-            chosen = options[choose(option_scores(assistant, None, question, options))]
-            right.setdefault(attribute, []).append(chosen == answer)
+        for attribute, correct in answers_right(assistant, identity, the(identity)).items():
+            right.setdefault(attribute, []).append(correct)
     out = {a: float(np.mean(v)) for a, v in right.items()}
     return {**out, "mean": float(np.mean(list(out.values())))}
 

@@ -39,10 +39,9 @@ from PIL import Image
 
 from engine.assistant import Assistant
 from engine.concept_state import ConceptState
-from engine.evaluation import option_scores
-from engine.generation import Sampling
 from engine.index import Neighbour, Neighbours
-from engine.metrics import choose
+from engine.metrics import clip_i
+from engine.microworld.abilities import answers_right
 from engine.microworld.reader import AttributeReader
 from engine.microworld.world import (
     BACKGROUNDS,
@@ -52,7 +51,6 @@ from engine.microworld.world import (
     Identity,
     Scene,
     all_identities,
-    answer_options,
     one_change,
     render,
     sample_identity,
@@ -63,7 +61,7 @@ from engine.prompts import PromptLayout, Prompts
 from engine.retrieval_plan import ConceptPhoto, PlanSettings, concept_query, plan_from_neighbours
 from engine.selection import answers_yes, draw_prompt, score
 from engine.trainer import Checkpoint, TrainConfig, Trainer
-from engine.training_data import DESCRIBE_PHOTO, ConceptData, DataMix, augmentations, build_samples, class_word
+from engine.training_data import ConceptData, DataMix, augmentations, build_samples, class_word, describe_photos
 
 Report = Callable[[str], None]
 KIND = "pet"
@@ -220,7 +218,6 @@ def scene_key(scene: Scene) -> str:
 
 @dataclass
 class Trained:
-    state: ConceptState
     samples: int
     steps: int
     best_epoch: int
@@ -286,22 +283,22 @@ class Benchmark:
         )
         rest = keep[ranked[len(band) :]]
         easy = np.random.default_rng(settings.seed).choice(rest, settings.train_negatives - hard, replace=False)
-        tiers = [(tier.num_tokens, [self.pool[int(str(n.row))] for n in tier.images]) for tier in plan.tiers]
-        negatives = [self.pool[int(str(n.row))] for n in plan.hard_negatives] + [self.pool[int(i)] for i in easy]
+        tiers = [(tier.num_tokens, [self._pooled(n) for n in tier.images]) for tier in plan.tiers]
+        negatives = [self._pooled(n) for n in plan.hard_negatives] + [self.pool[int(i)] for i in easy]
         return tiers, negatives
 
-    def describe(self, photos: Sequence[Scene]) -> list[str]:
-        """The base model's greedy descriptions of the photos, as the app makes them (no concept attached)."""
-        out = []
-        for scene in photos:
-            answer = self.assistant.chat(DESCRIBE_PHOTO, render(scene), Sampling(temperature=0, seed=0), 48)
-            out.append("".join(answer).strip())
-        return out
+    def _pooled(self, neighbour: Neighbour) -> Scene:
+        assert neighbour.row is not None  # every neighbour here is a pool row
+        return self.pool[neighbour.row]
 
     def similarity(self, generated: Sequence[Image.Image], real: Sequence[Image.Image]) -> float:
-        """Reader-embedding cosine of each generated picture to the normalised mean of the real ones."""
-        mean = self.reader.embed(list(real)).mean(0)
-        return float((self.reader.embed(list(generated)) @ (mean / np.linalg.norm(mean))).mean())
+        """CLIP-I with the reader's embedding: cosine of each generated picture to the real ones' mean."""
+        return clip_i(self.reader.embed(list(generated)), self.reader.embed(list(real)))
+
+    def attribute_accuracy(self, concept: BenchConcept, images: Sequence[Image.Image]) -> float:
+        """The share of the concept's identity attributes the reader reads right, over `images`."""
+        truth = {a: getattr(concept.identity, a) for a in IDENTITY}
+        return float(np.mean([[r[a] == v for a, v in truth.items()] for r in self.reader.read(list(images))]))
 
     def train(self, concept: BenchConcept, condition: Condition, descriptions: list[str]) -> Trained:
         """Train the attached concept with the product's recipe; leaves the best epoch's rows attached."""
@@ -336,7 +333,7 @@ class Benchmark:
         with torch.no_grad():
             params.embed.copy_(state.embed)
             params.head.copy_(state.head)
-        return Trained(state, len(samples), trainer.total_steps, epoch, time.monotonic() - started, losses)
+        return Trained(len(samples), trainer.total_steps, epoch, time.monotonic() - started, losses)
 
     def measure(
         self, concept: BenchConcept, condition: str, subject: str, drawing: str, names: list[str]
@@ -352,22 +349,16 @@ class Benchmark:
         positive = yes_rate(concept.test)
         negative = 1 - yes_rate(concept.hard_negatives)
         negative_random = 1 - yes_rate(concept.random_negatives)
-        right = []
-        for attribute, text, answer in concept.identity.questions(subject):
-            options = answer_options(attribute)
-            right.append(options[choose(option_scores(assistant, None, text, options))] == answer)
+        right = list(answers_right(assistant, concept.identity, subject).values())
         drawn = [draw_prompt(assistant, drawing, names, settings.seed + k) for k in range(settings.drawings)]
         self.pictures[concept.name, condition] = drawn[0]
-        truth = {a: getattr(concept.identity, a) for a in IDENTITY}
-        reads = self.reader.read(drawn)
-        attribute_accuracy = float(np.mean([[read[a] == v for a, v in truth.items()] for read in reads]))
         return {
             "recognition_positive": positive,
             "recognition_negative": negative,
             "recognition_negative_random": negative_random,
             "recognition_weighted": (positive + negative) / 2,
             "qa_accuracy": float(np.mean(right)),
-            "generation_attribute_accuracy": attribute_accuracy,
+            "generation_attribute_accuracy": self.attribute_accuracy(concept, drawn),
             "generation_similarity": self.similarity(drawn, [render(s) for s in concept.test]),
         }
 
@@ -385,13 +376,14 @@ class Benchmark:
             extra: dict[str, Any] = {}
             if condition.trained:
                 trained = self.train(concept, condition, descriptions)
+                per_epoch = trained.steps // self.settings.epochs
                 extra = {
                     "samples": trained.samples,
                     "steps": trained.steps,
                     "best_epoch": trained.best_epoch,
                     "train_seconds": round(trained.seconds, 1),
-                    "first_epoch_loss": float(np.mean(trained.losses[: trained.steps // self.settings.epochs])),
-                    "last_epoch_loss": float(np.mean(trained.losses[-(trained.steps // self.settings.epochs) :])),
+                    "first_epoch_loss": float(np.mean(trained.losses[:per_epoch])),
+                    "last_epoch_loss": float(np.mean(trained.losses[-per_epoch:])),
                 }
             subject = f"<{concept.name}>"
             drawing = f"A photo of {subject}."
@@ -406,15 +398,10 @@ class Benchmark:
         real = [render(s) for s in concept.test]
         tokens = self.assistant.loaded.image_tokenizer
         round_trip = tokens.decode(tokens.encode(real))
-        truth = {a: getattr(concept.identity, a) for a in IDENTITY}
-
-        def attribute_accuracy(images: Sequence[Image.Image]) -> float:
-            return float(np.mean([[r[a] == v for a, v in truth.items()] for r in self.reader.read(list(images))]))
-
         return {
-            "generation_attribute_accuracy": attribute_accuracy(real),
+            "generation_attribute_accuracy": self.attribute_accuracy(concept, real),
             "generation_similarity": self.similarity(real, real),
-            "round_trip_attribute_accuracy": attribute_accuracy(round_trip),
+            "round_trip_attribute_accuracy": self.attribute_accuracy(concept, round_trip),
             "round_trip_similarity": self.similarity(round_trip, real),
             "hard_negative_similarity": self.similarity([render(s) for s in concept.hard_negatives], real),
         }
@@ -428,7 +415,7 @@ class Benchmark:
             words = concept.identity.describe()
             article = "an" if words[0] in "aeiou" else "a"
             self.report(f"concept {index}/{len(concepts)} <{concept.name}>: {article} {words}")
-            descriptions = self.describe(concept.train[:-1])
+            descriptions = describe_photos(self.assistant, [render(s) for s in concept.train[:-1]])
             results = {}
             for name in settings.conditions:
                 condition_started = time.monotonic()

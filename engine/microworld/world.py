@@ -64,7 +64,8 @@ ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
     "position": POSITIONS,
     "background": tuple(BACKGROUNDS),
 }
-_ACCESSORY_PAIRS = [("none", "none")] + [(a, c) for a in ACCESSORIES[1:] for c in ACCESSORY_COLOURS]
+ACCESSORY_PAIRS = [("none", "none")] + [(a, c) for a in ACCESSORIES[1:] for c in ACCESSORY_COLOURS]
+"""Every (accessory, accessory colour) a creature can have."""
 HORIZON = 22
 _X = {"left": 10, "centre": 16, "right": 22}
 _RADIUS = {"small": 6, "large": 9}
@@ -147,7 +148,7 @@ def answer_options(attribute: str) -> list[str]:
     """Every answer a question of `Identity.questions` about `attribute` can have, in a fixed order."""
     if attribute == "accessory":
         base = Identity("circle", "red", "plain", "none", "none")
-        return [_wearing(replace(base, accessory=a, accessory_colour=c)) for a, c in _ACCESSORY_PAIRS]
+        return [_wearing(replace(base, accessory=a, accessory_colour=c)) for a, c in ACCESSORY_PAIRS]
     return [answer(attribute, value) for value in ATTRIBUTE_VALUES[attribute]]
 
 
