@@ -31,7 +31,7 @@ def _fill_missing_streams() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     multiprocessing.freeze_support()
     _fill_missing_streams()
-    from desktop.cli import main as cli_main
+    from desktop.cli.main import main as cli_main
 
     return cli_main(frozen_argv(sys.executable, sys.argv[1:] if argv is None else argv))
 

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from transformers import Dinov2Config, Dinov2Model
 
-from engine.aligner import (
+from engine.aligner.model import (
     Aligner,
     AlignerConfig,
     DinoEncoder,
@@ -40,8 +40,8 @@ from engine.aligner import (
     instant_state,
     load_aligner,
 )
-from engine.images import open_image
-from engine.model_loading import load_model
+from engine.model.images import open_image
+from engine.model.loading import load_model
 
 PHOTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "dreambooth" / "dog" / "00.jpg"
 DINO_SHAPES = {

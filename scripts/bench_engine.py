@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from transformers import ChameleonConfig
 
-from engine.assistant import Assistant
-from engine.generation import Sampling, sample_image_tokens, stream_text_tokens
-from engine.model_loading import load_model, random_model
+from engine.inference.assistant import Assistant
+from engine.inference.generation import Sampling, sample_image_tokens, stream_text_tokens
+from engine.model.loading import load_model, random_model
 
 FULL_SIZE_VOCAB = 65536
 

@@ -57,8 +57,8 @@ def bench_build(workdir: Path) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from engine.embedder import load_embedder
-    from engine.index import build_index
+    from engine.retrieval.embedder import load_embedder
+    from engine.retrieval.index import build_index
 
     logging.disable(logging.WARNING)  # open_clip's "initialized randomly" is the point here
     torch.manual_seed(0)
@@ -91,8 +91,8 @@ def bench_build(workdir: Path) -> dict:
 
 
 def make_synthetic_index(path: Path, rows: int) -> None:
-    from engine.embedder_info import EmbedderInfo
-    from engine.index import IndexRecord, IndexWriter
+    from engine.retrieval.embedder_info import EmbedderInfo
+    from engine.retrieval.index import IndexRecord, IndexWriter
 
     writer = IndexWriter(path, EmbedderInfo("synthetic", None, DIM, untrained=True, weights_file=None))
     rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ def child_search(path: Path, backend: str) -> dict:
     """Runs in a fresh process: open the index, time searches, report peak memory."""
     import psutil
 
-    from engine.index import EmbeddingIndex
+    from engine.retrieval.index import EmbeddingIndex
 
     _reset_peak_rss()
     index = EmbeddingIndex(path)
@@ -135,7 +135,7 @@ def child_search(path: Path, backend: str) -> dict:
 
 
 def bench_search(workdir: Path, sizes: list[int]) -> list[dict]:
-    from engine.vector_search import faiss_available
+    from engine.retrieval.vector_search import faiss_available
 
     backends = ["numpy", "faiss"] if faiss_available() else ["numpy"]
     results = []

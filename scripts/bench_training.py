@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from engine.assistant import Assistant
-from engine.model_loading import load_model, random_model
-from engine.trainer import TrainConfig, Trainer
-from engine.training_data import ConceptData, DataMix, build_samples
+from engine.inference.assistant import Assistant
+from engine.model.loading import load_model, random_model
+from engine.training.data import ConceptData, DataMix, build_samples
+from engine.training.trainer import TrainConfig, Trainer
 
 DEFAULT_PHOTOS = 5
 AUGMENTED = 3

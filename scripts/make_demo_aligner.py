@@ -32,7 +32,7 @@ import torch
 from transformers import Dinov2Config, Dinov2Model
 from transformers.utils import logging as hf_logging
 
-from engine.aligner import (
+from engine.aligner.model import (
     DEMO_DINO,
     AlignerConfig,
     aligner_metadata,
@@ -42,9 +42,9 @@ from engine.aligner import (
     new_aligner,
     save_aligner,
 )
-from engine.aligner_training import AlignerTrainConfig, AlignerTrainer, prepare_data, read_dataset
-from engine.assistant import Assistant
-from engine.model_loading import load_model
+from engine.aligner.training import AlignerTrainConfig, AlignerTrainer, prepare_data, read_dataset
+from engine.inference.assistant import Assistant
+from engine.model.loading import load_model
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dreambooth"
 HELD_OUT = 4

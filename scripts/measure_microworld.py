@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from engine.assistant import Assistant
+from engine.inference.assistant import Assistant
 from engine.microworld.abilities import measure
 from engine.microworld.reader import load_reader
-from engine.model_loading import load_model
+from engine.model.loading import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

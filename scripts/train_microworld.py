@@ -22,8 +22,8 @@ from transformers import ChameleonVQVAEConfig, PreTrainedTokenizerFast
 from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping, ChameleonVQVAE
 
 from engine.microworld import model_files, pretrain
-from engine.model_loading import DEMO_MARKER
-from engine.vqgan import DECODER_FILE, VQGANDecoder, save_decoder
+from engine.model.loading import DEMO_MARKER
+from engine.model.vqgan import DECODER_FILE, VQGANDecoder, save_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 

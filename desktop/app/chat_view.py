@@ -32,8 +32,8 @@ from store.library import Library
 from store.models import GeneratedImage as StoredImage
 
 if TYPE_CHECKING:
-    from desktop.conversation import Reply
-    from engine.assistant import Assistant
+    from desktop.services.conversation import Reply
+    from engine.inference.assistant import Assistant
 
 MODES = {"auto": "Auto: the model decides", "answer": "Answer in words", "draw": "Draw a picture"}
 IMAGE_SIDE = 320
@@ -229,8 +229,8 @@ class ChatView(QWidget):
         self._set_busy(True)
 
         def job(library: Library, assistant: Assistant, attached: dict[str, int], report: Report) -> Reply | None:
-            from desktop.conversation import take_turn
-            from engine.generation import GenerationCancelled
+            from desktop.services.conversation import take_turn
+            from engine.inference.generation import GenerationCancelled
 
             def drawing(done: int, total: int) -> None:
                 if done == 1 or done % DRAW_REPORT_EVERY == 0 or done == total:

@@ -20,7 +20,7 @@ from desktop.app.settings import AppSettings
 from desktop.app.tasks import Report, Runner
 
 if TYPE_CHECKING:
-    from engine.assistant import Assistant
+    from engine.inference.assistant import Assistant
     from store.library import Library
 
 HOW_TO_SET_A_MODEL = (
@@ -75,9 +75,9 @@ class EngineHost(QObject):
         )
 
     def _load(self, settings: AppSettings, report: Report) -> ModelInfo:
-        from engine.aligner import demo_aligner_path
-        from engine.assistant import Assistant
-        from engine.model_loading import load_model
+        from engine.aligner.model import demo_aligner_path
+        from engine.inference.assistant import Assistant
+        from engine.model.loading import load_model
 
         self._assistant = None
         self._attached.clear()

@@ -29,7 +29,7 @@ from desktop.app.tasks import Report, Runner
 from desktop.app.widgets import heading
 
 if TYPE_CHECKING:
-    from desktop.model_check import ModelCheck
+    from desktop.services.model_check import ModelCheck
 
 NOTE_WIDTH = 560
 OK_STYLE, BAD_STYLE = "color: #1e6b34;", "color: #9b1c1c;"
@@ -220,7 +220,7 @@ class SettingsView(QWidget):
         self.load_button.setEnabled(False)
 
         def work(_report: Report) -> ModelCheck:
-            from desktop.model_check import check_model
+            from desktop.services.model_check import check_model
 
             return check_model(chosen.model, chosen.device, chosen.four_bit)
 

@@ -1,4 +1,4 @@
-"""Runs `desktop.personalize.train_concept` on the engine's model thread, with the model the app already
+"""Runs `desktop.services.personalize.train_concept` on the engine's model thread, with the model the app already
 loaded, and relays its callbacks as signals.
 
 Training switches that model to train mode and attaches the concept being trained, so it must never overlap a
@@ -20,8 +20,8 @@ from desktop.app.tasks import Report, Runner
 from store.library import Library
 
 if TYPE_CHECKING:
-    from desktop.personalize import TrainOptions
-    from engine.assistant import Assistant
+    from desktop.services.personalize import TrainOptions
+    from engine.inference.assistant import Assistant
 
 
 class TrainingController(QObject):
@@ -75,7 +75,7 @@ class TrainingController(QObject):
     def options(self, settings: AppSettings) -> TrainOptions:
         """The run's options: model, device, index and the remote kNN service (only when the user turned it on)
         from the settings, then the injected overrides."""
-        from desktop.personalize import TrainOptions
+        from desktop.services.personalize import TrainOptions
 
         chosen = {
             "model": settings.model,
@@ -96,7 +96,7 @@ class TrainingController(QObject):
         options: TrainOptions,
         resume: bool,
     ) -> Any:
-        from desktop.personalize import train_concept
+        from desktop.services.personalize import train_concept
 
         attached.clear()  # train_concept detaches every concept; chat re-attaches the ones it mentions
         try:

@@ -31,11 +31,11 @@ from store.models import GeneratedImage as StoredImage
 from store.models import Run
 
 if TYPE_CHECKING:
-    from engine.assistant import Assistant
-    from engine.trainer import Progress
+    from engine.inference.assistant import Assistant
+    from engine.training.trainer import Progress
 
 SAMPLE_SIDE = 192
-NOTE = "note: "  # as desktop.personalize.NOTE (not imported here: that module imports torch)
+NOTE = "note: "  # as desktop.services.personalize.NOTE (not imported here: that module imports torch)
 
 
 def format_eta(seconds: float | None) -> str:
@@ -266,8 +266,8 @@ class TrainingView(QWidget):
         params = {"run": run.id, "via": "training sample"}
 
         def job(library: Library, assistant: Assistant, attached: dict[str, int], _report: Report) -> StoredImage:
-            from desktop.conversation import attach_current
-            from desktop.drawing import draw_into_gallery
+            from desktop.services.conversation import attach_current
+            from desktop.services.drawing import draw_into_gallery
 
             attach_current(library, assistant, [run.concept], attached)
             return draw_into_gallery(library, assistant, f"A photo of <{run.concept}>.", params=params)

@@ -34,7 +34,7 @@ from store.photos import clean_photo, read_photo_file
 from store.validation import KINDS, check_facts, check_name
 
 if TYPE_CHECKING:
-    from engine.assistant import Assistant
+    from engine.inference.assistant import Assistant
     from store.models import TokenVersion
 
 MIN_PHOTOS, MAX_PHOTOS = 3, 5
@@ -340,7 +340,7 @@ class ConceptWizard(QWidget):
         self.error.setText(f"Added <{name}>; predicting its tokens from its first photo\u2026")
 
         def job(library: Library, assistant: Assistant, _attached: dict[str, int], report: Report) -> TokenVersion:
-            from desktop.instant import add_instant_tokens
+            from desktop.services.instant import add_instant_tokens
 
             return add_instant_tokens(library, assistant, name, aligner, self.engine.cache, report)
 

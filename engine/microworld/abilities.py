@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.assistant import Assistant
-from engine.evaluation import option_scores
-from engine.metrics import choose
+from engine.evaluation.measure import option_scores
+from engine.evaluation.metrics import choose
+from engine.inference.assistant import Assistant
 from engine.microworld.model_files import the
 from engine.microworld.reader import AttributeReader
 from engine.microworld.world import (
@@ -35,8 +35,8 @@ from engine.microworld.world import (
     sample_pose,
     sample_scene,
 )
-from engine.selection import answers_yes, draw_prompt
-from engine.training_data import RECOGNITION_QUESTIONS
+from engine.training.data import RECOGNITION_QUESTIONS
+from engine.training.selection import answers_yes, draw_prompt
 
 PHOTO_QUESTIONS = ("shape", "colour", "pattern", "accessory", "size", "position", "background")
 """The attribute each of `Scene.questions()`'s first seven questions asks about, in order."""

@@ -6,12 +6,12 @@ A concept is one creature (shape, colour, pattern, and an accessory with its col
 - test renders in new poses on the 2 backgrounds the training renders do not use;
 - hard negatives (creatures differing in exactly one identity attribute) and random negatives, in random poses;
 - a retrieval pool shared by all concepts (random scenes, never the concept itself), ranked by the attribute
-  reader's identity embedding, this world's CLIP: the product's retrieval rules (engine/retrieval_plan.py) turn
+  reader's identity embedding, this world's CLIP: the product's retrieval rules (engine/retrieval/plan.py) turn
   the top ranks into soft-positive tiers and the next ranks into hard negatives; random pool scenes are the easy
   negatives.
 
 Training is the product's own: start rows from the kind's class word, the base model's descriptions of the
-photos, augmentations, `build_samples`, the `Trainer`, and the best epoch by `engine.selection.score` (with the
+photos, augmentations, `build_samples`, the `Trainer`, and the best epoch by `engine.training.selection.score` (with the
 reader's embedding as the image similarity). Only the library and index plumbing is skipped. Measured for every
 concept under every condition:
 - recognition, "Is <c> in this photo?": accuracy on the test renders (positive), on the hard negatives
@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.assistant import Assistant
-from engine.concept_state import ConceptState
-from engine.index import Neighbour, Neighbours
-from engine.metrics import clip_i
+from engine.concepts.prompts import PromptLayout, Prompts
+from engine.concepts.state import ConceptState
+from engine.evaluation.metrics import clip_i
+from engine.inference.assistant import Assistant
 from engine.microworld.abilities import answers_right
 from engine.microworld.reader import AttributeReader
 from engine.microworld.world import (
@@ -57,11 +57,11 @@ from engine.microworld.world import (
     sample_pose,
     sample_scene,
 )
-from engine.prompts import PromptLayout, Prompts
-from engine.retrieval_plan import ConceptPhoto, PlanSettings, concept_query, plan_from_neighbours
-from engine.selection import answers_yes, draw_prompt, score
-from engine.trainer import Checkpoint, TrainConfig, Trainer
-from engine.training_data import ConceptData, DataMix, augmentations, build_samples, class_word, describe_photos
+from engine.retrieval.index import Neighbour, Neighbours
+from engine.retrieval.plan import ConceptPhoto, PlanSettings, concept_query, plan_from_neighbours
+from engine.training.data import ConceptData, DataMix, augmentations, build_samples, class_word, describe_photos
+from engine.training.selection import answers_yes, draw_prompt, score
+from engine.training.trainer import Checkpoint, TrainConfig, Trainer
 
 Report = Callable[[str], None]
 KIND = "pet"

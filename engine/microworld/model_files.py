@@ -14,9 +14,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import ChameleonConfig, ChameleonVQVAEConfig
 
+from engine.concepts.prompts import ASSISTANT, USER
 from engine.microworld.world import Identity, sample_scene
-from engine.prompts import ASSISTANT, USER
-from engine.training_data import (
+from engine.training.data import (
     DESCRIBE_QUESTIONS,
     FACT_QUESTIONS,
     NEGATIVE_ANSWERS,

@@ -3,7 +3,7 @@
 The VQ model is Chameleon's own encoder (transformers' `ChameleonVQVAE`) with the project's VQGAN
 decoder, trained to reconstruct fresh scenes (MSE plus the VQ codebook and commitment terms, unused codes
 restarted from encoder outputs). The language model is `FamiliarChameleon` trained from scratch on the
-product's own sequence formats (engine/prompts.py), with freshly rendered scenes every step:
+product's own sequence formats (engine/concepts/prompts.py), with freshly rendered scenes every step:
 - text to image: "A photo of a large red striped circle with a blue hat on grass, on the left." (or only the
   creature, or the creature and the place), answered with the image;
 - questions about a photo: shape, colour, pattern, accessory, size, position, place, description;
@@ -28,9 +28,8 @@ from torch import nn
 from transformers import ChameleonConfig, ChameleonVQVAEConfig, PreTrainedTokenizerBase
 from transformers.models.chameleon.modeling_chameleon import ChameleonVQVAE
 
-from engine.chameleon import FamiliarChameleon
-from engine.concepts import ConceptSlots
-from engine.images import to_pixel_values
+from engine.concepts.prompts import IGNORE, Prompts, Sample
+from engine.concepts.slots import ConceptSlots
 from engine.microworld.model_files import the
 from engine.microworld.world import (
     BACKGROUND_PHRASES,
@@ -41,10 +40,11 @@ from engine.microworld.world import (
     sample_identity,
     sample_scene,
 )
-from engine.prompts import IGNORE, Prompts, Sample
-from engine.trainer import collate
-from engine.training_data import NEGATIVE_ANSWERS, POSITIVE_ANSWERS, RECOGNITION_QUESTIONS
-from engine.vqgan import Codebook, VQGANDecoder
+from engine.model.chameleon import FamiliarChameleon
+from engine.model.images import to_pixel_values
+from engine.model.vqgan import Codebook, VQGANDecoder
+from engine.training.data import NEGATIVE_ANSWERS, POSITIVE_ANSWERS, RECOGNITION_QUESTIONS
+from engine.training.trainer import collate
 
 Report = Callable[[str], None]
 

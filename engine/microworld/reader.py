@@ -65,7 +65,7 @@ def reader_values() -> dict[str, tuple[str, ...]]:
 
 def default_reader_path() -> Path:
     """The reader shipped in `resources/` (trained by scripts/train_reader.py)."""
-    from engine.model_loading import resources_dir  # lazy: it imports transformers
+    from engine.model.loading import resources_dir  # lazy: it imports transformers
 
     return resources_dir() / "microworld-reader.safetensors"
 

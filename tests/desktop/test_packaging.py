@@ -13,7 +13,7 @@ from PIL import Image
 
 from desktop import __version__
 from desktop.frozen import frozen_argv
-from engine.model_loading import demo_model_dir, resources_dir
+from engine.model.loading import demo_model_dir, resources_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

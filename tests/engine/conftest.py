@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.assistant import Assistant
-from engine.model_loading import LoadedModel, load_model
+from engine.inference.assistant import Assistant
+from engine.model.loading import LoadedModel, load_model
 
 
 @pytest.fixture(scope="module")

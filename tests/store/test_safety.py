@@ -234,7 +234,7 @@ def test_collect_garbage_removes_only_unreferenced_files(library: Library, tmp_p
 
 def test_store_imports_no_torch_engine_or_qt() -> None:
     code = (
-        "import sys, store.library, store.archive, desktop.commands_library;"
+        "import sys, store.library, store.archive, desktop.cli.library;"
         "bad = [m for m in ('torch', 'engine', 'PySide6') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -1,0 +1,134 @@
+"""`familiar aligner train DATASET -o PATH`: train the Aligner that turns one photo into an instant concept,
+once per base model, with a progress bar; Ctrl-C saves a checkpoint and exits cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+from desktop.cli.train import _bar
+
+TRAIN_OPTIONS = {
+    name: name
+    for name in (
+        "epochs",
+        "batch_size",
+        "micro_batch",
+        "learning_rate",
+        "answer_weight",
+        "positive_share",
+        "samples_per_identity",
+        "seed",
+    )
+}
+ARCHITECTURE_OPTIONS = {
+    "queries": "n_queries",
+    "blocks": "n_blocks",
+    "hidden": "hidden",
+    "heads": "n_heads",
+    "image_size": "image_size",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    aligner = sub.add_parser("aligner", help="train the Aligner that makes instant concepts from one photo")
+    actions = aligner.add_subparsers(dest="action", metavar="ACTION")
+    aligner.set_defaults(handler=lambda _args: _print_help(aligner))
+
+    train = actions.add_parser(
+        "train",
+        help="train an Aligner for a base model on identity folders",
+        description="DATASET holds one folder per identity with a reference photo (reference.*, else the first "
+        "by name), query photos, and optionally facts.txt. Unset options take the defaults in docs/aligner.md.",
+    )
+    train.add_argument("dataset", type=Path, metavar="DATASET")
+    train.add_argument("-o", "--output", type=Path, required=True, metavar="PATH", help="the Aligner file to write")
+    train.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--dino", help="local DINOv2 folder (default for the demo model: the shipped tiny one)")
+    train.add_argument("--resume", action="store_true", help="continue the interrupted run writing PATH")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--micro-batch", type=int, help="samples per forward pass (accumulates gradients)")
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--answer-weight", type=float, help="loss weight of the Yes/No token (default 10)")
+    train.add_argument("--positive-share", type=float, help="share of questions answered yes (default 0.6)")
+    train.add_argument("--samples-per-identity", type=int, help="samples per identity and epoch")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--queries", type=int, help="learnable queries (default 16; must divide 32)")
+    train.add_argument("--blocks", type=int, help="resampler blocks (default 4)")
+    train.add_argument("--hidden", type=int, help="resampler width (default 1024)")
+    train.add_argument("--heads", type=int, help="attention heads (default 16)")
+    train.add_argument("--image-size", type=int, help="DINOv2 input side in pixels (default 224)")
+    train.set_defaults(handler=run_train)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, object]:
+    return {field: getattr(args, option) for option, field in names.items() if getattr(args, option) is not None}
+
+
+def run_train(args: argparse.Namespace) -> int:
+    stop = {"requested": False}
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        stop["requested"] = True
+        print("\nfamiliar: stopping after this step and saving a checkpoint...", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        return _train(args, lambda: stop["requested"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train(args: argparse.Namespace, cancelled: Callable[[], bool]) -> int:
+    from engine.aligner.model import DEMO_DINO, AlignerConfig, load_dino
+    from engine.aligner.training import AlignerTrainConfig, AlignerTrainingCancelled, resume_path, train_aligner
+    from engine.errors import ModelNotFoundError
+    from engine.model.loading import load_model
+
+    def status(message: str) -> None:
+        print(f"familiar: {message}", file=sys.stderr)
+
+    loaded = load_model(args.model, device=args.device, progress=status)
+    if args.dino is None and not loaded.is_demo:
+        raise ModelNotFoundError(
+            "--dino PATH is required for a model other than the demo: a local DINOv2 folder "
+            "(e.g. facebook/dinov2-base, downloaded on a machine with network)"
+        )
+    encoder = load_dino(args.dino or DEMO_DINO, loaded.device)
+    architecture = AlignerConfig(
+        vision_hidden=encoder.hidden_size, text_hidden=loaded.config.hidden_size, **_given(args, ARCHITECTURE_OPTIONS)
+    )
+    try:
+        losses = train_aligner(
+            loaded,
+            encoder,
+            args.dataset,
+            args.output,
+            architecture,
+            AlignerTrainConfig(**_given(args, TRAIN_OPTIONS)),
+            resume=args.resume,
+            progress=_bar if sys.stderr.isatty() else None,
+            cancelled=cancelled,
+            status=status,
+        )
+    except AlignerTrainingCancelled as stop:
+        print(
+            f"cancelled at step {stop.checkpoint.step}; checkpoint saved to {args.output} and "
+            f"{resume_path(args.output).name}; continue with: familiar aligner train {args.dataset} "
+            f"-o {args.output} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"trained the Aligner: {args.output} ({len(losses)} steps, last loss {losses[-1]:.3f})")
+    return 0

@@ -1,0 +1,267 @@
+"""`familiar bench personalization [--quick] -o RESULTS.json`: the micro-world personalization benchmark
+(engine/microworld/benchmark.py) on the embedded demo model; writes the results and docs/personalization.md
+with its tables, charts and example pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from desktop.cli.evaluate import bar_chart
+
+SHOWN = (
+    ("recognition_weighted", "recognition (weighted)"),
+    ("recognition_positive", "recognition +"),
+    ("recognition_negative", "recognition - (hard)"),
+    ("recognition_negative_random", "recognition - (random)"),
+    ("qa_accuracy", "QA"),
+    ("generation_attribute_accuracy", "drawn attributes"),
+    ("generation_similarity", "drawn similarity"),
+)
+BASELINES = ("trained", "untrained", "text_prompt", "text_full")
+ABLATIONS = ("trained", "positives_only", "shared_prompt", "no_self_prompting", "tokens_4", "tokens_8")
+TILE = 64
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="benchmarks")
+    kinds = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    p = kinds.add_parser(
+        "personalization",
+        help="train micro-world concepts with the product's recipe and measure them against baselines",
+    )
+    p.add_argument("--quick", action="store_true", help="3 concepts and the baselines only (under 10 minutes)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="results JSON file")
+    p.add_argument("--docs", type=Path, default=Path("docs/personalization.md"), help="report to write ('' for none)")
+    p.add_argument("--model", default="demo", help="a micro-world model (default: the embedded demo model)")
+    p.add_argument("--concepts", type=int, help="number of concepts")
+    p.add_argument("--epochs", type=int, help="training epochs per concept")
+    p.add_argument("--conditions", nargs="+", metavar="NAME", help="only these conditions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    p.add_argument("--report-only", action="store_true", help="rewrite --docs from the results in -o; no training")
+    p.set_defaults(handler=run_personalization)
+
+
+def run_personalization(args: argparse.Namespace) -> int:
+    import torch
+
+    from engine.errors import EngineError
+    from engine.inference.assistant import Assistant
+    from engine.microworld.benchmark import QUICK, Benchmark, BenchSettings
+    from engine.microworld.reader import load_reader
+    from engine.microworld.world import SIZE
+    from engine.model.loading import load_model
+
+    if args.report_only:
+        try:
+            saved = json.loads(args.output.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise EngineError(f"cannot read benchmark results {args.output}: {exc}") from None
+        write_report(saved, args.docs, args.output, None)
+        print(f"wrote {args.docs}")
+        return 0
+    settings = QUICK if args.quick else BenchSettings()
+    changes: dict[str, Any] = {"seed": args.seed}
+    if args.concepts is not None:
+        changes["concepts"] = args.concepts
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    if args.conditions:
+        changes["conditions"] = tuple(args.conditions)
+    settings = replace(settings, **changes)
+    try:
+        settings.validate()
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, device="cpu")
+    tokens = loaded.image_tokenizer
+    if tokens.resolution != SIZE:
+        raise EngineError(
+            f"the personalization benchmark needs a micro-world model ({SIZE}x{SIZE} pictures); "
+            f"{args.model} draws {tokens.resolution}x{tokens.resolution}"
+        )
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+    bench = Benchmark(Assistant(loaded), load_reader(), settings, say)
+    results = bench.run()
+    results["command"] = "familiar bench personalization" + (" --quick" if args.quick else "") + _extra(args)
+    results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}"
+    results["model"] = {"source": loaded.source, "fingerprint": loaded.fingerprint, "demo": loaded.is_demo}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    if str(args.docs):
+        write_report(results, args.docs, args.output, bench)
+        print(f"wrote {args.output} and {args.docs}")
+    else:
+        print(f"wrote {args.output}")
+    head = results.get("conditions", {}).get("trained")
+    if head:
+        print(
+            f"trained: recognition_weighted {head['recognition_weighted']:.3f}, "
+            f"generation_attribute_accuracy {head['generation_attribute_accuracy']:.3f}"
+        )
+    return 0
+
+
+def _extra(args: argparse.Namespace) -> str:
+    parts = [f" --concepts {args.concepts}" if args.concepts is not None else ""]
+    parts.append(f" --epochs {args.epochs}" if args.epochs is not None else "")
+    parts.append(f" --conditions {' '.join(args.conditions)}" if args.conditions else "")
+    parts.append(f" --seed {args.seed}" if args.seed else "")
+    return "".join(parts) + f" -o {args.output}"
+
+
+def _cell(summary: dict[str, Any], key: str) -> str:
+    error = summary.get(f"{key}_stderr")
+    return f"{summary[key]:.3f}" if not error else f"{summary[key]:.3f} ± {error:.3f}"
+
+
+def _table(conditions: dict[str, Any], names: tuple[str, ...]) -> list[str]:
+    present = [n for n in names if n in conditions]
+    lines = ["| condition | " + " | ".join(label for _, label in SHOWN) + " |", "|---" * (len(SHOWN) + 1) + "|"]
+    for name in present:
+        lines.append(f"| {name} | " + " | ".join(_cell(conditions[name], key) for key, _ in SHOWN) + " |")
+    return [*lines, ""]
+
+
+HEADLINE = ("recognition_weighted", "generation_attribute_accuracy")
+CLAIMS = (
+    ("untrained", "trained concepts beat the untrained start rows", HEADLINE),
+    ("text_prompt", "trained concepts beat the user's text prompt", HEADLINE),
+    ("positives_only", "paper: soft positives improve generation", (HEADLINE[1], "generation_similarity")),
+    ("shared_prompt", "paper: dual prompts beat one shared prompt", HEADLINE),
+    ("no_self_prompting", "paper: self-prompting helps", HEADLINE),
+    ("tokens_4", "paper: 16 latent tokens beat fewer", HEADLINE),
+    ("tokens_8", "paper: 16 latent tokens beat fewer", HEADLINE),
+)
+
+
+def _paired(concepts: list[dict[str, Any]], other: str, key: str) -> tuple[float, float]:
+    """Mean over concepts of (trained - other) and its standard error."""
+    diffs = [c["conditions"]["trained"][key] - c["conditions"][other][key] for c in concepts]
+    mean = sum(diffs) / len(diffs)
+    if len(diffs) < 2:
+        return mean, 0.0
+    variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, (variance / len(diffs)) ** 0.5
+
+
+def _verdict(mean: float, error: float) -> str:
+    if error == 0.0 and mean == 0.0:
+        return "no difference"
+    if abs(mean) <= 2 * error:
+        return "within noise (difference under 2 standard errors)"
+    return "holds" if mean > 0 else "reversed"
+
+
+def _claims(results: dict[str, Any]) -> list[str]:
+    """Each baseline and ablation against the trained condition, by paired differences over concepts."""
+    conditions, concepts = results["conditions"], results["concepts"]
+    if "trained" not in conditions:
+        return []
+    lines = ["| claim | metric | trained - other (± s.e.) | verdict |", "|---|---|---|---|"]
+    for other, claim, keys in CLAIMS:
+        if other not in conditions:
+            continue
+        for key in keys:
+            mean, error = _paired(concepts, other, key)
+            lines.append(f"| {claim} (vs `{other}`) | {key} | {mean:+.3f} ± {error:.3f} | {_verdict(mean, error)} |")
+    return [*lines, ""]
+
+
+def _examples(results: dict[str, Any], bench: Any | None, path: Path) -> list[str]:
+    """A grid per concept: its training photos, then one picture per condition (seed 0, unlabelled). Without
+    `bench` (a report rewritten from saved results) the grid already at `path` is kept, if there is one."""
+    from engine.microworld.benchmark import make_concepts
+    from engine.microworld.world import render
+
+    names = [n for n in ("trained", "untrained", "text_prompt", "text_full") if n in results["conditions"]]
+    header = ", ".join(["training photos"] * results["settings"]["train_renders"] + names)
+    if bench is None:
+        return (
+            [f"![examples]({path.name})", "", f"Columns: {header}. One row per concept.", ""] if path.is_file() else []
+        )
+    concepts = make_concepts(bench.settings)
+    columns = len(concepts[0].train) + len(names)
+    grid = Image.new("RGB", (columns * TILE, len(concepts) * TILE), "white")
+    for row, concept in enumerate(concepts):
+        pictures = [render(s) for s in concept.train] + [bench.pictures[concept.name, name] for name in names]
+        for column, picture in enumerate(pictures):
+            grid.paste(picture.resize((TILE - 4, TILE - 4), Image.Resampling.NEAREST), (column * TILE, row * TILE))
+    grid.save(path)
+    return [f"![examples]({path.name})", "", f"Columns: {header}. One row per concept.", ""]
+
+
+def write_report(results: dict[str, Any], docs: Path, output: Path, bench: Any | None) -> None:
+    """docs/personalization.md with its charts (docs/personalization-*.png); `bench` None rewrites the report
+    from saved results, keeping the example pictures already there."""
+    conditions = results["conditions"]
+    folder = docs.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = docs.stem
+    keys = ("recognition_weighted", "qa_accuracy", "generation_attribute_accuracy", "generation_similarity")
+    charts = []
+    for title, names in (("baselines", BASELINES), ("ablations", ABLATIONS)):
+        present = [n for n in names if n in conditions]
+        if len(present) < 2:
+            continue
+        chart = folder / f"{stem}-{title}.png"
+        series = {key: [conditions[n][key] for n in present] for key in keys}
+        bar_chart(chart, f"Micro-world personalization: {title} (mean over concepts)", present, series)
+        charts.append((title, chart))
+    settings = results["settings"]
+    lines = [
+        "# Personalization benchmark (micro-world)",
+        "",
+        f"Made by `{results['command']}` in {results['seconds'] / 60:.1f} minutes on {results['machine']}.",
+        f"{settings['concepts']} concepts, {settings['epochs']} epochs, {settings['soft_positives']} soft positives, "
+        f"{settings['train_negatives']} training negatives, {settings['test_renders']} test renders, "
+        f"{settings['negatives']} hard and {settings['negatives']} random test negatives, "
+        f"{settings['drawings']} pictures per concept and condition. Raw numbers: `{output}`.",
+        "",
+        "What is measured and how is in docs/microworld.md; means over concepts ± standard error.",
+        "",
+        "## Trained concepts against the baselines",
+        "",
+        *_table(conditions, BASELINES),
+    ]
+    reference = results["reference"]
+    lines += [
+        "Ceilings for the drawn metrics, from the real test renders: read directly, attributes "
+        f"{reference['generation_attribute_accuracy']:.3f} and similarity {reference['generation_similarity']:.3f}; "
+        "after a round trip through the VQ image tokenizer (the best any drawing can be), "
+        f"{reference['round_trip_attribute_accuracy']:.3f} and {reference['round_trip_similarity']:.3f}. "
+        f"Hard negatives score {reference['hard_negative_similarity']:.3f} similarity.",
+        "",
+    ]
+    lines += [f"![{title}]({chart.name})" for title, chart in charts[:1]] + [""]
+    lines += ["## Claims", "", "Paired over concepts: the mean of (trained - other) per concept.", ""]
+    lines += _claims(results)
+    if any(n in conditions for n in ABLATIONS[1:]):
+        lines += ["## Ablations", "", *_table(conditions, ABLATIONS)]
+        lines += [f"![{title}]({chart.name})" for title, chart in charts[1:]] + [""]
+    lines += ["## Conditions", ""]
+    lines += [f"- `{name}`: {summary['what']}" for name, summary in conditions.items()] + [""]
+    lines += ["## Pictures", "", *_examples(results, bench, folder / f"{stem}-examples.png")]
+    lines += ["## Per concept", ""]
+    for concept in results["concepts"]:
+        row = concept["conditions"]
+        parts = ", ".join(
+            f"{n} {row[n]['recognition_weighted']:.2f} / {row[n]['generation_attribute_accuracy']:.2f}" for n in row
+        )
+        lines.append(f"- `<{concept['name']}>` {concept['words']}: {parts}")
+    lines += ["", "(recognition weighted / drawn attributes per condition.)", ""]
+    docs.write_text("\n".join(lines), encoding="utf-8")

@@ -1,0 +1,205 @@
+"""`familiar concept ...`, `familiar export` and `familiar import`: the concept library from the command line.
+
+No torch here, except for `concept add --instant`, which loads the model and the Aligner to predict the new
+concept's tokens; the other commands only touch the store, so they answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from store.validation import KINDS
+
+if TYPE_CHECKING:
+    from store.library import Library
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    concept = sub.add_parser("concept", help="add, list, show, rename or remove your concepts")
+    actions = concept.add_subparsers(dest="action", metavar="ACTION")
+    concept.set_defaults(handler=lambda _args: _print_help(concept))
+
+    add = actions.add_parser("add", help="add a concept from its photos (3-5 is best)")
+    add.add_argument("name", help="how you will write it in prompts, as <name>")
+    add.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="JPEG, PNG, WebP or HEIC files")
+    add.add_argument("--kind", choices=KINDS, default="object")
+    add.add_argument("--facts", default="", help="what you want the model to know about it")
+    add.add_argument(
+        "--instant",
+        action="store_true",
+        help="also predict its learned tokens from the first photo with the Aligner (usable at once, no training)",
+    )
+    add.add_argument("--aligner", type=Path, help="Aligner file for --instant (default: the demo model's)")
+    add.add_argument("--dino", help="DINOv2 folder for --instant (default: the one the Aligner records)")
+    add.add_argument("--model", help="base model for --instant: 'demo' (default), a model folder, or a hub id")
+    add.add_argument("--device", help="device for --instant (default auto)")
+    add.set_defaults(handler=run_add)
+
+    listing = actions.add_parser("list", help="list the concepts in the library")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=run_list)
+
+    show = actions.add_parser("show", help="show a concept, its photos and learned-token versions")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=run_show)
+
+    rename = actions.add_parser("rename", help="rename a concept")
+    rename.add_argument("old")
+    rename.add_argument("new")
+    rename.set_defaults(handler=run_rename)
+
+    remove = actions.add_parser("remove", help="remove a concept with its photos, tokens, runs and images")
+    remove.add_argument("name")
+    remove.set_defaults(handler=run_remove)
+
+    export = sub.add_parser("export", help="write a concept to one .familiar file")
+    export.add_argument("name")
+    export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    export.set_defaults(handler=run_export)
+
+    importing = sub.add_parser("import", help="add a concept from a .familiar file")
+    importing.add_argument("file", type=Path)
+    importing.add_argument("--rename", metavar="NEW", help="import under this name (when the name is taken)")
+    importing.set_defaults(handler=run_import)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def _open(args: argparse.Namespace) -> Library:
+    from store.library import Library
+
+    return Library.open(args.data_dir)
+
+
+def run_add(args: argparse.Namespace) -> int:
+    if args.instant:
+        return _add_instant(args)
+    stray = [f"--{option}" for option in ("aligner", "dino", "model", "device") if getattr(args, option) is not None]
+    if stray:
+        print(f"familiar: error: {', '.join(stray)} only apply with --instant", file=sys.stderr)
+        return 2
+    with _open(args) as library:
+        concept = library.concepts.add(args.name, args.photos, kind=args.kind, facts=args.facts)
+    print(f"added {concept.name} ({concept.kind}, {concept.photo_count} photos)")
+    return 0
+
+
+def _add_instant(args: argparse.Namespace) -> int:
+    """Predict the concept's rows from its first photo, then add the concept and keep them as an instant
+    version; nothing is stored when any step fails."""
+    from engine.aligner.model import demo_aligner_path, instant_state, load_aligner
+    from engine.errors import EngineError
+    from engine.model.loading import DEMO_NAME, load_model
+
+    model = args.model or DEMO_NAME
+    if args.aligner is None and model != DEMO_NAME:
+        raise EngineError(
+            f"--instant with --model {model} needs --aligner PATH: an Aligner trained for that model "
+            "(familiar aligner train)"
+        )
+    loaded = load_model(model, device=args.device or "auto")
+    if loaded.is_demo:
+        print(
+            "familiar: note: the demo Aligner reads photos with an untrained DINOv2 and the demo model knows only "
+            "the micro-world's 32x32 scenes: instant tokens made here only show the mechanism",
+            file=sys.stderr,
+        )
+    aligner = load_aligner(args.aligner or demo_aligner_path(), loaded.fingerprint, args.dino, loaded.device)
+    started = time.perf_counter()
+    state = instant_state(aligner, args.photos[0], args.name, loaded.fingerprint)
+    seconds = time.perf_counter() - started
+    with _open(args) as library:
+        concept = library.concepts.add(args.name, args.photos, kind=args.kind, facts=args.facts)
+        try:
+            version = library.tokens.add(concept.name, state.to_bytes(), kind="instant")
+        except BaseException:
+            library.concepts.remove(concept.name)
+            raise
+    print(
+        f"added {concept.name} ({concept.kind}, {concept.photo_count} photos) with instant tokens "
+        f"(v{version.number}, from {args.photos[0].name} in {seconds:.2f} s)"
+    )
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from store.models import as_dict
+
+    with _open(args) as library:
+        concepts = library.concepts.list()
+    if args.json:
+        print(json.dumps([as_dict(c) for c in concepts], indent=2, ensure_ascii=False))
+        return 0
+    if not concepts:
+        print("no concepts yet; add one with: familiar concept add NAME PHOTO...")
+        return 0
+    rows = [("NAME", "KIND", "STATE", "PHOTOS", "UPDATED")]
+    rows += [(c.name, c.kind, c.state, str(c.photo_count), c.updated_at) for c in concepts]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from store.models import as_dict
+
+    with _open(args) as library, library.reading():
+        concept = library.concepts.get(args.name)
+        photos = library.concepts.photos(args.name)
+        versions = library.tokens.versions(args.name)
+    if args.json:
+        shown = {**as_dict(concept), "photos": [as_dict(p) for p in photos]}
+        shown["token_versions"] = [as_dict(v) for v in versions]
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{concept.name} ({concept.kind}): {concept.state}")
+    print(f"facts: {concept.facts or '(none)'}")
+    print(f"created {concept.created_at}, updated {concept.updated_at}")
+    print(f"photos ({len(photos)}):")
+    for p in photos:
+        print(f"  {p.role:<9} {p.width}x{p.height} {p.format:<4} {p.sha256[:12]}  {p.original_name}")
+    print(f"learned tokens ({len(versions)} versions):")
+    for v in versions:
+        mark = "*" if v.active else " "
+        metrics = json.dumps(v.metrics, sort_keys=True) if v.metrics else ""
+        print(f"  {mark} v{v.number} {v.kind:<7} {v.created_at}  base {v.base_fingerprint[:12]}  {metrics}".rstrip())
+    return 0
+
+
+def run_rename(args: argparse.Namespace) -> int:
+    with _open(args) as library:
+        concept = library.concepts.rename(args.old, args.new)
+    print(f"renamed {args.old} to {concept.name}")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    with _open(args) as library:
+        concept = library.concepts.get(args.name)
+        library.concepts.remove(args.name)
+    print(f"removed {concept.name} ({concept.photo_count} photos)")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    with _open(args) as library:
+        path = library.export_concept(args.name, args.output)
+    print(f"exported {args.name} to {path}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    with _open(args) as library:
+        concept = library.import_concept(args.file, rename=args.rename)
+    print(f"imported {concept.name} ({concept.kind}, {concept.photo_count} photos, {concept.state})")
+    return 0

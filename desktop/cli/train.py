@@ -1,0 +1,79 @@
+"""`familiar train NAME`: personalize a concept, with a progress bar; Ctrl-C saves and exits cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.training.trainer import Progress
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="teach the model a concept from its photos")
+    train.add_argument("name")
+    train.add_argument("--epochs", type=int, default=15)
+    train.add_argument("--index", type=Path, help="an offline embedding index for soft positives and negatives")
+    train.add_argument("--soft-positives", type=int, default=1000, help="look-alike images to retrieve (with --index)")
+    train.add_argument("--embedder-weights", type=Path, help="the index's embedder weights (not needed for demo)")
+    train.add_argument("--resume", action="store_true", help="continue the last interrupted or cancelled run")
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(handler=run_train)
+
+
+def _bar(update: Progress) -> None:
+    width = 30
+    filled = int(width * update.step / max(update.total, 1))
+    eta = f"{update.eta_seconds:.0f}s left" if update.eta_seconds is not None else ""
+    loss = f"loss {update.loss:.3f}" if update.loss is not None else ""
+    line = f"\r[{'#' * filled}{'.' * (width - filled)}] {update.step}/{update.total} {loss} {eta}  "
+    print(line, end="\n" if update.step == update.total else "", file=sys.stderr, flush=True)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from desktop.services.personalize import TrainOptions, train_concept
+    from store.library import Library
+
+    stop = {"requested": False}
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        stop["requested"] = True
+        print("\nfamiliar: stopping after this step and saving a checkpoint...", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    options = TrainOptions(
+        model=args.model,
+        device=args.device,
+        epochs=args.epochs,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        soft_positives=args.soft_positives,
+        index=str(args.index) if args.index else None,
+        embedder_weights=str(args.embedder_weights) if args.embedder_weights else None,
+    )
+    try:
+        with Library.open(args.data_dir) as library:
+            run = train_concept(
+                library,
+                args.name,
+                options,
+                progress=_bar if sys.stderr.isatty() else None,
+                cancelled=lambda: stop["requested"],
+                status=lambda message: print(f"familiar: {message}", file=sys.stderr),
+                resume=args.resume,
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if run.status == "cancelled":
+        print(f"cancelled at step {run.step}; continue with: familiar train {args.name} --resume", file=sys.stderr)
+        return 130
+    metrics = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in run.metrics.items())
+    print(f"trained <{args.name}> ({metrics})")
+    return 0

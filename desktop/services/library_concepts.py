@@ -1,0 +1,32 @@
+"""Load concepts from the library into an assistant: the active learned-token version of each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine.concepts.state import ConceptState
+from engine.errors import SlotError
+from engine.inference.assistant import Assistant
+from store.library import Library
+
+
+def attach_from_library(library: Library, assistant: Assistant, names: Iterable[str]) -> list[str]:
+    """Attach each named concept's active version (skipping ones already attached); returns the names.
+
+    A concept without learned tokens, or trained on another base model, is a clear error.
+    """
+    attached = []
+    for name in dict.fromkeys(n.lower() for n in names):
+        if name in assistant.slots.names():
+            continue
+        concept = library.concepts.get(name)
+        if concept.active is None:
+            raise SlotError(f"<{concept.name}> has no learned tokens yet: run `familiar train {concept.name}` first")
+        data = library.tokens.read_bytes(concept.active)
+        state = ConceptState.from_bytes(
+            data, assistant.loaded.fingerprint, source=f"<{concept.name}> version {concept.active.number}"
+        )
+        state.name = concept.name.lower()
+        assistant.attach(state)
+        attached.append(state.name)
+    return attached

@@ -1,0 +1,57 @@
+"""Will a model fit? The memory estimate for the Settings view, read from its config without loading it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.errors import EngineError
+from engine.model.loading import (
+    DEMO_MARKER,
+    DEMO_NAME,
+    check_model_dir,
+    estimate_memory,
+    read_config,
+    resolve_device,
+    resolve_model_dir,
+)
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    """Whether the model fits on the device, and the sentence that says so."""
+
+    fits: bool
+    message: str
+
+
+def check_model(spec: str, device: str, four_bit: bool) -> ModelCheck:
+    """Estimate the memory `spec` (`demo` or a model folder) needs on `device`, as `load_model` would load it.
+
+    Hub ids are not looked up here (that could start a download): the Settings view takes folders."""
+    if spec != DEMO_NAME and not Path(spec).expanduser().is_dir():
+        raise EngineError(f"{spec} is not a folder; choose the folder that holds the model's config.json")
+    path = resolve_model_dir(spec)
+    check_model_dir(path)
+    config = read_config(path)
+    target = resolve_device(device)
+    is_demo = (path / DEMO_MARKER).is_file()
+    quantize = four_bit and target.type == "cuda" and not is_demo
+    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    estimate = estimate_memory(config, target, dtype, quantize)
+    how = "4-bit NF4" if quantize else str(dtype).removeprefix("torch.")
+    amounts = f"needs about {_size(estimate.needed)}, {_size(estimate.available)} free on {estimate.device}"
+    if estimate.fits:
+        return ModelCheck(True, f"It fits: in {how} it {amounts}.")
+    hint = (
+        "Turn on 4-bit and use a CUDA GPU, or choose a smaller model."
+        if not quantize
+        else "Close other programs using the GPU, or choose a smaller model."
+    )
+    return ModelCheck(False, f"This model will not fit: in {how} it {amounts}. {hint}")
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.1f} GiB" if count >= 2**30 else f"{count / 2**20:.0f} MiB"

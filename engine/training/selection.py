@@ -1,0 +1,104 @@
+"""Score a training checkpoint the way the best one is chosen: recognition accuracy on held-out photos
+and negatives, and the similarity of a generated picture to the real photos.
+
+Recognition asks "Is <name> in this photo?" and compares the model's next-token probability of "Yes"
+and "No" after the understanding tokens (the self-prompt); accuracy is reported on positives, on
+negatives, and as their mean (the weighted accuracy, insensitive to the class balance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image
+
+from engine.inference.assistant import Assistant
+from engine.inference.generation import Sampling, sample_image_tokens
+
+ImageSimilarity = Callable[[Sequence[Image.Image], Sequence[Image.Image]], float]
+QUESTION = "Is <{n}> in this photo?"
+
+
+@dataclass
+class Scores:
+    recognition_positive: float
+    recognition_negative: float
+    recognition: float
+    image_similarity: float | None
+    score: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def answer_tokens(assistant: Assistant) -> tuple[list[int], int, int]:
+    """(shared prefix, Yes token, No token): " Yes" and " No" may start with the same tokens (a lone space
+    in a byte-level BPE), so the decision is read at the first token where they differ."""
+    tokenizer = assistant.loaded.tokenizer
+    yes = tokenizer.encode(" Yes", add_special_tokens=False)
+    no = tokenizer.encode(" No", add_special_tokens=False)
+    shared = next(i for i, (a, b) in enumerate(zip(yes, no, strict=False)) if a != b)
+    return list(yes[:shared]), int(yes[shared]), int(no[shared])
+
+
+@torch.no_grad()
+def answers_yes(assistant: Assistant, question: str, image_ids: Sequence[int], names: Sequence[str]) -> bool:
+    """Whether " Yes" is likelier than " No" as the answer to `question` about this image, with the
+    concepts `names` in the prompt (none for a question in plain words)."""
+    prompts = assistant.prompts
+    prefix, yes, no = answer_tokens(assistant)
+    ids = prompts.prompt(question, image_ids, names) + prompts.self_prompt(names, "text") + prefix
+    device = assistant.loaded.device
+    logits = assistant.loaded.model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1]
+    return bool(logits[yes] > logits[no])
+
+
+def says_yes(assistant: Assistant, name: str, image_ids: Sequence[int]) -> bool:
+    """Whether the model answers yes to the recognition question about this image."""
+    return answers_yes(assistant, QUESTION.format(n=name), image_ids, [name])
+
+
+def recognition_accuracy(
+    assistant: Assistant, name: str, positives: Sequence[Sequence[int]], negatives: Sequence[Sequence[int]]
+) -> tuple[float, float]:
+    """(accuracy on photos of the concept, accuracy on photos without it)."""
+    positive = sum(says_yes(assistant, name, image) for image in positives) / max(len(positives), 1)
+    negative = sum(not says_yes(assistant, name, image) for image in negatives) / max(len(negatives), 1)
+    return positive, negative
+
+
+def draw(assistant: Assistant, name: str, seed: int) -> Image.Image:
+    """One picture for "A photo of <name>." without the demo label (it would bias similarity)."""
+    return draw_prompt(assistant, f"A photo of <{name}>.", [name], seed)
+
+
+def draw_prompt(assistant: Assistant, text: str, names: Sequence[str], seed: int) -> Image.Image:
+    """One unlabelled picture for `text`, with the concepts `names` in the prompt."""
+    tokens = assistant.loaded.image_tokenizer
+    prompts = assistant.prompts
+    ids = [*prompts.prompt(text, None, names), *prompts.self_prompt(names, "image"), tokens.boi_id]
+    image_ids = sample_image_tokens(
+        assistant.loaded.model, ids, tokens.image_token_ids, tokens.tokens_per_image, Sampling(seed=seed)
+    )
+    return tokens.decode(image_ids.unsqueeze(0))[0]
+
+
+def score(
+    assistant: Assistant,
+    name: str,
+    positives: Sequence[Sequence[int]],
+    negatives: Sequence[Sequence[int]],
+    real_photos: Sequence[Image.Image] = (),
+    similarity: ImageSimilarity | None = None,
+    seed: int = 0,
+) -> Scores:
+    """Recognition and, where a similarity function is given, image similarity; `score` is their mean."""
+    positive, negative = recognition_accuracy(assistant, name, positives, negatives)
+    recognition = (positive + negative) / 2
+    image_similarity = None
+    if similarity is not None and real_photos:
+        image_similarity = float(similarity([draw(assistant, name, seed)], real_photos))
+    parts = [recognition] if image_similarity is None else [recognition, image_similarity]
+    return Scores(positive, negative, recognition, image_similarity, sum(parts) / len(parts))

@@ -1,0 +1,98 @@
+"""`familiar chat` / `familiar generate` on the demo model, and their refusals."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from desktop import __version__
+from desktop.cli.main import main
+from engine.inference.assistant import SHOWN_SIZE, Assistant
+from engine.model.loading import TRAINED_DEMO, demo_model_dir, load_model
+
+
+def test_generate_writes_a_png_that_says_it_is_from_the_demo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bo.png"
+    prompt = "A photo of a small blue dotted square on sand, in the centre."
+    assert main(["generate", prompt, "-o", str(out), "--seed", "5", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert f"note: {TRAINED_DEMO.warning} (pass --model FOLDER" in captured.err
+    assert "seed 5" in captured.out
+    with Image.open(out) as image:
+        assert image.size == (SHOWN_SIZE, SHOWN_SIZE)  # 32x32 scaled up, with the label bar
+        assert image.text["familiar:seed"] == "5" and image.text["familiar:prompt"] == prompt
+        assert image.text["familiar:warning"] == f"made by the {TRAINED_DEMO.warning}"
+        assert np.asarray(image.convert("RGB")).std() > 1
+
+
+def test_chat_about_a_photo_with_a_concept_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], dreambooth: Path
+) -> None:
+    loaded = load_model("demo", device="cpu")
+    state = Assistant(loaded).slots.initial_state("bo", loaded.tokenizer, "dog")
+    state.save(tmp_path / "bo.safetensors")
+    args = ["chat", "What is <bo> doing?", "--image", str(dreambooth / "dog" / "00.jpg")]
+    args += ["--concept-file", str(tmp_path / "bo.safetensors"), "--seed", "1", "--max-tokens", "8"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip()
+    assert TRAINED_DEMO.warning in captured.err
+
+
+def test_unknown_concept_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "Where is <nobody>?", "--max-tokens", "4"]) == 2
+    assert "no concept named 'nobody'" in capsys.readouterr().err
+
+
+def test_foreign_concept_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    loaded = load_model("demo", device="cpu")
+    state = Assistant(loaded).slots.initial_state("bo", loaded.tokenizer)
+    state.base_fingerprint = "0" * 64
+    state.save(tmp_path / "foreign.safetensors")
+    assert main(["chat", "hi", "--concept-file", str(tmp_path / "foreign.safetensors")]) == 2
+    assert "another base model" in capsys.readouterr().err
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    familiar = Path(sys.executable).with_name("familiar")
+    return subprocess.run([str(familiar), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_version() -> None:
+    result = _run("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"familiar {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        ("unreadable image", "not an image"),
+        ("missing model", "does not exist"),
+        ("no vqgan", "tokenizer/vqgan.ckpt"),
+    ],
+)
+def test_bad_input_exits_non_zero_without_traceback(tmp_path: Path, make: str, expected: str) -> None:
+    args = ["chat", "hello", "--device", "cpu"]
+    if make == "unreadable image":
+        fake = tmp_path / "photo.jpg"
+        fake.write_text("this is text, not a JPEG")
+        args += ["--image", str(fake)]
+    elif make == "missing model":
+        args += ["--model", str(tmp_path / "missing")]
+    else:
+        folder = tmp_path / "anole"
+        shutil.copytree(demo_model_dir(), folder)
+        (folder / "vqgan_decoder.safetensors").unlink()
+        args += ["--model", str(folder)]
+    result = _run(*args)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,109 @@
+"""`familiar concept ...`, `familiar export` and `familiar import` through the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from desktop.cli.main import main
+from tests.store.helpers import DREAMBOOTH, dreambooth
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def photos() -> list[Path]:
+    found = dreambooth("dog", 3)
+    if len(found) < 3:
+        pytest.skip(f"the DreamBooth photos are not at {DREAMBOOTH} (shared data beside the repository)")
+    return found
+
+
+def familiar(capsys: pytest.CaptureFixture[str], data: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["--data-dir", str(data), *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_add_list_show_rename_export_import_remove(
+    tmp_path: Path, photos: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "lib"
+    paths = [str(p) for p in photos]
+    code, out, _ = familiar(capsys, data, "concept", "add", "bo", *paths, "--kind", "pet", "--facts", "Shiba, 3 years")
+    assert code == 0 and "added bo (pet, 3 photos)" in out
+
+    code, out, _ = familiar(capsys, data, "concept", "list")
+    assert code == 0 and out.splitlines()[0].split() == ["NAME", "KIND", "STATE", "PHOTOS", "UPDATED"]
+    assert out.splitlines()[1].split()[:4] == ["bo", "pet", "untrained", "3"]
+
+    code, out, _ = familiar(capsys, data, "concept", "list", "--json")
+    (listed,) = json.loads(out)
+    assert (listed["name"], listed["state"], listed["photo_count"], listed["active"]) == ("bo", "untrained", 3, None)
+
+    code, out, _ = familiar(capsys, data, "concept", "show", "BO", "--json")
+    shown = json.loads(out)
+    assert shown["facts"] == "Shiba, 3 years" and len(shown["photos"]) == 3 and shown["token_versions"] == []
+    assert all(Path(p["path"]).is_file() for p in shown["photos"])
+    code, out, _ = familiar(capsys, data, "concept", "show", "bo")
+    assert code == 0 and "bo (pet): untrained" in out and "00.jpg" in out
+
+    assert familiar(capsys, data, "concept", "rename", "bo", "buddy")[0] == 0
+    archive = tmp_path / "buddy.familiar"
+    code, out, _ = familiar(capsys, data, "export", "buddy", "-o", str(archive))
+    assert code == 0 and archive.is_file()
+
+    code, _, err = familiar(capsys, data, "import", str(archive))
+    assert code == 2 and err.count("\n") == 1 and "already exists" in err and "--rename" in err
+    assert "Traceback" not in err
+    code, out, _ = familiar(capsys, data, "import", str(archive), "--rename", "buddy2")
+    assert code == 0 and "imported buddy2" in out
+    code, out, _ = familiar(capsys, tmp_path / "elsewhere", "import", str(archive))
+    assert code == 0 and "imported buddy (pet, 3 photos, untrained)" in out
+
+    code, out, _ = familiar(capsys, data, "concept", "remove", "buddy")
+    assert code == 0 and "removed buddy" in out
+    code, out, _ = familiar(capsys, data, "concept", "list", "--json")
+    assert [c["name"] for c in json.loads(out)] == ["buddy2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["concept", "show", "nobody"], "no concept named 'nobody'"),
+        (["concept", "add", "2fast", "{photo}"], "invalid concept name"),
+        (["concept", "add", "bo", "{text}"], "not a photo"),
+        (["concept", "remove", "nobody"], "no concept named"),
+        (["import", "{text}"], "not a Familiar archive"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    photo = tmp_path / "photo.jpg"
+    args = [a.format(photo=photo, text=text) for a in args]
+    code, out, err = familiar(capsys, tmp_path / "lib", *args)
+    assert code == 2 and out == ""
+    assert err.startswith("familiar: error: ") and message in err and err.count("\n") == 1
+
+
+def test_empty_library_and_bare_concept_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = familiar(capsys, tmp_path / "lib", "concept", "list")
+    assert code == 0 and "no concepts yet" in out
+    code, out, _ = familiar(capsys, tmp_path / "lib", "concept")
+    assert code == 2 and "add" in out and "rename" in out
+
+
+def test_familiar_data_environment_variable_picks_the_library(tmp_path: Path, photos: list[Path]) -> None:
+    env = {**os.environ, "FAMILIAR_DATA": str(tmp_path / "from-env")}
+    command = [sys.executable, "-m", "desktop.cli.main", "concept", "add", "bo", str(photos[0])]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "from-env" / "library.db").is_file()

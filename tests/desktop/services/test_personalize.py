@@ -1,0 +1,186 @@
+"""Personalizing a library concept made from real photos, on the demo model: train, cancel, resume
+after SIGKILL, then use the concept in chat and generate."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from desktop.cli.main import main
+from desktop.services.personalize import TrainOptions, class_word, train_concept
+from engine.inference.assistant import SHOWN_SIZE
+from engine.training.trainer import Progress
+from store.library import Library
+
+QUICK = TrainOptions(
+    device="cpu",
+    epochs=2,
+    learning_rate=3e-3,
+    negatives=4,
+    recognition_per_photo=2,
+    generation_per_photo=1,
+    qa_repeats=1,
+    augment=False,
+)
+
+
+@pytest.fixture()
+def library(tmp_path: Path, dreambooth: Path) -> Library:
+    library = Library.open(tmp_path / "library")
+    dog = sorted((dreambooth / "dog").glob("*.jpg"))[:3]
+    library.concepts.add("bo", dog, kind="pet", facts="class: dog\nbreed: corgi\nHe loves the beach.")
+    library.concepts.add("mimi", sorted((dreambooth / "cat").glob("*.jpg"))[:2], kind="pet")
+    yield library
+    library.close()
+
+
+def test_class_word_comes_from_facts_or_kind() -> None:
+    assert class_word("pet", "breed: corgi\nclass: dog") == "dog"
+    assert class_word("person", "") == "person"
+
+
+def test_training_makes_a_trained_active_version(library: Library) -> None:
+    updates: list[Progress] = []
+    run = train_concept(library, "bo", QUICK, progress=updates.append)
+    assert run.status == "done" and run.progress == 1.0
+    assert updates[-1].step == updates[-1].total == run.step
+    checkpoints = library.runs.checkpoints(run.id)
+    assert [c.epoch for c in checkpoints] == [1, 2]
+    assert {"recognition", "recognition_positive", "recognition_negative", "loss", "score"} <= checkpoints[
+        0
+    ].metrics.keys()
+    assert checkpoints[-1].metrics["loss"] < checkpoints[0].metrics["loss"]
+    concept = library.concepts.get("bo")
+    assert concept.state == "trained" and concept.active is not None
+    assert concept.active.run_id == run.id and run.metrics["best_step"] in [c.step for c in checkpoints]
+    assert library.concepts.get("mimi").state == "untrained"
+
+
+def test_cancel_keeps_the_library_consistent_and_resume_finishes(library: Library) -> None:
+    updates: list[Progress] = []
+    run = train_concept(library, "bo", QUICK, progress=updates.append, cancelled=lambda: len(updates) >= 2)
+    assert run.status == "cancelled"
+    saved = library.runs.checkpoints(run.id)
+    assert saved and saved[-1].step == 2 and saved[-1].optimizer_state is not None
+    assert library.concepts.get("bo").state == "untrained"
+
+    finished = train_concept(library, "bo", replace(QUICK, epochs=99), resume=True)
+    assert finished.id == run.id and finished.status == "done"
+    assert finished.step == updates[0].total  # the run's own options (2 epochs) were kept
+    assert library.concepts.get("bo").state == "trained"
+
+
+def test_resume_without_an_interrupted_run_is_a_clear_error(library: Library) -> None:
+    from engine.errors import EngineError
+
+    with pytest.raises(EngineError, match="no interrupted training run"):
+        train_concept(library, "bo", QUICK, resume=True)
+
+
+def _familiar(*args: str, data: Path) -> subprocess.Popen[str]:
+    familiar = Path(sys.executable).with_name("familiar")
+    env = {**os.environ, "FAMILIAR_DATA": str(data)}
+    return subprocess.Popen([str(familiar), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_run_resumes_to_the_same_step_count_and_the_concept_works(
+    library: Library, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = library.layout.root
+    args = ["train", "bo", "--epochs", "3", "--device", "cpu", "--learning-rate", "0.03"]
+    process = _familiar(*args, data=data)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        runs = library.runs.list("bo")
+        if runs and library.runs.checkpoints(runs[0].id):
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, process.communicate()[1]
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    library.close()
+
+    reopened = Library.open(data)
+    killed = reopened.runs.list("bo")[0]
+    assert killed.status == "failed" and "interrupted" in (killed.error or "")
+    total = killed.total_steps
+    reopened.close()
+
+    resumed = _familiar(*args, "--resume", data=data)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert "trained <bo>" in out
+
+    final = Library.open(data)
+    run = final.runs.list("bo")[0]
+    assert run.id == killed.id and run.status == "done" and run.step == total
+    assert [c.epoch for c in final.runs.checkpoints(run.id)] == [1, 2, 3]
+    assert final.concepts.get("bo").state == "trained"
+    final.close()
+
+    out_png = tmp_path / "bo.png"
+    assert main(["--data-dir", str(data), "generate", "<bo> at the beach", "-o", str(out_png), "--seed", "1"]) == 0
+    with Image.open(out_png) as picture:
+        assert picture.size == (SHOWN_SIZE, SHOWN_SIZE)
+    assert main(["--data-dir", str(data), "chat", "What is <bo> doing?", "--max-tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["--data-dir", str(data), "chat", "Is <mimi> here?", "--max-tokens", "4"]) == 2
+    assert "no learned tokens yet" in capsys.readouterr().err
+
+
+def test_training_with_an_index_uses_soft_positives_and_image_similarity(
+    library: Library, dreambooth: Path, tmp_path: Path
+) -> None:
+    from engine.model.loading import load_model
+    from engine.retrieval.embedder import load_embedder
+    from engine.retrieval.index import ImageTokenSource, build_index
+
+    pool = tmp_path / "pool"
+    for subject in ("dog2", "dog3", "backpack", "can"):
+        (pool / subject).mkdir(parents=True)
+        for photo in sorted((dreambooth / subject).glob("*.jpg"))[:2]:
+            (pool / subject / photo.name).write_bytes(photo.read_bytes())
+    loaded = load_model("demo", device="cpu")
+    tokens = ImageTokenSource(loaded.image_tokenizer, loaded.fingerprint, loaded.source)
+    build_index(pool, tmp_path / "index", load_embedder("demo"), tokens)
+
+    def samples(run_id: int) -> int:
+        first = library.runs.log_lines(run_id)[0].message  # "<n> samples, <m> steps"
+        return int(first.split(" samples")[0])
+
+    options = replace(QUICK, epochs=1, index=str(tmp_path / "index"), soft_positives=4, negatives=2)
+    plain = train_concept(library, "bo", replace(options, index=None))
+    run = train_concept(library, "bo", options)
+    assert run.status == "done"
+    metrics = library.runs.checkpoints(run.id)[-1].metrics
+    assert -1.0 <= metrics["image_similarity"] <= 1.0
+    assert metrics["score"] == pytest.approx((metrics["recognition"] + metrics["image_similarity"]) / 2)
+    assert "image_similarity" not in library.runs.checkpoints(plain.id)[-1].metrics
+    # 4 soft positives plus up to 2 retrieved negatives (one each hard and easy, a fifth held out)
+    assert 4 <= samples(run.id) - samples(plain.id) <= 6
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(library: Library) -> None:
+    data = library.layout.root
+    process = _familiar("train", "bo", "--epochs", "3", "--device", "cpu", data=data)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        runs = library.runs.list("bo")
+        if runs and runs[0].status == "running" and runs[0].step >= 1:
+            break
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "familiar train bo --resume" in err and "Traceback" not in err
+    run = library.runs.list("bo")[0]
+    assert run.status == "cancelled"
+    assert library.runs.checkpoints(run.id)[-1].optimizer_state is not None

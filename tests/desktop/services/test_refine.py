@@ -1,0 +1,49 @@
+"""Refine: training a concept whose active version is instant starts from the instant rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from desktop.cli.main import main
+from desktop.services.personalize import TrainOptions, train_concept
+from engine.concepts.state import ConceptState
+from engine.inference.assistant import Assistant
+from engine.model.loading import load_model
+from engine.training.trainer import Progress
+from store.library import Library
+
+LEARNING_RATE = 1e-4
+QUICK = TrainOptions(
+    device="cpu",
+    epochs=1,
+    learning_rate=LEARNING_RATE,
+    negatives=2,
+    recognition_per_photo=1,
+    generation_per_photo=1,
+    qa_repeats=1,
+    augment=False,
+    describe_photos=False,
+)
+
+
+def test_training_an_instant_concept_starts_from_its_rows(tmp_path: Path, dreambooth: Path) -> None:
+    dog = [str(p) for p in sorted((dreambooth / "dog").glob("*.jpg"))[:3]]
+    facts = "class: dog"
+    assert main(["--data-dir", str(tmp_path), "concept", "add", "bo", *dog, "--instant", "--facts", facts]) == 0
+    with Library.open(tmp_path) as library:
+        library.concepts.add("mimi", sorted((dreambooth / "cat").glob("*.jpg"))[:2], kind="pet")
+        instant = ConceptState.from_bytes(library.tokens.read_bytes(library.tokens.active("bo")))
+        updates: list[Progress] = []
+        run = train_concept(library, "bo", QUICK, progress=updates.append, cancelled=lambda: len(updates) >= 1)
+        checkpoint = library.runs.checkpoints(run.id)[0]
+        first = ConceptState.load(checkpoint.path)
+    assert run.status == "cancelled" and checkpoint.step == 1
+
+    # One AdamW step moves every element by at most the learning rate, so the run began at the instant rows ...
+    moved = max((first.embed - instant.embed).abs().max(), (first.head - instant.head).abs().max())
+    assert 0 < moved <= LEARNING_RATE * 1.001
+    # ... and not at the class word's rows, where a concept without an instant version starts.
+    demo = load_model("demo", device="cpu")
+    start = Assistant(demo).slots.initial_state("bo", demo.tokenizer, "dog")
+    assert (first.embed - start.embed).abs().max() > 20 * LEARNING_RATE
+    assert (instant.embed[1:] - instant.embed[:-1]).abs().max() > 0  # not one row repeated, as a class start is

@@ -1,0 +1,105 @@
+"""The personalization benchmark's data (concepts, negatives, retrieval) and the prompt layouts of its ablations."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from desktop.cli.bench import write_report
+from desktop.cli.main import main
+from engine.concepts.prompts import PromptLayout, Prompts
+from engine.concepts.state import N_GENERATION
+from engine.inference.assistant import Assistant
+from engine.microworld.benchmark import Benchmark, BenchSettings, coarse_words, make_concepts
+from engine.microworld.reader import load_reader
+from engine.microworld.world import IDENTITY, Scene, render
+from engine.retrieval.plan import concept_query
+
+SMALL = BenchSettings(concepts=3, pool=400, soft_positives=30, train_negatives=10)
+
+
+def test_concepts_are_deterministic_and_test_renders_show_new_backgrounds() -> None:
+    concepts = make_concepts(SMALL)
+    assert concepts == make_concepts(SMALL)
+    assert make_concepts(replace(SMALL, seed=1)) != concepts
+    for concept in concepts:
+        seen = {s.background for s in concept.train}
+        assert len(seen) == SMALL.train_renders
+        assert all(s.background not in seen and s.identity == concept.identity for s in concept.test)
+        for negative in concept.hard_negatives:
+            changed = [a for a in IDENTITY if getattr(negative.identity, a) != getattr(concept.identity, a)]
+            assert len(changed) == 1 or changed == ["accessory", "accessory_colour"]
+        assert all(s.identity != concept.identity for s in concept.random_negatives)
+    assert coarse_words(concepts[0].identity).split()[:2] == [concepts[0].identity.colour, concepts[0].identity.pattern]
+
+
+def test_prompt_layouts_change_the_prefix_and_the_self_prompt(assistant: Assistant) -> None:
+    state = assistant.slots.initial_state("bo", assistant.loaded.tokenizer)
+    assistant.attach(state)
+    try:
+        tokens = assistant.loaded.image_tokenizer
+        slot = assistant.slots.slot("bo")
+
+        def prompts(layout: PromptLayout) -> Prompts:
+            return Prompts(assistant.loaded.tokenizer, assistant.slots, tokens.boi_id, tokens.eoi_id, layout)
+
+        default, shared, four = prompts(PromptLayout()), prompts(PromptLayout(shared=True)), prompts(PromptLayout(4))
+        latent = set(slot.ids[1:])
+        assert sum(i in latent for i in default.concept_prefix("bo")) == 2 * N_GENERATION
+        assert [i for i in shared.concept_prefix("bo") if i in latent] == list(slot.generation)
+        assert shared.self_prompt(["bo"], "text") == list(slot.generation)
+        assert [i for i in four.concept_prefix("bo") if i in latent] == [*slot.generation[:4], *slot.understanding[:4]]
+        assert prompts(PromptLayout(self_prompting=False)).self_prompt(["bo"], "text") == []
+        with pytest.raises(ValueError):
+            prompts(PromptLayout(tokens=0))
+    finally:
+        assistant.slots.detach("bo")
+
+
+def test_retrieval_follows_the_plan_rules(assistant: Assistant) -> None:
+    bench = Benchmark(assistant, load_reader(), SMALL)
+    concept = make_concepts(SMALL)[0]
+    photos = concept.train[:-1]
+    tiers, negatives = bench.retrieval(concept, photos, 4)
+    assert [n for n, _ in tiers] == [3, 2, 1]
+    positives = [s for _, scenes in tiers for s in scenes]
+    assert 0 < len(positives) <= SMALL.soft_positives and len(negatives) == SMALL.train_negatives
+    assert all(s.identity != concept.identity for s in positives + negatives)
+    query = concept_query(bench.reader.embed([render(s) for s in photos]))
+
+    def similarity(scenes: list[Scene]) -> np.ndarray:
+        return bench.reader.embed([render(s) for s in scenes]) @ query
+
+    hard = negatives[: SMALL.train_negatives // 2]
+    assert similarity(positives).min() >= similarity(hard).max() - 1e-5
+    assert similarity(hard).mean() > similarity(negatives[len(hard) :]).mean()
+
+
+def test_benchmark_trains_measures_and_reports_and_leaves_the_base_model_untouched(
+    assistant: Assistant, tmp_path: Path
+) -> None:
+    reference = {k: v.clone() for k, v in assistant.loaded.model.state_dict().items()}
+    settings = replace(SMALL, concepts=1, epochs=2, drawings=1, conditions=("trained", "text_prompt"))
+    bench = Benchmark(assistant, load_reader(), settings)
+    results = bench.run()
+    trained = results["concepts"][0]["conditions"]["trained"]
+    assert trained["steps"] > 0 and trained["last_epoch_loss"] < trained["first_epoch_loss"]
+    for key in ("recognition_weighted", "generation_attribute_accuracy"):
+        assert 0.0 <= results[key] <= 1.0 and 0.0 <= results["baselines"]["text_prompt"][key] <= 1.0
+    assert assistant.slots.names() == [] and assistant.prompts is bench.base_prompts
+    after = assistant.loaded.model.state_dict()
+    assert all(torch.equal(reference[k], after[k]) for k in reference)
+    results.update(command="test", machine="test")
+    docs = tmp_path / "docs" / "personalization.md"
+    write_report(results, docs, tmp_path / "results.json", bench)
+    assert "| trained |" in docs.read_text() and (docs.parent / "personalization-examples.png").is_file()
+
+
+def test_bench_command_refuses_unknown_conditions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", "personalization", "--conditions", "magic", "-o", str(tmp_path / "r.json")])
+    assert code == 2 and "unknown conditions ['magic']" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

@@ -1,0 +1,170 @@
+"""Training one concept on the demo model: loss falls, base untouched, cancel and resume are exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from engine.concepts.prompts import Sample
+from engine.inference.assistant import Assistant
+from engine.model.loading import LoadedModel, load_model
+from engine.training.data import (
+    NEGATIVE_ANSWERS,
+    POSITIVE_ANSWERS,
+    RECOGNITION_QUESTIONS,
+    ConceptData,
+    DataMix,
+    augmentations,
+    build_samples,
+    fact_pairs,
+)
+from engine.training.selection import recognition_accuracy, score
+from engine.training.trainer import Checkpoint, TrainConfig, Trainer, TrainingCancelled
+
+
+def _images(loaded: LoadedModel, colours: list[tuple[int, int, int]]) -> list[list[int]]:
+    photos = [Image.new("RGB", (64, 64), colour) for colour in colours]
+    return [row.tolist() for row in loaded.image_tokenizer.encode(photos)]
+
+
+@pytest.fixture(scope="module")
+def images(demo: LoadedModel) -> dict[str, list[list[int]]]:
+    return {"photos": _images(demo, [(200, 40, 40), (180, 60, 30)]), "negatives": _images(demo, [(20, 40, 200)])}
+
+
+def _fresh(name: str = "bo") -> Assistant:
+    loaded = load_model("demo", device="cpu")
+    assistant = Assistant(loaded)
+    assistant.attach(assistant.slots.initial_state(name, loaded.tokenizer, "dog"))
+    return assistant
+
+
+def _samples(assistant: Assistant, images: dict[str, list[list[int]]]) -> list[Sample]:
+    data = ConceptData("bo", "pet", images["photos"], images["negatives"], facts="breed: corgi\nHe loves the beach.")
+    mix = DataMix(recognition_positive_per_photo=1, recognition_negatives=1, qa_repeats=1, generation_per_photo=0)
+    return build_samples(assistant.prompts, data, mix, seed=0)
+
+
+def test_phrasings_are_many_and_distinct() -> None:
+    for phrasings in (RECOGNITION_QUESTIONS, POSITIVE_ANSWERS, NEGATIVE_ANSWERS):
+        assert len(phrasings) >= 30 and len(set(phrasings)) == len(phrasings)
+        assert all("<{n}>" in p for p in phrasings if p not in ("Yes.", "No."))
+
+
+def test_facts_become_question_answer_pairs() -> None:
+    pairs = fact_pairs("pet", "breed: corgi\nHe loves the beach. He is five.", "bo")
+    assert ("What breed is <bo>?", "<bo>'s breed is corgi.") in pairs
+    assert [a for _, a in pairs[1:]] == ["He loves the beach.", "He is five."]
+
+
+def test_samples_open_with_their_self_prompt(images: dict[str, list[list[int]]]) -> None:
+    assistant = _fresh()
+    slot = assistant.slots.slot("bo")
+    data = ConceptData(
+        "bo", "pet", images["photos"], images["negatives"], soft_positive_tiers=[(3, images["negatives"])]
+    )
+    samples = build_samples(assistant.prompts, data, DataMix(), seed=0)
+    boi = assistant.loaded.image_tokenizer.boi_id
+    for sample in samples:
+        target = [t for t in sample.labels if t != -100]
+        if target[0] == boi:  # a soft positive: its prompt carries the first generation tokens
+            assert sample.ids[: len(sample.ids) - len(target)][-4:-1] == list(slot.generation[:3])
+        elif target[0] == slot.generation[0]:
+            assert target[: len(slot.generation) + 1] == [*slot.generation, boi]
+        else:
+            assert target[: len(slot.understanding)] == list(slot.understanding)
+    kinds = {next(t for t in s.labels if t != -100) for s in samples}
+    assert kinds == {boi, slot.generation[0], slot.understanding[0]}
+
+
+def test_augmentations_mirror_and_crop() -> None:
+    image = Image.new("RGB", (100, 80))
+    image.putpixel((0, 0), (255, 0, 0))
+    _, mirrored, cropped = augmentations([image])
+    assert mirrored.getpixel((99, 0)) == (255, 0, 0)
+    assert cropped.size == (86, 68)
+
+
+def test_training_lowers_loss_and_leaves_the_base_untouched(images: dict[str, list[list[int]]]) -> None:
+    assistant = _fresh()
+    before = {k: v.clone() for k, v in assistant.loaded.model.state_dict().items()}
+    trainer = Trainer(assistant, "bo", _samples(assistant, images), TrainConfig(epochs=6, learning_rate=3e-2))
+    progress = []
+    losses = trainer.run(progress=progress.append)
+    assert len(losses) == trainer.total_steps == len(progress)
+    assert progress[-1].step == progress[-1].total and progress[-1].eta_seconds == 0
+    epochs = trainer.steps_per_epoch
+    assert sum(losses[-epochs:]) < sum(losses[:epochs]) - 0.5
+    after = assistant.loaded.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not assistant.slots.params("bo").embed.requires_grad
+
+
+def test_cancel_then_resume_ends_where_an_uninterrupted_run_ends(images: dict[str, list[list[int]]]) -> None:
+    config = TrainConfig(epochs=3, learning_rate=1e-2, seed=4)
+    straight = _fresh()
+    straight_losses = Trainer(straight, "bo", _samples(straight, images), config).run()
+
+    first = _fresh()
+    trainer = Trainer(first, "bo", _samples(first, images), config)
+    saved: list[Checkpoint] = []
+    with pytest.raises(TrainingCancelled) as info:
+        trainer.run(on_checkpoint=saved.append, cancelled=lambda: len(trainer.optimizer.state) > 0 and len(saved) >= 1)
+    checkpoint = info.value.checkpoint
+    assert checkpoint is saved[-1] and 0 < checkpoint.step < trainer.total_steps
+
+    second = _fresh()
+    resumed = Trainer(second, "bo", _samples(second, images), config)
+    losses = resumed.run(resume=Checkpoint(**{**vars(checkpoint)}))
+    assert losses == straight_losses
+    done, expected = second.slots.state("bo"), straight.slots.state("bo")
+    assert torch.equal(done.embed, expected.embed) and torch.equal(done.head, expected.head)
+
+
+def test_selection_scores_recognition(images: dict[str, list[list[int]]]) -> None:
+    assistant = _fresh()
+    positive, negative = recognition_accuracy(assistant, "bo", images["photos"], images["negatives"])
+    assert positive in (0.0, 0.5, 1.0) and negative in (0.0, 1.0)
+    scores = score(assistant, "bo", images["photos"], images["negatives"])
+    assert scores.recognition == (positive + negative) / 2 and scores.image_similarity is None
+    calls = []
+
+    def similarity(generated: list[Image.Image], real: list[Image.Image]) -> float:
+        calls.append((len(generated), len(real), generated[0].size))
+        return 0.25
+
+    with_images = score(assistant, "bo", images["photos"], images["negatives"], [Image.new("RGB", (8, 8))], similarity)
+    size = assistant.loaded.image_tokenizer.resolution
+    assert calls == [(1, 1, (size, size))]  # the unlabelled decode, never the demo's labelled picture
+    assert with_images.score == pytest.approx((with_images.recognition + 0.25) / 2)
+
+
+def test_cancel_right_after_an_epoch_checkpoint_saves_nothing_twice(images: dict[str, list[list[int]]]) -> None:
+    assistant = _fresh()
+    trainer = Trainer(assistant, "bo", _samples(assistant, images), TrainConfig(epochs=3))
+    saved: list[Checkpoint] = []
+    with pytest.raises(TrainingCancelled) as info:
+        trainer.run(on_checkpoint=saved.append, cancelled=lambda: len(saved) == 1)
+    assert [c.step for c in saved] == [trainer.steps_per_epoch]
+    assert info.value.checkpoint is saved[0]
+
+
+def test_recognition_reads_the_token_where_yes_and_no_differ(images: dict[str, list[list[int]]]) -> None:
+    from engine.training.selection import QUESTION, answer_tokens, says_yes
+
+    assistant = _fresh()
+    prefix, yes, no = answer_tokens(assistant)
+    assert yes != no
+    assert assistant.loaded.tokenizer.encode(" Yes", add_special_tokens=False)[: len(prefix) + 1] == [*prefix, yes]
+    prompts = assistant.prompts
+    image = images["photos"][0]
+    ids = prompts.prompt(QUESTION.format(n="bo"), image, ["bo"]) + prompts.self_prompt(["bo"], "text") + prefix
+    head = assistant.loaded.model.get_output_embeddings().base
+    with torch.no_grad():
+        hidden = assistant.loaded.model.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+        towards = 10 * hidden / hidden.norm() ** 2  # a row whose logit at the decision position is 10
+        head.weight[yes], head.weight[no] = towards, -towards
+        assert says_yes(assistant, "bo", image)
+        head.weight[yes], head.weight[no] = -towards, towards
+        assert not says_yes(assistant, "bo", image)
