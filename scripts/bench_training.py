@@ -6,7 +6,7 @@ and the projected time of the default recipe for one concept.
 
 Every sample here is a full-length image sample (about 1,060 tokens), the most expensive kind, and the
 projection assumes every step costs that much, so it is an upper bound (recognition samples are as long,
-question-answer samples much shorter). Results are printed and saved as JSON (default docs/results/training.json).
+question-answer samples much shorter). Results are printed, and saved as JSON with --out.
 """
 
 from __future__ import annotations
@@ -23,18 +23,19 @@ from PIL import Image
 
 from engine.inference.assistant import Assistant
 from engine.model.loading import load_model, random_model
-from engine.training.data import ConceptData, DataMix, build_samples
-from engine.training.trainer import TrainConfig, Trainer
+from engine.training.data import ConceptData, build_samples
+from engine.training.recipe import DEFAULT, Recipe
+from engine.training.trainer import Trainer
 
 DEFAULT_PHOTOS = 5
 AUGMENTED = 3
 
 
-def default_recipe_samples(mix: DataMix) -> int:
-    """Samples in the default recipe for 5 photos: augmented positives, negatives, ~20 QA, soft positives."""
+def default_recipe_samples(recipe: Recipe) -> int:
+    """Samples in a recipe for 5 photos: augmented positives, negatives, ~20 QA, soft positives."""
     photos = DEFAULT_PHOTOS * AUGMENTED
-    per_photo = mix.recognition_positive_per_photo + mix.generation_per_photo
-    return photos * per_photo + mix.recognition_negatives + 20 + mix.soft_positives
+    per_photo = recipe.recognition_per_photo + recipe.generation_per_photo
+    return photos * per_photo + recipe.negatives + 20 + recipe.soft_positives
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--full-size", action="store_true")
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--out", type=Path, default=Path("docs/results/training.json"))
+    parser.add_argument("--out", type=Path, help="also save the JSON here (the docs use docs/results/training.json)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.full_size:
@@ -58,9 +59,10 @@ def main() -> None:
     assistant.attach(assistant.slots.initial_state("bo", loaded.tokenizer, "dog"))
     photos = [Image.new("RGB", (512, 512), (40 * i, 90, 160)) for i in range(4)]
     tokens = [row.tolist() for row in loaded.image_tokenizer.encode(photos)]
-    mix = DataMix(recognition_positive_per_photo=0, recognition_negatives=0, qa_repeats=0, generation_per_photo=1)
-    samples = build_samples(assistant.prompts, ConceptData("bo", "pet", tokens), mix, seed=0)
-    config = TrainConfig(epochs=args.steps, micro_batch=args.micro_batch)
+    config = Recipe(
+        epochs=args.steps, micro_batch=args.micro_batch, recognition_per_photo=0, qa_repeats=0, generation_per_photo=1
+    )
+    samples = build_samples(assistant.prompts, ConceptData("bo", "pet", tokens), config)
     trainer = Trainer(assistant, "bo", samples, config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -81,8 +83,8 @@ def main() -> None:
         if device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     )
-    recipe_samples = default_recipe_samples(DataMix())
-    recipe_steps = -(-recipe_samples // config.batch_size) * TrainConfig().epochs
+    recipe_samples = default_recipe_samples(DEFAULT)
+    recipe_steps = -(-recipe_samples // DEFAULT.batch_size) * DEFAULT.epochs
     result = {
         "model": what,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
@@ -97,8 +99,9 @@ def main() -> None:
         "projected_minutes_default_recipe": round(recipe_steps * per_step / 60, 1),
     }
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

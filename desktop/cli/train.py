@@ -9,6 +9,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from engine.training.recipe import DEFAULT
+
 if TYPE_CHECKING:
     from engine.training.trainer import Progress
 
@@ -16,15 +18,22 @@ if TYPE_CHECKING:
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="teach the model a concept from its photos")
     train.add_argument("name")
-    train.add_argument("--epochs", type=int, default=15)
+    train.add_argument("--epochs", type=int, default=DEFAULT.epochs, help="passes over the samples (%(default)s)")
     train.add_argument("--index", type=Path, help="an offline embedding index for soft positives and negatives")
-    train.add_argument("--soft-positives", type=int, default=1000, help="look-alike images to retrieve (with --index)")
+    train.add_argument(
+        "--soft-positives",
+        type=int,
+        default=DEFAULT.soft_positives,
+        help="look-alike images to retrieve, with --index (%(default)s)",
+    )
     train.add_argument("--embedder-weights", type=Path, help="the index's embedder weights (not needed for demo)")
     train.add_argument("--resume", action="store_true", help="continue the last interrupted or cancelled run")
-    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument(
+        "--learning-rate", type=float, default=DEFAULT.learning_rate, help="AdamW's learning rate (%(default)s)"
+    )
     train.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")
     train.add_argument("--device", default="auto")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=DEFAULT.seed, help="sample order and scoring seed (%(default)s)")
     train.set_defaults(handler=run_train)
 
 

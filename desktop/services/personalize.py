@@ -21,75 +21,46 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
+from engine.concepts.layout import DEFAULT_LAYOUT, PromptLayout
 from engine.concepts.state import ConceptState
 from engine.errors import EngineError
 from engine.evaluation.metrics import clip_i
 from engine.inference.assistant import Assistant
 from engine.model.images import open_image
 from engine.model.loading import load_model
-from engine.training.data import ConceptData, DataMix, augmentations, build_samples, class_word, describe_photos
-from engine.training.selection import ImageSimilarity, score
-from engine.training.trainer import Checkpoint, Progress, TrainConfig, Trainer, TrainingCancelled
+from engine.training.personalization import ConceptPhotos, Personalized, Scored, encode, personalize
+from engine.training.recipe import Recipe
+from engine.training.selection import ImageSimilarity
+from engine.training.trainer import Checkpoint, Progress, TrainingCancelled
 from store.library import Library
 from store.models import Photo, Run
 
-ENCODE_BATCH = 8
 REPORT_EVERY_S = 1.0
 NOTE = "note: "  # starts a status or log line that warns (e.g. the remote kNN service failed)
 
 
 @dataclass(frozen=True)
-class TrainOptions:
+class TrainOptions(Recipe):
+    """A run's recipe (its defaults are `Recipe`'s) and where it runs: the model, the device, and where
+    look-alikes come from. Stored flat as the run's config, so a resumed run uses its own options."""
+
     model: str = "demo"
     device: str = "auto"
-    epochs: int = 15
-    soft_positives: int = 1000
-    seed: int = 0
-    learning_rate: float = 1e-3
-    micro_batch: int = 4
-    negatives: int = 200
-    recognition_per_photo: int = 4
-    generation_per_photo: int = 2
-    qa_repeats: int = 2
-    augment: bool = True
-    describe_photos: bool = True
     index: str | None = None
     embedder_weights: str | None = None
     remote_knn_url: str | None = None
 
-
-@dataclass
-class Prepared:
-    """Everything a run needs, built deterministically from the library so a resumed run matches."""
-
-    assistant: Assistant
-    trainer: Trainer
-    held_out: list[list[int]]
-    held_out_negatives: list[list[int]]
-    real_photos: list[Image.Image]
-    similarity: ImageSimilarity | None
-    notes: list[str]  # for the run's log: where look-alikes came from, and NOTE lines (e.g. a remote fallback)
-
-
-def _encode(assistant: Assistant, images: list[Image.Image]) -> list[list[int]]:
-    tokenizer = assistant.loaded.image_tokenizer
-    out: list[list[int]] = []
-    for start in range(0, len(images), ENCODE_BATCH):
-        out += [row.tolist() for row in tokenizer.encode(images[start : start + ENCODE_BATCH])]
-    return out
-
-
-def _start_state(library: Library, assistant: Assistant, name: str, kind: str, facts: str) -> ConceptState:
-    """An instant concept's rows when the concept has one (refine), else the class word's rows."""
-    active = library.tokens.active(name)
-    if active is not None and active.kind == "instant":
-        state = ConceptState.from_bytes(library.tokens.read_bytes(active), assistant.loaded.fingerprint)
-        state.name = name
-        return state
-    return assistant.slots.initial_state(name, assistant.loaded.tokenizer, class_word(kind, facts))
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TrainOptions:
+        """The options stored with a run (older runs lack some fields: they take the defaults)."""
+        known = {k: v for k, v in config.items() if k in cls.__dataclass_fields__}
+        if isinstance(known.get("layout"), dict):
+            known["layout"] = PromptLayout(**known["layout"])
+        return cls(**known)
 
 
 @dataclass
@@ -101,6 +72,14 @@ class Retrieved:
     similarity: ImageSimilarity
     source: str
     warnings: list[str]
+
+
+def _start_state(library: Library, assistant: Assistant, name: str) -> ConceptState | None:
+    """An instant concept's rows when the concept has one (training refines them), else None (the class word)."""
+    active = library.tokens.active(name)
+    if active is not None and active.kind == "instant":
+        return ConceptState.from_bytes(library.tokens.read_bytes(active), assistant.loaded.fingerprint)
+    return None
 
 
 def retrieve(library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions) -> Retrieved:
@@ -133,7 +112,11 @@ def _retrieve(
     }
     hard = easy = options.negatives // 2
     settings = PlanSettings(
-        top_n=options.soft_positives, num_hard_negatives=hard, num_easy_negatives=easy, seed=options.seed
+        num_generation_tokens=options.layout.tokens,
+        top_n=options.soft_positives,
+        num_hard_negatives=hard,
+        num_easy_negatives=easy,
+        seed=options.seed,
     )
     plan = plan_concept(name, photos, embeddings, index, others, settings, remote, embedder, downloads)
     where = "the remote kNN service" if plan.source == "remote" else f"the offline index {index.path}"
@@ -144,7 +127,7 @@ def _retrieve(
     def tokens(images: list[Neighbour]) -> list[list[int]]:
         if stored is not None and all(image.row is not None for image in images):
             return [stored[image.row].tolist() for image in images]
-        return _encode(assistant, [open_image(Path(image.source)) for image in images])
+        return encode(assistant, [open_image(Path(image.source)) for image in images])
 
     def similarity(generated: Sequence[Image.Image], real: Sequence[Image.Image]) -> float:
         """Cosine of each generated image to the normalised mean of the real photos (CLIP-I)."""
@@ -154,31 +137,39 @@ def _retrieve(
     return Retrieved(tiers, tokens(plan.hard_negatives + plan.easy_negatives), similarity, source, plan.warnings)
 
 
-def prepare(
-    library: Library, name: str, options: TrainOptions, report: Callable[[str], None], assistant: Assistant
-) -> Prepared:
-    concept = library.concepts.get(name)
-    key = concept.name.lower()
-    photos = library.concepts.photos(name)
+def split_photos(photos: Sequence[Photo]) -> tuple[list[Photo], list[Photo]]:
+    """(training photos, held-out photos): those with the `test` role are held out; when there are none and
+    the concept has three or more photos, its last photo is."""
     train = [p for p in photos if p.role != "test"]
     test = [p for p in photos if p.role == "test"]
     if not test and len(train) >= 3:
         train, test = train[:-1], train[-1:]
+    return train, test
+
+
+def gather(
+    library: Library, name: str, options: TrainOptions, report: Callable[[str], None], assistant: Assistant
+) -> tuple[ConceptPhotos, list[str]]:
+    """What the library holds for `name`, as the recipe's input, and notes for the run's log (where look-alikes
+    came from, and NOTE lines such as a remote fallback). Negatives: the other concepts' photos, then the
+    retrieval plan's hard and easy ones."""
+    concept = library.concepts.get(name)
+    key = concept.name.lower()
+    train, test = split_photos(library.concepts.photos(name))
     if not train:
         raise EngineError(f"<{concept.name}> has no training photos: add 3-5 photos first")
-    train_images = [open_image(p.path) for p in train]
-    descriptions = []
-    if options.describe_photos:
-        report("describing the photos with the base model")
-        descriptions = describe_photos(assistant, train_images)
-    assistant.attach(_start_state(library, assistant, key, concept.kind, concept.facts))
-    report("encoding photos")
     others = [
         p for other in library.concepts.list() if other.id != concept.id for p in library.concepts.photos(other.name)
     ]
-    negatives = _encode(assistant, [open_image(p.path) for p in others[: options.negatives]])
-    tiers: list[tuple[int, list[list[int]]]] = []
-    similarity = None
+    photos = ConceptPhotos(
+        name=key,
+        kind=concept.kind,
+        photos=[open_image(p.path) for p in train],
+        held_out=[open_image(p.path) for p in test],
+        negatives=encode(assistant, [open_image(p.path) for p in others[: options.negatives]]),
+        facts=concept.facts,
+        start=_start_state(library, assistant, key),
+    )
     sources: list[str] = []
     warnings: list[str] = []
     if options.index is None and options.remote_knn_url:
@@ -187,58 +178,34 @@ def prepare(
         source = "the remote kNN service" if options.remote_knn_url else "the index"
         report(f"retrieving look-alikes and negatives from {source}")
         retrieved = retrieve(library, assistant, key, train, options)
-        tiers, negatives, similarity = retrieved.tiers, negatives + retrieved.negatives, retrieved.similarity
+        photos.soft_positive_tiers = retrieved.tiers
+        photos.negatives += retrieved.negatives
+        photos.similarity = retrieved.similarity
         report(retrieved.source)
         sources, warnings = [retrieved.source], retrieved.warnings
     for warning in warnings:
         report(f"{NOTE}{warning}")
-    held_negatives = max(1, len(negatives) // 5) if negatives else 0
-    data = ConceptData(
-        name=key,
-        kind=concept.kind,
-        photos=_encode(assistant, augmentations(train_images) if options.augment else train_images),
-        negatives=negatives[held_negatives:],
-        facts=concept.facts,
-        descriptions=descriptions,
-        soft_positive_tiers=tiers,
-    )
-    mix = DataMix(
-        recognition_positive_per_photo=options.recognition_per_photo,
-        recognition_negatives=len(data.negatives),
-        qa_repeats=options.qa_repeats,
-        generation_per_photo=options.generation_per_photo,
-        soft_positives=options.soft_positives,
-    )
-    samples = build_samples(assistant.prompts, data, mix, options.seed)
-    config = TrainConfig(
-        epochs=options.epochs, learning_rate=options.learning_rate, seed=options.seed, micro_batch=options.micro_batch
-    )
-    return Prepared(
-        assistant=assistant,
-        trainer=Trainer(assistant, key, samples, config),
-        held_out=_encode(assistant, [open_image(p.path) for p in test]),
-        held_out_negatives=negatives[:held_negatives],
-        real_photos=train_images,
-        similarity=similarity,
-        notes=sources + [f"{NOTE}{warning}" for warning in warnings],
-    )
+    return photos, sources + [f"{NOTE}{warning}" for warning in warnings]
 
 
-def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint]:
-    """The concept's latest interrupted or cancelled run and its last checkpoint."""
+def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint, list[Scored]]:
+    """The concept's latest interrupted or cancelled run, its last checkpoint and its scored checkpoints."""
     for run in library.runs.list(name):
         if run.status in ("failed", "cancelled"):
             saved = library.runs.checkpoints(run.id)
             if not saved or saved[-1].optimizer_state is None:
                 break
             last = saved[-1]
+            earlier = [
+                Scored(Checkpoint(ConceptState.load(c.path), b"", c.step, c.epoch), dict(c.metrics)) for c in saved
+            ]
             checkpoint = Checkpoint(
-                state=ConceptState.load(last.path),
+                state=earlier[-1].checkpoint.state,
                 optimizer=last.optimizer_state.read_bytes(),
                 step=last.step,
                 epoch=last.epoch,
             )
-            return run, checkpoint
+            return run, checkpoint, earlier
         if run.status == "done":
             break
     raise EngineError(f"<{name}> has no interrupted training run with a checkpoint to resume")
@@ -269,10 +236,12 @@ def train_concept(
     model for anything else until this returns.
     """
     report = status or (lambda _m: None)
-    run, resume_from = None, None
+    run, resume_from, earlier = None, None, []
     if resume:
-        run, resume_from = _resumable(library, name)
-        options = TrainOptions(**{**asdict(options), **run.config})
+        run, resume_from, earlier = _resumable(library, name)
+        options = TrainOptions.from_config({**asdict(options), **run.config})
+    if options.layout != DEFAULT_LAYOUT:
+        raise EngineError("library concepts use the default prompt layout; other layouts are for the benchmark")
     if assistant is None:
         report("loading the model")
         assistant = Assistant(load_model(options.model, device=options.device))
@@ -287,7 +256,9 @@ def train_concept(
         )
     _detach_all(assistant)
     try:
-        return _train(library, name, options, progress, cancelled, report, run, resume_from, similarity, assistant)
+        return _train(
+            library, name, options, progress, cancelled, report, run, resume_from, earlier, similarity, assistant
+        )
     finally:
         _detach_all(assistant)
 
@@ -301,18 +272,19 @@ def _train(
     report: Callable[[str], None],
     run: Run | None,
     resume_from: Checkpoint | None,
+    earlier: list[Scored],
     similarity: ImageSimilarity | None,
     assistant: Assistant,
 ) -> Run:
-    prepared = prepare(library, name, options, report, assistant)
-    trainer = prepared.trainer
+    concept, notes = gather(library, name, options, report, assistant)
+    if similarity is not None:
+        concept.similarity = similarity
     if run is None or resume_from is None:
         run = library.runs.create(name, asdict(options))
         library.runs.start(run.id)
     else:
         library.runs.resume(run.id)
-    library.runs.log(run.id, f"{len(trainer.samples)} samples, {trainer.total_steps} steps")
-    for note in prepared.notes:
+    for note in notes:
         library.runs.log(run.id, note)
     last_report = 0.0
 
@@ -327,22 +299,13 @@ def _train(
                 run.id, update.step / update.total, step=update.step, total_steps=update.total, message=message
             )
 
-    def on_checkpoint(checkpoint: Checkpoint) -> None:
-        report(f"scoring the checkpoint at step {checkpoint.step}")
-        scores = score(
-            prepared.assistant,
-            trainer.name,
-            prepared.held_out,
-            prepared.held_out_negatives,
-            prepared.real_photos,
-            similarity or prepared.similarity,
-            seed=options.seed,
-        )
-        window = checkpoint.losses[-trainer.steps_per_epoch :]
-        metrics = {**scores.as_dict(), "loss": sum(window) / max(len(window), 1)}
+    stored: dict[int, int] = {c.step: c.id for c in library.runs.checkpoints(run.id)}
+
+    def on_checkpoint(scored: Scored) -> None:
+        checkpoint, metrics = scored.checkpoint, scored.metrics
         optimizer = library.runs.folder(run.id) / f"optimizer-{checkpoint.step:07d}.safetensors"
         optimizer.write_bytes(checkpoint.optimizer)
-        library.runs.add_checkpoint(
+        row = library.runs.add_checkpoint(
             run.id,
             checkpoint.state.to_bytes(),
             step=checkpoint.step,
@@ -350,18 +313,33 @@ def _train(
             metrics=metrics,
             optimizer_state=optimizer,
         )
+        stored[checkpoint.step] = row.id
         library.runs.log(
             run.id, f"checkpoint at step {checkpoint.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
         )
 
+    def on_status(message: str) -> None:
+        report(message)
+        library.runs.log(run.id, message)
+
     try:
-        trainer.run(on_progress, cancelled, on_checkpoint, resume_from)
+        result: Personalized = personalize(
+            assistant,
+            concept,
+            options,
+            progress=on_progress,
+            cancelled=cancelled,
+            on_checkpoint=on_checkpoint,
+            status=on_status,
+            resume=resume_from,
+            earlier=earlier,
+        )
     except TrainingCancelled as stop:
         library.runs.log(run.id, f"cancelled at step {stop.checkpoint.step}")
         return library.runs.finish(run.id, "cancelled")
     except BaseException as exc:
         library.runs.finish(run.id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    best = max(library.runs.checkpoints(run.id), key=lambda c: (c.metrics.get("score", 0.0), c.step))
-    library.tokens.add_from_checkpoint(best.id)
-    return library.runs.finish(run.id, "done", metrics={**best.metrics, "best_step": best.step})
+    best = result.chosen
+    library.tokens.add_from_checkpoint(stored[best.checkpoint.step])
+    return library.runs.finish(run.id, "done", metrics={**best.metrics, "best_step": best.checkpoint.step})

@@ -23,8 +23,8 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from engine.concepts.layout import DEFAULT_LAYOUT, N_GENERATION, PromptLayout
 from engine.concepts.slots import ConceptSlots
-from engine.concepts.state import N_GENERATION
 
 MENTION = re.compile(r"<([A-Za-z][A-Za-z0-9_-]{0,31})>")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -43,17 +43,6 @@ class Sample:
     labels: list[int]
 
 
-@dataclass(frozen=True)
-class PromptLayout:
-    """How a concept's slot tokens are used. The default is Yo'Chameleon's: dual sets (generation and
-    understanding) of 16 latent tokens each, the task's set opening every answer (self-prompting).
-    `tokens` uses only the first n of each set; `shared` uses the generation set for both tasks."""
-
-    tokens: int = N_GENERATION
-    shared: bool = False
-    self_prompting: bool = True
-
-
 class Prompts:
     """Renders prompts and targets for one tokenizer and one set of concept slots."""
 
@@ -63,7 +52,7 @@ class Prompts:
         slots: ConceptSlots,
         boi_id: int,
         eoi_id: int,
-        layout: PromptLayout = PromptLayout(),
+        layout: PromptLayout = DEFAULT_LAYOUT,
     ) -> None:
         if not 1 <= layout.tokens <= N_GENERATION:
             raise ValueError(f"a layout uses 1 to {N_GENERATION} latent tokens, not {layout.tokens}")

@@ -17,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from engine.concepts.state import N_GENERATION, SLOT_SIZE, ConceptState
-from engine.errors import SlotError
+from engine.errors import ConceptStateError, SlotError
 from engine.model.chameleon import FamiliarChameleon
 
 RESERVED_TOKEN = re.compile(r"^<reserved\d+>$")
@@ -192,6 +192,17 @@ class ConceptSlots:
             head=params.head.detach().cpu().clone(),
             base_fingerprint=self.fingerprint,
         )
+
+    def load(self, name: str, state: ConceptState) -> None:
+        """Write `state`'s rows into the attached concept `name`."""
+        params = self.params(name)
+        if state.embed.shape != params.embed.shape or state.head.shape != params.head.shape:
+            raise ConceptStateError(
+                f"rows of shape {tuple(state.embed.shape)} do not fit <{name}>'s {tuple(params.embed.shape)}"
+            )
+        with torch.no_grad():
+            params.embed.copy_(state.embed.to(params.embed.device))
+            params.head.copy_(state.head.to(params.head.device))
 
     def initial_state(
         self, name: str, tokenizer: PreTrainedTokenizerBase, class_word: str | None = None

@@ -16,12 +16,10 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from engine.atomic_write import write_atomic
+from engine.concepts.layout import N_GENERATION, N_UNDERSTANDING, SLOT_SIZE
 from engine.errors import ConceptStateError
 
 FORMAT = "familiar.concept/1"
-N_GENERATION = 16
-N_UNDERSTANDING = 16
-SLOT_SIZE = 1 + N_GENERATION + N_UNDERSTANDING
 MAX_STATE_BYTES = 64 * 2**20
 
 

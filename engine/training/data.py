@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 
 from engine.concepts.prompts import Prompts, Sample
 from engine.inference.generation import Sampling
+from engine.training.recipe import Recipe
 
 if TYPE_CHECKING:
     from engine.inference.assistant import Assistant
@@ -143,17 +144,6 @@ DESCRIBE_PHOTO = "Describe this photo in detail."
 """What the base model is asked about each training photo; its greedy answers become description targets."""
 
 
-@dataclass(frozen=True)
-class DataMix:
-    """How many samples of each kind to build; defaults against the paper's recipe in docs/training.md."""
-
-    recognition_positive_per_photo: int = 4
-    recognition_negatives: int = 200
-    qa_repeats: int = 2
-    generation_per_photo: int = 2
-    soft_positives: int = 1000
-
-
 @dataclass
 class ConceptData:
     """What the samples are built from; images are VQ token id lists."""
@@ -202,9 +192,10 @@ def fact_pairs(kind: str, facts: str, name: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_samples(prompts: Prompts, data: ConceptData, mix: DataMix, seed: int) -> list[Sample]:
-    """All samples of one concept, in a deterministic order for `seed`."""
-    rng = random.Random(seed)
+def build_samples(prompts: Prompts, data: ConceptData, recipe: Recipe) -> list[Sample]:
+    """All samples of one concept in the recipe's mix (every negative of `data`, up to `recipe.soft_positives`
+    soft positives), in a deterministic order for the recipe's seed."""
+    rng = random.Random(recipe.seed)
     name = data.name
     samples: list[Sample] = []
 
@@ -214,21 +205,20 @@ def build_samples(prompts: Prompts, data: ConceptData, mix: DataMix, seed: int) 
         return prompts.sample(prompts.prompt(question, image, [name]), prompts.text_target(answer, [name]))
 
     for photo in data.photos:
-        samples += [recognition(photo, True) for _ in range(mix.recognition_positive_per_photo)]
-        for _ in range(mix.generation_per_photo):
+        samples += [recognition(photo, True) for _ in range(recipe.recognition_per_photo)]
+        for _ in range(recipe.generation_per_photo):
             prompt = prompts.prompt(f"A photo of <{name}>.", None, [name])
             samples.append(prompts.sample(prompt, prompts.image_target(photo, [name])))
-    negatives = data.negatives[: mix.recognition_negatives]
-    samples += [recognition(negative, False) for negative in negatives]
+    samples += [recognition(negative, False) for negative in data.negatives]
 
     qa = fact_pairs(data.kind, data.facts, name)
     qa += [(rng.choice(DESCRIBE_QUESTIONS).format(n=name), text) for text in data.descriptions if text.strip()]
-    for _ in range(mix.qa_repeats):
+    for _ in range(recipe.qa_repeats):
         for question, answer in qa:
             samples.append(prompts.sample(prompts.prompt(question, None, [name]), prompts.text_target(answer, [name])))
 
     generation = prompts.generation_ids(name)
-    budget = mix.soft_positives
+    budget = recipe.soft_positives
     for n_tokens, images in data.soft_positive_tiers:
         for image in images[: max(budget, 0)]:
             prompt = [prompts.bos_id, *prompts.text("A photo of "), *generation[:n_tokens], *prompts.text(".")]

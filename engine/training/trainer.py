@@ -23,22 +23,7 @@ from engine.concepts.prompts import IGNORE, Sample
 from engine.concepts.state import ConceptState
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Defaults and why: learning rate 1e-3 because the 66 rows are new parameters, like textual-inversion
-    embeddings, which need a larger rate than fine-tuning existing weights; no weight decay, since it
-    would pull rows towards zero on steps where they get no gradient; batch 4 and 15 epochs as in the
-    Yo'Chameleon paper. `micro_batch` below `batch_size` accumulates gradients to save memory."""
-
-    epochs: int = 15
-    batch_size: int = 4
-    micro_batch: int = 4
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    max_grad_norm: float = 1.0
+from engine.training.recipe import Recipe
 
 
 @dataclass
@@ -107,11 +92,9 @@ def collate(samples: Sequence[Sample], pad_id: int, device: torch.device) -> tup
 class Trainer:
     """Trains the concept `name`, already attached to `assistant`, on `samples`."""
 
-    def __init__(self, assistant: Assistant, name: str, samples: Sequence[Sample], config: TrainConfig) -> None:
+    def __init__(self, assistant: Assistant, name: str, samples: Sequence[Sample], config: Recipe) -> None:
         if not samples:
             raise EngineError("no training samples: add photos to the concept first")
-        if config.batch_size % config.micro_batch:
-            raise EngineError("batch_size must be a multiple of micro_batch")
         self.assistant = assistant
         self.name = name
         self.samples = list(samples)

@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from desktop.cli.main import main
-from desktop.services.personalize import TrainOptions, class_word, train_concept
+from desktop.services.personalize import TrainOptions, train_concept
 from engine.inference.assistant import SHOWN_SIZE
+from engine.training.data import class_word
 from engine.training.trainer import Progress
 from store.library import Library
 
@@ -153,8 +154,8 @@ def test_training_with_an_index_uses_soft_positives_and_image_similarity(
     build_index(pool, tmp_path / "index", load_embedder("demo"), tokens)
 
     def samples(run_id: int) -> int:
-        first = library.runs.log_lines(run_id)[0].message  # "<n> samples, <m> steps"
-        return int(first.split(" samples")[0])
+        line = next(line.message for line in library.runs.log_lines(run_id) if line.message.endswith(" steps"))
+        return int(line.split(" samples")[0])  # "<n> samples, <m> steps"
 
     options = replace(QUICK, epochs=1, index=str(tmp_path / "index"), soft_positives=4, negatives=2)
     plain = train_concept(library, "bo", replace(options, index=None))
@@ -184,3 +185,37 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(library: Library) -> None:
     run = library.runs.list("bo")[0]
     assert run.status == "cancelled"
     assert library.runs.checkpoints(run.id)[-1].optimizer_state is not None
+
+
+def test_rows_match_the_rows_trained_before_the_recipe_moved(tmp_path: Path) -> None:
+    """A short fixed-seed run on micro-world renders gives the rows saved at commit 676cd52, when the recipe
+    still lived here (tests/data/recipe_rows_seed3.safetensors): moving it into the engine changed nothing."""
+    import random
+
+    import torch
+    from safetensors.torch import load_file
+
+    from engine.concepts.state import ConceptState
+    from engine.microworld.world import one_change, render, sample_identity, sample_pose
+
+    rng = random.Random(7)
+    identity = sample_identity(rng)
+    other = one_change(identity, rng)
+
+    def save(scenes: list, prefix: str) -> list[Path]:
+        paths = [tmp_path / f"{prefix}{i}.png" for i in range(len(scenes))]
+        for path, scene in zip(paths, scenes, strict=True):
+            render(scene).resize((128, 128), Image.Resampling.NEAREST).save(path)
+        return paths
+
+    bo = save([sample_pose(identity, rng) for _ in range(4)], "bo")
+    rex = save([sample_pose(other, rng) for _ in range(3)], "rex")
+    with Library.open(tmp_path / "library") as library:
+        library.concepts.add("rex", rex, kind="pet")
+        library.concepts.add("bo", bo, kind="pet", facts=f"class: animal\ncolour: {identity.colour}")
+        options = replace(QUICK, seed=3)
+        assert train_concept(library, "bo", options).status == "done"
+        state = ConceptState.from_bytes(library.tokens.read_bytes(library.tokens.active("bo")), None)
+    saved = load_file(str(Path(__file__).parents[2] / "data" / "recipe_rows_seed3.safetensors"))
+    torch.testing.assert_close(state.embed, saved["embed"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(state.head, saved["head"], rtol=0, atol=1e-6)

@@ -14,13 +14,13 @@ from engine.training.data import (
     POSITIVE_ANSWERS,
     RECOGNITION_QUESTIONS,
     ConceptData,
-    DataMix,
     augmentations,
     build_samples,
     fact_pairs,
 )
 from engine.training.selection import recognition_accuracy, score
-from engine.training.trainer import Checkpoint, TrainConfig, Trainer, TrainingCancelled
+from engine.training.recipe import Recipe
+from engine.training.trainer import Checkpoint, Trainer, TrainingCancelled
 
 
 def _images(loaded: LoadedModel, colours: list[tuple[int, int, int]]) -> list[list[int]]:
@@ -42,8 +42,8 @@ def _fresh(name: str = "bo") -> Assistant:
 
 def _samples(assistant: Assistant, images: dict[str, list[list[int]]]) -> list[Sample]:
     data = ConceptData("bo", "pet", images["photos"], images["negatives"], facts="breed: corgi\nHe loves the beach.")
-    mix = DataMix(recognition_positive_per_photo=1, recognition_negatives=1, qa_repeats=1, generation_per_photo=0)
-    return build_samples(assistant.prompts, data, mix, seed=0)
+    recipe = Recipe(recognition_per_photo=1, qa_repeats=1, generation_per_photo=0)
+    return build_samples(assistant.prompts, data, recipe)
 
 
 def test_phrasings_are_many_and_distinct() -> None:
@@ -64,7 +64,7 @@ def test_samples_open_with_their_self_prompt(images: dict[str, list[list[int]]])
     data = ConceptData(
         "bo", "pet", images["photos"], images["negatives"], soft_positive_tiers=[(3, images["negatives"])]
     )
-    samples = build_samples(assistant.prompts, data, DataMix(), seed=0)
+    samples = build_samples(assistant.prompts, data, Recipe())
     boi = assistant.loaded.image_tokenizer.boi_id
     for sample in samples:
         target = [t for t in sample.labels if t != -100]
@@ -89,7 +89,7 @@ def test_augmentations_mirror_and_crop() -> None:
 def test_training_lowers_loss_and_leaves_the_base_untouched(images: dict[str, list[list[int]]]) -> None:
     assistant = _fresh()
     before = {k: v.clone() for k, v in assistant.loaded.model.state_dict().items()}
-    trainer = Trainer(assistant, "bo", _samples(assistant, images), TrainConfig(epochs=6, learning_rate=3e-2))
+    trainer = Trainer(assistant, "bo", _samples(assistant, images), Recipe(epochs=6, learning_rate=3e-2))
     progress = []
     losses = trainer.run(progress=progress.append)
     assert len(losses) == trainer.total_steps == len(progress)
@@ -102,7 +102,7 @@ def test_training_lowers_loss_and_leaves_the_base_untouched(images: dict[str, li
 
 
 def test_cancel_then_resume_ends_where_an_uninterrupted_run_ends(images: dict[str, list[list[int]]]) -> None:
-    config = TrainConfig(epochs=3, learning_rate=1e-2, seed=4)
+    config = Recipe(epochs=3, learning_rate=1e-2, seed=4)
     straight = _fresh()
     straight_losses = Trainer(straight, "bo", _samples(straight, images), config).run()
 
@@ -142,7 +142,7 @@ def test_selection_scores_recognition(images: dict[str, list[list[int]]]) -> Non
 
 def test_cancel_right_after_an_epoch_checkpoint_saves_nothing_twice(images: dict[str, list[list[int]]]) -> None:
     assistant = _fresh()
-    trainer = Trainer(assistant, "bo", _samples(assistant, images), TrainConfig(epochs=3))
+    trainer = Trainer(assistant, "bo", _samples(assistant, images), Recipe(epochs=3))
     saved: list[Checkpoint] = []
     with pytest.raises(TrainingCancelled) as info:
         trainer.run(on_checkpoint=saved.append, cancelled=lambda: len(saved) == 1)

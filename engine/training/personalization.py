@@ -1,0 +1,147 @@
+"""Personalize one concept: the recipe's one implementation, called by `familiar train`, the app, `familiar eval`
+and the benchmark alike.
+
+The caller gathers what the concept is learned from (`ConceptPhotos`: its photos, the photos held out to score
+checkpoints, negatives and soft positives, however it found them); `personalize` does the rest, always the same
+way: the base model describes the photos, the concept is attached with its start rows, the samples are built,
+the `Trainer` runs, every epoch's checkpoint is scored on the held-out photos and negatives, and the best one is
+chosen and left attached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from PIL import Image
+
+from engine.concepts.state import ConceptState
+from engine.errors import EngineError
+from engine.inference.assistant import Assistant
+from engine.training.data import ConceptData, augmentations, build_samples, class_word, describe_photos
+from engine.training.recipe import Recipe, held_out_negatives
+from engine.training.selection import ImageSimilarity, score
+from engine.training.trainer import Checkpoint, Progress, Trainer
+
+ENCODE_BATCH = 8
+
+
+@dataclass
+class ConceptPhotos:
+    """What a concept is learned from. Images of other things are VQ token ids, since they may come
+    precomputed from an index; `negatives` are in priority order (the first ones are held out for scoring)."""
+
+    name: str
+    kind: str
+    photos: list[Image.Image]
+    held_out: list[Image.Image] = field(default_factory=list)
+    negatives: list[list[int]] = field(default_factory=list)
+    facts: str = ""
+    soft_positive_tiers: list[tuple[int, list[list[int]]]] = field(default_factory=list)
+    similarity: ImageSimilarity | None = None
+    start: ConceptState | None = None
+    """Rows to start from (an instant concept's, to refine it); else the class word's."""
+    descriptions: list[str] | None = None
+    """The base model's descriptions of `photos`, when the caller already has them."""
+
+
+@dataclass
+class Scored:
+    """A checkpoint and its scores on the held-out data (`score` decides), with the epoch's mean loss."""
+
+    checkpoint: Checkpoint
+    metrics: dict[str, float]
+
+
+@dataclass
+class Personalized:
+    """The chosen checkpoint (now attached) and what the run did."""
+
+    chosen: Scored
+    samples: int
+    steps: int
+    losses: list[float]
+
+
+def encode(assistant: Assistant, images: Sequence[Image.Image]) -> list[list[int]]:
+    """VQ token ids of `images`, in batches."""
+    tokenizer = assistant.loaded.image_tokenizer
+    out: list[list[int]] = []
+    for start in range(0, len(images), ENCODE_BATCH):
+        out += [row.tolist() for row in tokenizer.encode(list(images[start : start + ENCODE_BATCH]))]
+    return out
+
+
+def best(candidates: Sequence[Scored]) -> Scored:
+    """The highest score; the later checkpoint among equal scores."""
+    return max(candidates, key=lambda c: (c.metrics.get("score", 0.0), c.checkpoint.step))
+
+
+def personalize(
+    assistant: Assistant,
+    concept: ConceptPhotos,
+    recipe: Recipe,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+    cancelled: Callable[[], bool] | None = None,
+    on_checkpoint: Callable[[Scored], None] | None = None,
+    status: Callable[[str], None] | None = None,
+    resume: Checkpoint | None = None,
+    earlier: Sequence[Scored] = (),
+) -> Personalized:
+    """Train `concept` by `recipe` on the assistant's model and attach the best checkpoint's rows.
+
+    `on_checkpoint` gets every scored checkpoint as it is made (to store it). `resume` continues a run from its
+    last checkpoint, and `earlier` are that run's checkpoints scored before it stopped: the best is chosen among
+    them too. Cancelling raises `TrainingCancelled` after the cancel checkpoint went to the trainer's callback.
+    The concept must not be attached yet; it is left attached.
+    """
+    if assistant.prompts.layout != recipe.layout:
+        raise EngineError("the assistant's prompt layout differs from the recipe's")
+    if not concept.photos:
+        raise EngineError(f"<{concept.name}> has no training photos: add 3-5 photos first")
+    report = status or (lambda _m: None)
+    name = concept.name
+    descriptions = concept.descriptions
+    if descriptions is None:
+        descriptions = []
+        if recipe.describe_photos:
+            report("describing the photos with the base model")
+            descriptions = describe_photos(assistant, concept.photos)
+    loaded = assistant.loaded
+    start = concept.start or assistant.slots.initial_state(
+        name, loaded.tokenizer, class_word(concept.kind, concept.facts)
+    )
+    assistant.attach(replace(start, name=name))
+    report("encoding photos")
+    held = held_out_negatives(len(concept.negatives))
+    data = ConceptData(
+        name=name,
+        kind=concept.kind,
+        photos=encode(assistant, augmentations(concept.photos) if recipe.augment else concept.photos),
+        negatives=concept.negatives[held:],
+        facts=concept.facts,
+        descriptions=descriptions,
+        soft_positive_tiers=concept.soft_positive_tiers,
+    )
+    samples = build_samples(assistant.prompts, data, recipe)
+    trainer = Trainer(assistant, name, samples, recipe)
+    report(f"{len(samples)} samples, {trainer.total_steps} steps")
+    held_positive, held_negative = encode(assistant, concept.held_out), concept.negatives[:held]
+    scored = list(earlier)
+
+    def on_epoch(checkpoint: Checkpoint) -> None:
+        report(f"scoring the checkpoint at step {checkpoint.step}")
+        scores = score(
+            assistant, name, held_positive, held_negative, concept.photos, concept.similarity, seed=recipe.seed
+        )
+        window = checkpoint.losses[-trainer.steps_per_epoch :]
+        result = Scored(checkpoint, {**scores.as_dict(), "loss": sum(window) / max(len(window), 1)})
+        scored.append(result)
+        if on_checkpoint is not None:
+            on_checkpoint(result)
+
+    losses = trainer.run(progress, cancelled, on_epoch, resume)
+    chosen = best(scored)
+    assistant.slots.load(name, chosen.checkpoint.state)
+    return Personalized(chosen, len(samples), trainer.total_steps, losses)

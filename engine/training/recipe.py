@@ -1,0 +1,64 @@
+"""The personalization recipe: every default of training a concept, written once.
+
+The command line's defaults, the app's, `familiar eval`'s and the benchmark's conditions are all `Recipe`
+values; `engine.training.personalization.personalize` is the one function that runs one. No torch here, so
+the command line reads the defaults without loading anything.
+
+Defaults and why (docs/training.md): batch 4 and 15 epochs as in the Yo'Chameleon paper; learning rate 1e-3
+because the 66 rows are new parameters, like textual-inversion embeddings, which need a larger rate than
+fine-tuning existing weights; no weight decay, since it would pull rows towards zero on steps where they get no
+gradient; up to 1,000 soft positives and 200 negatives as in the paper; 4 recognition questions and 2 drawings
+per (augmented) photo and the facts' questions twice. A fifth of the negatives (at least one) is held out to
+score checkpoints, and the best checkpoint by that score is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.concepts.layout import PromptLayout
+from engine.errors import EngineError
+
+HELD_OUT_NEGATIVE_SHARE = 5
+"""One negative in this many (at least one) is held out for scoring checkpoints, not trained on."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a concept is trained. `layout` and `soft_positives=0` are the paper's ablations (the benchmark's);
+    concepts in the library always use the default layout."""
+
+    epochs: int = 15
+    learning_rate: float = 1e-3
+    batch_size: int = 4
+    micro_batch: int = 4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    soft_positives: int = 1000
+    negatives: int = 200
+    recognition_per_photo: int = 4
+    generation_per_photo: int = 2
+    qa_repeats: int = 2
+    augment: bool = True
+    describe_photos: bool = True
+    layout: PromptLayout = field(default_factory=PromptLayout)
+
+    def __post_init__(self) -> None:
+        if min(self.epochs, self.batch_size, self.micro_batch) < 1:
+            raise EngineError("epochs, batch size and micro-batch must be at least 1")
+        if self.batch_size % self.micro_batch:
+            raise EngineError("the batch size must be a multiple of the micro-batch")
+        if self.learning_rate <= 0:
+            raise EngineError("the learning rate must be positive")
+        counts = (self.soft_positives, self.negatives, self.recognition_per_photo)
+        if min(*counts, self.generation_per_photo, self.qa_repeats) < 0:
+            raise EngineError("sample counts cannot be negative")
+
+
+DEFAULT = Recipe()
+
+
+def held_out_negatives(count: int) -> int:
+    """How many of `count` negatives are held out for scoring: a fifth, at least one where there are any."""
+    return max(1, count // HELD_OUT_NEGATIVE_SHARE) if count else 0
