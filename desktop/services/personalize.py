@@ -32,7 +32,8 @@ from engine.evaluation.metrics import clip_i
 from engine.inference.assistant import Assistant
 from engine.model.images import open_image
 from engine.model.loading import load_model
-from engine.training.personalization import ConceptPhotos, Personalized, Scored, encode, personalize
+from engine.training import personalization
+from engine.training.personalization import ConceptPhotos, Personalized, Scored, encode
 from engine.training.recipe import Recipe
 from engine.training.selection import ImageSimilarity
 from engine.training.trainer import Checkpoint, Progress, TrainingCancelled
@@ -323,7 +324,7 @@ def _train(
         library.runs.log(run.id, message)
 
     try:
-        result: Personalized = personalize(
+        result: Personalized = personalization.personalize(
             assistant,
             concept,
             options,

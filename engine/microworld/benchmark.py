@@ -10,10 +10,9 @@ A concept is one creature (shape, colour, pattern, and an accessory with its col
   the top ranks into soft-positive tiers and the next ranks into hard negatives; random pool scenes are the easy
   negatives.
 
-Training is the product's own: start rows from the kind's class word, the base model's descriptions of the
-photos, augmentations, `build_samples`, the `Trainer`, and the best epoch by `engine.training.selection.score` (with the
-reader's embedding as the image similarity). Only the library and index plumbing is skipped. Measured for every
-concept under every condition:
+Training is the product's own: `engine.training.personalization.personalize`, the function `familiar train`
+calls, with each condition's `Recipe` (the reader's embedding as the image similarity). Only the library and
+index plumbing is skipped. Measured for every concept under every condition:
 - recognition, "Is <c> in this photo?": accuracy on the test renders (positive), on the hard negatives
   (negative) and on random negatives; `recognition_weighted` is the mean of positive and negative;
 - QA without a picture ("What colour is <c>?", shape, pattern, "What is <c> wearing?"), the answer chosen by
@@ -30,15 +29,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from engine.concepts.prompts import PromptLayout, Prompts
-from engine.concepts.state import ConceptState
+from engine.concepts.layout import PromptLayout
+from engine.concepts.prompts import Prompts
 from engine.evaluation.metrics import clip_i
 from engine.inference.assistant import Assistant
 from engine.microworld.abilities import answers_right
@@ -59,9 +57,11 @@ from engine.microworld.world import (
 )
 from engine.retrieval.index import Neighbour, Neighbours
 from engine.retrieval.plan import ConceptPhoto, PlanSettings, concept_query, plan_from_neighbours
-from engine.training.data import ConceptData, DataMix, augmentations, build_samples, class_word, describe_photos
-from engine.training.selection import answers_yes, draw_prompt, score
-from engine.training.trainer import Checkpoint, TrainConfig, Trainer
+from engine.training import personalization
+from engine.training.data import class_word, describe_photos
+from engine.training.personalization import ConceptPhotos, Personalized
+from engine.training.recipe import Recipe
+from engine.training.selection import answers_yes, draw_prompt
 
 Report = Callable[[str], None]
 KIND = "pet"
@@ -79,14 +79,17 @@ METRICS = (
 
 @dataclass(frozen=True)
 class Condition:
-    """One way of referring to a concept: learned tokens (trained or not, in some layout) or plain words."""
+    """One way of referring to a concept: learned tokens (trained by a recipe, or the start rows untrained) or
+    plain words. `changes` turn the benchmark's base recipe into this condition's."""
 
     name: str
     what: str
     trained: bool = True
-    soft_positives: bool = True
-    layout: PromptLayout = field(default_factory=PromptLayout)
+    changes: dict[str, Any] = field(default_factory=dict)
     words: str | None = None  # "coarse" or "full": a text prompt instead of a concept
+
+    def recipe(self, base: Recipe) -> Recipe:
+        return replace(base, **self.changes)
 
 
 CONDITIONS = {
@@ -103,24 +106,28 @@ CONDITIONS = {
         Condition(
             "text_full", "every identity attribute in words (a reference, not a baseline)", trained=False, words="full"
         ),
-        Condition("positives_only", "ablation: no soft positives", soft_positives=False),
-        Condition("shared_prompt", "ablation: one set of 16 tokens for both tasks", layout=PromptLayout(shared=True)),
+        Condition("positives_only", "ablation: no soft positives", changes={"soft_positives": 0}),
+        Condition(
+            "shared_prompt",
+            "ablation: one set of 16 tokens for both tasks",
+            changes={"layout": PromptLayout(shared=True)},
+        ),
         Condition(
             "no_self_prompting",
             "ablation: dual sets, answers not opened by the task's set",
-            layout=PromptLayout(self_prompting=False),
+            changes={"layout": PromptLayout(self_prompting=False)},
         ),
-        Condition("tokens_4", "ablation: 4 latent tokens per set", layout=PromptLayout(tokens=4)),
-        Condition("tokens_8", "ablation: 8 latent tokens per set", layout=PromptLayout(tokens=8)),
+        Condition("tokens_4", "ablation: 4 latent tokens per set", changes={"layout": PromptLayout(tokens=4)}),
+        Condition("tokens_8", "ablation: 8 latent tokens per set", changes={"layout": PromptLayout(tokens=8)}),
     )
 }
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """Sizes of the benchmark. Training is the product's recipe (batch 4, lr 1e-3, the DataMix per photo) with
-    fewer epochs (8, not 15), soft positives (45, not 1,000) and negatives (30, not 200), scaled to a
-    3,000-scene pool and to what a 2-core CPU trains in a minute or two per concept. The default conditions
+    """Sizes of the benchmark. Training is the product's `Recipe` with fewer epochs (8, not 15), soft positives
+    (45, not 1,000) and negatives (30, not 200), scaled to a 3,000-scene pool and to what a 2-core CPU trains in
+    a minute or two per concept (`recipe`). The default conditions
     leave out `no_self_prompting` and `tokens_8` (run them with `conditions`) to keep a run under an hour."""
 
     concepts: int = 5
@@ -151,6 +158,12 @@ class BenchSettings:
             raise ValueError(f"train_renders must be 2 to {len(BACKGROUNDS) - 1}")
         if min(self.concepts, self.test_renders, self.negatives, self.epochs, self.drawings) < 1:
             raise ValueError("concepts, test_renders, negatives, epochs and drawings must be at least 1")
+
+    def recipe(self) -> Recipe:
+        """The recipe every trained condition starts from: the product's defaults at the benchmark's scale."""
+        return Recipe(
+            epochs=self.epochs, soft_positives=self.soft_positives, negatives=self.train_negatives, seed=self.seed
+        )
 
 
 QUICK = BenchSettings(concepts=3, conditions=("trained", "untrained", "text_prompt", "text_full"))
@@ -214,15 +227,6 @@ def make_pool(settings: BenchSettings) -> list[Scene]:
 def scene_key(scene: Scene) -> str:
     """A stable stand-in for an image file's sha256."""
     return hashlib.sha256(repr(scene).encode()).hexdigest()
-
-
-@dataclass
-class Trained:
-    samples: int
-    steps: int
-    best_epoch: int
-    seconds: float
-    losses: list[float] = field(default_factory=list)
 
 
 class Benchmark:
@@ -300,40 +304,23 @@ class Benchmark:
         truth = {a: getattr(concept.identity, a) for a in IDENTITY}
         return float(np.mean([[r[a] == v for a, v in truth.items()] for r in self.reader.read(list(images))]))
 
-    def train(self, concept: BenchConcept, condition: Condition, descriptions: list[str]) -> Trained:
-        """Train the attached concept with the product's recipe; leaves the best epoch's rows attached."""
-        settings, assistant, name = self.settings, self.assistant, concept.name
-        started = time.monotonic()
+    def train(self, concept: BenchConcept, recipe: Recipe, descriptions: list[str]) -> Personalized:
+        """Train the concept by `recipe` with the product's function, as `familiar train` does with a library's
+        photos; leaves the best epoch's rows attached. As in the app (3 or more photos, none marked for testing),
+        the last training render is held out; negatives are the retrieval's hard ones, then random pool scenes."""
         photos, held_out = concept.train[:-1], concept.train[-1:]
-        tiers, negatives = self.retrieval(concept, photos, condition.layout.tokens)
-        held = max(1, len(negatives) // 5)
-        images = [render(s) for s in photos]
-        data = ConceptData(
-            name=name,
+        tiers, negatives = self.retrieval(concept, photos, recipe.layout.tokens)
+        inputs = ConceptPhotos(
+            name=concept.name,
             kind=KIND,
-            photos=self.encode(augmentations(images)),
-            negatives=self.tokens(negatives[held:]),
-            soft_positive_tiers=[(n, self.tokens(scenes)) for n, scenes in tiers] if condition.soft_positives else [],
+            photos=[render(s) for s in photos],
+            held_out=[render(s) for s in held_out],
+            negatives=self.tokens(negatives),
+            soft_positive_tiers=[(n, self.tokens(scenes)) for n, scenes in tiers],
+            similarity=self.similarity,
             descriptions=descriptions,
         )
-        mix = DataMix(recognition_negatives=len(data.negatives), soft_positives=settings.soft_positives)
-        samples = build_samples(assistant.prompts, data, mix, settings.seed)
-        trainer = Trainer(assistant, name, samples, TrainConfig(epochs=settings.epochs, seed=settings.seed))
-        held_positive, held_negative = self.tokens(held_out), self.tokens(negatives[:held])
-        best: list[tuple[float, int, ConceptState]] = []
-
-        def on_checkpoint(checkpoint: Checkpoint) -> None:
-            scores = score(assistant, name, held_positive, held_negative, images, self.similarity, settings.seed)
-            if not best or scores.score >= best[0][0]:
-                best[:] = [(scores.score, checkpoint.epoch, checkpoint.state)]
-
-        losses = trainer.run(on_checkpoint=on_checkpoint)
-        _, epoch, state = best[0]
-        params = assistant.slots.params(name)
-        with torch.no_grad():
-            params.embed.copy_(state.embed)
-            params.head.copy_(state.head)
-        return Trained(len(samples), trainer.total_steps, epoch, time.monotonic() - started, losses)
+        return personalization.personalize(self.assistant, inputs, recipe)
 
     def measure(
         self, concept: BenchConcept, condition: str, subject: str, drawing: str, names: list[str]
@@ -369,22 +356,24 @@ class Benchmark:
             return self.measure(concept, condition.name, f"the {words}", f"A photo of a {words}.", [])
         loaded = assistant.loaded
         tokens = loaded.image_tokenizer
-        assistant.prompts = Prompts(loaded.tokenizer, assistant.slots, tokens.boi_id, tokens.eoi_id, condition.layout)
-        start = assistant.slots.initial_state(concept.name, loaded.tokenizer, class_word(KIND, ""))
-        assistant.attach(start)
+        recipe = condition.recipe(self.settings.recipe())
+        assistant.prompts = Prompts(loaded.tokenizer, assistant.slots, tokens.boi_id, tokens.eoi_id, recipe.layout)
         try:
             extra: dict[str, Any] = {}
             if condition.trained:
-                trained = self.train(concept, condition, descriptions)
-                per_epoch = trained.steps // self.settings.epochs
+                started = time.monotonic()
+                trained = self.train(concept, recipe, descriptions)
+                per_epoch = trained.steps // recipe.epochs
                 extra = {
                     "samples": trained.samples,
                     "steps": trained.steps,
-                    "best_epoch": trained.best_epoch,
-                    "train_seconds": round(trained.seconds, 1),
+                    "best_epoch": trained.chosen.checkpoint.epoch,
+                    "train_seconds": round(time.monotonic() - started, 1),
                     "first_epoch_loss": float(np.mean(trained.losses[:per_epoch])),
                     "last_epoch_loss": float(np.mean(trained.losses[-per_epoch:])),
                 }
+            else:
+                assistant.attach(assistant.slots.initial_state(concept.name, loaded.tokenizer, class_word(KIND, "")))
             subject = f"<{concept.name}>"
             drawing = f"A photo of {subject}."
             return {**self.measure(concept, condition.name, subject, drawing, [concept.name]), **extra}

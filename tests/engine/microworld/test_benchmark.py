@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +11,16 @@ import torch
 
 from desktop.cli.bench import write_report
 from desktop.cli.main import main
-from engine.concepts.prompts import PromptLayout, Prompts
-from engine.concepts.state import N_GENERATION
+from engine.concepts.layout import N_GENERATION, PromptLayout
+from engine.concepts.prompts import Prompts
 from engine.inference.assistant import Assistant
 from engine.microworld.benchmark import Benchmark, BenchSettings, coarse_words, make_concepts
 from engine.microworld.reader import load_reader
 from engine.microworld.world import IDENTITY, Scene, render
 from engine.retrieval.plan import concept_query
+from engine.training import personalization
+from engine.training.recipe import Recipe
+from store.library import Library
 
 SMALL = BenchSettings(concepts=3, pool=400, soft_positives=30, train_negatives=10)
 
@@ -79,13 +82,28 @@ def test_retrieval_follows_the_plan_rules(assistant: Assistant) -> None:
     assert similarity(hard).mean() > similarity(negatives[len(hard) :]).mean()
 
 
+@pytest.fixture()
+def recipes(monkeypatch: pytest.MonkeyPatch) -> list[Recipe]:
+    """The recipe of every call of the product's one training function, `personalization.personalize`."""
+    calls: list[Recipe] = []
+    real = personalization.personalize
+
+    def spy(assistant: Assistant, concept: personalization.ConceptPhotos, recipe: Recipe, **kwargs: object):
+        calls.append(recipe)
+        return real(assistant, concept, recipe, **kwargs)
+
+    monkeypatch.setattr(personalization, "personalize", spy)
+    return calls
+
+
 def test_benchmark_trains_measures_and_reports_and_leaves_the_base_model_untouched(
-    assistant: Assistant, tmp_path: Path
+    assistant: Assistant, tmp_path: Path, recipes: list[Recipe]
 ) -> None:
     reference = {k: v.clone() for k, v in assistant.loaded.model.state_dict().items()}
     settings = replace(SMALL, concepts=1, epochs=2, drawings=1, conditions=("trained", "text_prompt"))
     bench = Benchmark(assistant, load_reader(), settings)
     results = bench.run()
+    assert recipes == [settings.recipe()]  # the trained condition is the product's function and recipe
     trained = results["concepts"][0]["conditions"]["trained"]
     assert trained["steps"] > 0 and trained["last_epoch_loss"] < trained["first_epoch_loss"]
     for key in ("recognition_weighted", "generation_attribute_accuracy"):
@@ -103,3 +121,18 @@ def test_bench_command_refuses_unknown_conditions(tmp_path: Path, capsys: pytest
     code = main(["bench", "personalization", "--conditions", "magic", "-o", str(tmp_path / "r.json")])
     assert code == 2 and "unknown conditions ['magic']" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_familiar_train_runs_the_function_the_benchmark_runs(tmp_path: Path, recipes: list[Recipe]) -> None:
+    concept = make_concepts(SMALL)[0]
+    photos = []
+    for number, scene in enumerate(concept.train):
+        photos.append(tmp_path / f"{number}.png")
+        render(scene).resize((128, 128)).save(photos[-1])
+    with Library.open(tmp_path / "library") as library:
+        library.concepts.add("bo", photos, kind="pet")
+    args = ["--data-dir", str(tmp_path / "library"), "train", "bo", "--epochs", "1", "--learning-rate", "0.01"]
+    assert main([*args, "--device", "cpu", "--seed", "5"]) == 0
+    (recipe,) = recipes
+    expected = Recipe(epochs=1, learning_rate=0.01, seed=5)  # the rest: the recipe's own defaults
+    assert {f.name: getattr(recipe, f.name) for f in fields(Recipe)} == vars(expected)

@@ -18,8 +18,8 @@ from engine.training.data import (
     build_samples,
     fact_pairs,
 )
-from engine.training.selection import recognition_accuracy, score
 from engine.training.recipe import Recipe
+from engine.training.selection import recognition_accuracy, score
 from engine.training.trainer import Checkpoint, Trainer, TrainingCancelled
 
 
