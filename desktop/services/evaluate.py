@@ -16,20 +16,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
-from desktop.services.library_concepts import attach_from_library
 from desktop.services.personalize import TrainOptions, train_concept
 from engine.errors import EngineError
-from engine.evaluation import measure as evaluation
-from engine.evaluation import metrics
-from engine.evaluation.encoders import ClipModel, DinoModel, load_clip, load_dino
-from engine.inference.assistant import Assistant
-from engine.model.images import open_image
-from engine.model.loading import load_model
 from store.library import Library
+
+if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use them
+    from PIL import Image
+
+    from engine.evaluation import measure as evaluation
+    from engine.evaluation.encoders import ClipModel, DinoModel
+    from engine.inference.assistant import Assistant
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 CLASSES_FILE = "prompts_and_classes.txt"
@@ -142,6 +140,8 @@ def _loss_curve(library: Library, run_id: int) -> list[dict[str, float]]:
 
 def _metric_models(options: EvalOptions) -> tuple[ClipModel | None, DinoModel | None, dict[str, str]]:
     """Load the encoders asked for (an unusable path is an error); name the metrics skipped without them."""
+    from engine.evaluation.encoders import load_clip, load_dino
+
     clip = load_clip(options.clip, options.device) if options.clip is not None else None
     dino = load_dino(options.dino, options.device) if options.dino is not None else None
     skipped = {}
@@ -157,6 +157,11 @@ def _metric_models(options: EvalOptions) -> tuple[ClipModel | None, DinoModel | 
 def evaluate(dataset: Path, report_dir: Path, options: EvalOptions, progress: Progress | None = None) -> dict[str, Any]:
     """Run the whole evaluation; writes generated pictures under `report_dir/images` and returns the results
     (see `docs/evaluation.md`). Progress is reported as (phase, done, total)."""
+    from desktop.services.library_concepts import attach_from_library
+    from engine.evaluation import measure as evaluation
+    from engine.inference.assistant import Assistant
+    from engine.model.loading import load_model
+
     tell = progress or (lambda _phase, _done, _total: None)
     layout, concepts = read_dataset(dataset, options.concepts)
     questions = evaluation.load_questions(options.qa) if options.qa is not None else []
@@ -221,6 +226,10 @@ def measure(
     tell: Progress,
 ) -> None:
     """Recognition, QA, generation and similarity metrics for attached concepts, into `results`."""
+    from engine.evaluation import measure as evaluation
+    from engine.evaluation import metrics
+    from engine.model.images import open_image
+
     per = results["concepts"]
     with timer.phase("recognition"):
         tell("recognition", 0, 1)

@@ -21,24 +21,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from engine.concepts.layout import DEFAULT_LAYOUT, PromptLayout
-from engine.concepts.state import ConceptState
 from engine.errors import EngineError
-from engine.evaluation.metrics import clip_i
-from engine.inference.assistant import Assistant
-from engine.model.images import open_image
-from engine.model.loading import load_model
-from engine.training import personalization
-from engine.training.personalization import ConceptPhotos, Personalized, Scored, encode
 from engine.training.recipe import Recipe
-from engine.training.selection import ImageSimilarity
-from engine.training.trainer import Checkpoint, Progress, TrainingCancelled
 from store.library import Library
 from store.models import Photo, Run
+
+if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use them
+    from PIL import Image
+
+    from engine.concepts.state import ConceptState
+    from engine.inference.assistant import Assistant
+    from engine.training.personalization import ConceptPhotos, Scored
+    from engine.training.selection import ImageSimilarity
+    from engine.training.trainer import Checkpoint, Progress
 
 REPORT_EVERY_S = 1.0
 NOTE = "note: "  # starts a status or log line that warns (e.g. the remote kNN service failed)
@@ -77,6 +75,8 @@ class Retrieved:
 
 def _start_state(library: Library, assistant: Assistant, name: str) -> ConceptState | None:
     """An instant concept's rows when the concept has one (training refines them), else None (the class word)."""
+    from engine.concepts.state import ConceptState
+
     active = library.tokens.active(name)
     if active is not None and active.kind == "instant":
         return ConceptState.from_bytes(library.tokens.read_bytes(active), assistant.loaded.fingerprint)
@@ -96,10 +96,13 @@ def retrieve(library: Library, assistant: Assistant, name: str, train: list[Phot
 def _retrieve(
     library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions, downloads: Path
 ) -> Retrieved:
+    from engine.evaluation.metrics import clip_i
+    from engine.model.images import open_image
     from engine.retrieval.embedder import load_embedder_for
     from engine.retrieval.index import EmbeddingIndex, Neighbour
     from engine.retrieval.plan import ConceptPhoto, PlanSettings, plan_concept, read_concept_photos
     from engine.retrieval.remote_knn import RemoteKnnSettings
+    from engine.training.personalization import encode
 
     assert options.index is not None
     index = EmbeddingIndex(Path(options.index))
@@ -154,6 +157,9 @@ def gather(
     """What the library holds for `name`, as the recipe's input, and notes for the run's log (where look-alikes
     came from, and NOTE lines such as a remote fallback). Negatives: the other concepts' photos, then the
     retrieval plan's hard and easy ones."""
+    from engine.model.images import open_image
+    from engine.training.personalization import ConceptPhotos, encode
+
     concept = library.concepts.get(name)
     key = concept.name.lower()
     train, test = split_photos(library.concepts.photos(name))
@@ -191,6 +197,10 @@ def gather(
 
 def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint, list[Scored]]:
     """The concept's latest interrupted or cancelled run, its last checkpoint and its scored checkpoints."""
+    from engine.concepts.state import ConceptState
+    from engine.training.personalization import Scored
+    from engine.training.trainer import Checkpoint
+
     for run in library.runs.list(name):
         if run.status in ("failed", "cancelled"):
             saved = library.runs.checkpoints(run.id)
@@ -244,6 +254,9 @@ def train_concept(
     if options.layout != DEFAULT_LAYOUT:
         raise EngineError("library concepts use the default prompt layout; other layouts are for the benchmark")
     if assistant is None:
+        from engine.inference.assistant import Assistant
+        from engine.model.loading import load_model
+
         report("loading the model")
         assistant = Assistant(load_model(options.model, device=options.device))
     if (
@@ -277,6 +290,9 @@ def _train(
     similarity: ImageSimilarity | None,
     assistant: Assistant,
 ) -> Run:
+    from engine.training import personalization
+    from engine.training.trainer import TrainingCancelled
+
     concept, notes = gather(library, name, options, report, assistant)
     if similarity is not None:
         concept.similarity = similarity
@@ -324,7 +340,7 @@ def _train(
         library.runs.log(run.id, message)
 
     try:
-        result: Personalized = personalization.personalize(
+        result = personalization.personalize(
             assistant,
             concept,
             options,
