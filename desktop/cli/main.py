@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except (EngineError, StoreError) as exc:
-        print(f"familiar: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, even when a library's message spans several
+        print(f"familiar: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("familiar: interrupted", file=sys.stderr)

@@ -22,6 +22,16 @@ from transformers.utils import logging as hf_logging
 from engine.errors import EngineError, InsufficientMemoryError, ModelNotFoundError
 from engine.model.chameleon import FamiliarChameleon
 from engine.model.fingerprint import model_fingerprint
+from engine.model.folder_checks import (
+    WEIGHTS_FILE,
+    WEIGHTS_INDEX,
+    check_config_values,
+    check_model_files,
+    one_layer_model,
+    one_line,
+    read_json,
+    weight_files,
+)
 from engine.model.image_tokens import ImageTokenizer
 from engine.model.vqgan import DECODER_FILE, load_decoder
 
@@ -117,13 +127,27 @@ class MemoryEstimate:
         return f"needs about {self.needed / 2**30:.1f} GiB, {self.available / 2**30:.1f} GiB free on {self.device}"
 
 
-def _looks_like_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return len(parts) == 2 and all(parts) and not spec.startswith((".", "~")) and not os.path.isabs(spec)
+def _is_hub_id(spec: str) -> bool:
+    """Whether ``spec`` reads as a hub id (``owner/name``) rather than a path: one slash, no backslash, not
+    starting with ``.``, ``~`` or a root, valid as a repository id, and its first part not a folder here."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    owner, _, name = spec.partition("/")
+    if not name or "/" in name or "\\" in spec or spec.startswith((".", "~")) or os.path.isabs(spec):
+        return False
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return False
+    return not Path(owner).is_dir()
 
 
-def resolve_model_dir(spec: str) -> Path:
-    """Map `demo`, a folder path or a hub id to a local folder, or raise ModelNotFoundError."""
+def resolve_model_dir(spec: str, allow_download: bool = False) -> Path:
+    """Map `demo`, a folder path or a hub id to a local folder, or raise ModelNotFoundError.
+
+    Nothing touches the network unless `allow_download`: a path that does not exist is an error, and a hub
+    id is looked up only in the local Hugging Face cache.
+    """
     if spec == DEMO_NAME:
         path = demo_model_dir()
         if not path.is_dir():
@@ -137,32 +161,41 @@ def resolve_model_dir(spec: str) -> Path:
         return path
     if path.exists():
         raise ModelNotFoundError(f"{path} is a file; a model is a folder in the Hugging Face layout")
-    if not _looks_like_hub_id(spec):
-        raise ModelNotFoundError(f"model folder {path} does not exist")
-    return _download(spec)
+    where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+    if not _is_hub_id(spec):
+        raise ModelNotFoundError(f"model folder {path} does not exist{where}")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(spec, "config.json")
+    if isinstance(cached, str):
+        return Path(cached).parent
+    if allow_download:
+        return _download(spec)
+    raise ModelNotFoundError(
+        f"model {spec!r} is neither a folder here{where} nor a hub model in the local Hugging Face cache "
+        f"({constants.HF_HUB_CACHE}); Familiar downloads nothing on its own: fetch the model on a machine with "
+        f"network and pass its folder with --model"
+    )
 
 
 def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:
-        pass
-    try:
         return Path(snapshot_download(repo_id))
     except Exception as exc:
         raise ModelNotFoundError(
-            f"{repo_id!r} is not a local folder and could not be downloaded from the Hugging Face hub "
-            f"({type(exc).__name__}); on a machine without network, download it elsewhere and pass its folder"
+            f"{repo_id!r} could not be downloaded from the Hugging Face hub ({type(exc).__name__}); on a machine "
+            f"without network, download it elsewhere and pass its folder"
         ) from None
 
 
 def check_model_dir(path: Path) -> None:
-    """Raise ModelNotFoundError listing every file the folder lacks."""
+    """Raise ModelNotFoundError listing every file the folder lacks (including shards its index names)."""
+    weights = weight_files(path)
     missing = [name for name in ("config.json", "tokenizer.json") if not (path / name).is_file()]
-    if not any(path.glob("*.safetensors")) or all(p.name == DECODER_FILE for p in path.glob("*.safetensors")):
-        missing.append("model weights (*.safetensors)")
+    if not weights:
+        missing.append(f"model weights ({WEIGHTS_FILE}, or {WEIGHTS_INDEX} and its shards)")
     if not (path / DECODER_FILE).is_file() and not (path / "tokenizer" / "vqgan.ckpt").is_file():
         missing.append(
             "tokenizer/vqgan.ckpt (the VQGAN decoder, dropped by the Hugging Face conversion: copy the "
@@ -173,17 +206,19 @@ def check_model_dir(path: Path) -> None:
 
 
 def read_config(path: Path) -> ChameleonConfig:
-    """The model's config, validated for the fields Familiar relies on."""
+    """The model's config, its values checked by arithmetic before the library builds anything from them."""
+    raw = read_json(path / "config.json")
+    if not isinstance(raw, dict):
+        raise ModelNotFoundError(f"{path / 'config.json'} holds a JSON {type(raw).__name__}, not an object")
+    if raw.get("model_type") != "chameleon":
+        raise EngineError(f"{path} holds a {raw.get('model_type')!r} model; Familiar needs a Chameleon-family model")
+    check_config_values(raw, path / "config.json")
     try:
         config = ChameleonConfig.from_pretrained(path)
     except Exception as exc:
-        raise ModelNotFoundError(f"cannot read {path / 'config.json'}: {exc}") from None
-    if config.model_type != "chameleon":
-        raise EngineError(f"{path} holds a {config.model_type!r} model; Familiar needs a Chameleon-family model")
+        raise ModelNotFoundError(f"cannot read {path / 'config.json'}: {one_line(exc)}") from None
     if not config.vocabulary_map:
         raise EngineError(f"{path / 'config.json'} has no vocabulary_map; it is required to map image tokens")
-    if config.vq_config.base_channels % 32:
-        raise EngineError("vq_config.base_channels must be a multiple of 32 (GroupNorm uses 32 groups)")
     for token in ("<racm3:break>", "<eoss>"):
         if token not in config.vocabulary_map:
             raise EngineError(f"vocabulary_map lacks the image marker {token}")
@@ -200,12 +235,16 @@ def resolve_device(device: str) -> torch.device:
 
 
 def parameter_counts(config: ChameleonConfig) -> tuple[int, int]:
-    """(parameters in quantizable decoder-layer Linear weights, all other parameters), counted on meta."""
-    with torch.device("meta"):
-        model = FamiliarChameleon(config)
-    quantizable = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
-    total = sum(p.numel() for p in model.parameters())
-    return quantizable, total - quantizable
+    """(parameters in quantizable decoder-layer Linear weights, all other parameters): one decoder layer and
+    the rest are counted on the meta device and the layer is multiplied out, so the cost does not grow with
+    the number of layers."""
+    model = one_layer_model(config)
+    layer = model.model.layers[0]
+    quantizable = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
+    in_layer = sum(p.numel() for p in layer.parameters())
+    rest = sum(p.numel() for p in model.parameters()) - in_layer
+    layers = config.num_hidden_layers
+    return layers * quantizable, rest + layers * (in_layer - quantizable)
 
 
 def estimate_memory(
@@ -250,6 +289,7 @@ def load_model(
     path = resolve_model_dir(spec)
     check_model_dir(path)
     config = read_config(path)
+    check_model_files(path, config)
     demo = demo_notice(path)
     is_demo = demo is not None
     target = resolve_device(device)

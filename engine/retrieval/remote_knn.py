@@ -3,22 +3,28 @@
 Off by default: with ``RemoteKnnSettings(enabled=False)`` nothing here opens a socket. When the user enables it
 and sets the URL, the query sent is the concept's normalised mean CLIP embedding (a list of floats), never a
 photo. Responses are validated (types, ranges, counts, http/https URLs only); downloads are streamed with a
-running byte cap, must decode as images, and go through the same checks on redirects. Any failure of the
-service falls back to the offline index with a warning the caller shows.
+running byte cap, must decode as images, and go through the same checks on redirects. Every connection is made
+to an address that was resolved and checked for it (only the service's own host may be a local or private
+address), never through a proxy and never after a second lookup. Any failure of the service falls back to the
+offline index with a warning the caller shows.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import io
-import ipaddress
 import json
 import math
+import socket
+import ssl
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +35,16 @@ from PIL import Image
 
 from engine.errors import EngineError, ImageError
 from engine.model.images import open_image
+from engine.retrieval.addresses import (
+    AddressError,
+    IPAddress,
+    Resolver,
+    check_host,
+    host_key,
+    public_addresses,
+    resolve,
+    system_resolver,
+)
 from engine.retrieval.index import EmbeddingIndex, Neighbour, Neighbours
 from engine.retrieval.vector_search import Backend
 
@@ -85,34 +101,100 @@ def _host(url: str) -> str:
     return (urllib.parse.urlsplit(url).hostname or "").lower()
 
 
+def _same_host(host: str, allowed_host: str | None) -> bool:
+    """Whether ``host`` is ``allowed_host`` in any spelling (``127.1`` is ``127.0.0.1``)."""
+    return allowed_host is not None and host_key(host) == host_key(allowed_host)
+
+
 def check_url(url: str, allowed_host: str | None = None) -> str:
     """Return ``url`` if it is an http(s) URL that may be fetched, else raise RemoteKnnError.
 
-    Loopback, private, link-local and other special IP literals and ``localhost`` are refused unless they are
-    ``allowed_host`` (the service's own host), so a service cannot point the client at the user's network.
-    Host names are not resolved here, so a public name that resolves to a private address is not caught.
+    ``localhost`` names and IP literals in any spelling (``127.1``, ``2130706433``, ``0x7f000001``,
+    ``[::ffff:127.0.0.1]``, ...) that denote a loopback, private, link-local or other non-public address are
+    refused unless they are ``allowed_host`` (the service's own host), so a service cannot point the client at
+    the user's network. Host names are judged when they are connected to, on every address they resolve to.
     """
     if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
         raise RemoteKnnError("URL is not a string of reasonable length")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RemoteKnnError(f"only http and https URLs are fetched, not {url[:80]!r}")
-    host = parts.hostname.lower()
-    if host == allowed_host:
-        return url
-    if host == "localhost" or host.endswith(".localhost"):
-        raise RemoteKnnError(f"refusing to fetch from {host}")
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return url
-    if not address.is_global:
-        raise RemoteKnnError(f"refusing to fetch from non-public address {host}")
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        raise RemoteKnnError(f"malformed URL {url[:80]!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise RemoteKnnError(f"only http and https URLs are fetched, not {url[:80]!r}")
+    try:
+        if not _same_host(host, allowed_host):
+            check_host(host)
+    except AddressError as exc:
+        raise RemoteKnnError(str(exc)) from None
     return url
 
 
+Pin = Callable[[str, int], list[IPAddress]]
+"""``(host, port) -> the checked addresses to connect to``."""
+
+
+def _connect(addresses: list[IPAddress], port: int, timeout: float | None) -> socket.socket:
+    """A TCP connection to the first of ``addresses`` that answers; numeric addresses need no lookup."""
+    failure: OSError | None = None
+    for address in addresses:
+        try:
+            return socket.create_connection((str(address), port), timeout)
+        except OSError as exc:
+            failure = exc
+    raise failure or OSError("no address to connect to")
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the addresses ``pin`` checked for the host; the Host header still names the host."""
+
+    def __init__(self, host: str, *, pin: Pin, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self.pin = pin
+
+    def connect(self) -> None:
+        self.sock = _connect(self.pin(self.host, self.port), self.port, self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """As ``_PinnedHTTPConnection``, with TLS whose SNI and certificate check use the host's name."""
+
+    def __init__(self, host: str, *, pin: Pin, context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(host, context=context, **kwargs)
+        self.pin = pin
+        self.tls = context
+
+    def connect(self) -> None:
+        raw = _connect(self.pin(self.host, self.port), self.port, self.timeout)
+        try:
+            self.sock = self.tls.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+
+
+class _PinnedHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, pin: Pin) -> None:
+        super().__init__()
+        self.pin = pin
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_PinnedHTTPConnection, pin=self.pin), req)
+
+
+class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, pin: Pin, tls: ssl.SSLContext) -> None:
+        super().__init__(context=tls)
+        self.pin = pin
+        self.tls = tls
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_PinnedHTTPSConnection, pin=self.pin, context=self.tls), req)
+
+
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to a URL that ``check_url`` accepts."""
+    """Follows a redirect only to a URL that ``check_url`` accepts (its host is checked again on connecting)."""
 
     def __init__(self, allowed_host: str | None) -> None:
         self.allowed_host = allowed_host
@@ -196,9 +278,13 @@ def parse_response(body: bytes, num_images: int, service_host: str | None = None
 
 
 class RemoteKnnClient:
-    """Talks to one clip-retrieval-compatible service. Constructing it with the service off is an error."""
+    """Talks to one clip-retrieval-compatible service. Constructing it with the service off is an error.
 
-    def __init__(self, settings: RemoteKnnSettings) -> None:
+    ``resolver`` answers host names (default: the system's). The service's host is resolved once and may be
+    any address, since the user chose it; every other host must resolve to public addresses only.
+    """
+
+    def __init__(self, settings: RemoteKnnSettings, resolver: Resolver = system_resolver) -> None:
         if not settings.enabled:
             raise EngineError("remote kNN is off; enable it in the settings and give the service's URL first")
         if not settings.url:
@@ -210,9 +296,31 @@ class RemoteKnnClient:
             raise EngineError("remote kNN timeouts and result limit must be positive")
         self.settings = settings
         self.service_host = _host(settings.url)
+        self.resolver = resolver
+        self._service_addresses: list[IPAddress] | None = None
+        self._lock = threading.Lock()
+        self._tls = ssl.create_default_context()
+
+    def _pin(self, host: str, port: int) -> list[IPAddress]:
+        """The addresses a connection to ``host`` may use: the service's, resolved once for this client (a
+        later lookup cannot move it), or those of a host that resolves to public addresses only."""
+        try:
+            if not _same_host(host, self.service_host):
+                return public_addresses(host, port, self.resolver)
+            with self._lock:
+                if self._service_addresses is None:
+                    self._service_addresses = resolve(host, port, self.resolver)
+                return self._service_addresses
+        except AddressError as exc:
+            raise RemoteKnnError(str(exc)) from None
 
     def _open(self, request: urllib.request.Request) -> http.client.HTTPResponse:
-        opener = urllib.request.build_opener(_CheckedRedirects(self.service_host))
+        """Open ``request`` over pinned, checked connections only: no proxies, no file/ftp/data URLs."""
+        opener = urllib.request.OpenerDirector()
+        for handler in (_PinnedHTTPHandler(self._pin), _PinnedHTTPSHandler(self._pin, self._tls),
+                        urllib.request.HTTPDefaultErrorHandler(), _CheckedRedirects(self.service_host),
+                        urllib.request.HTTPErrorProcessor(), urllib.request.UnknownHandler()):
+            opener.add_handler(handler)
         try:
             return opener.open(request, timeout=self.settings.timeout_s)
         except RemoteKnnError:

@@ -80,11 +80,12 @@ def test_folder_without_weights_lists_what_is_missing(tmp_path: Path) -> None:
         assert name in message
 
 
-def test_hub_id_without_network_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
+def test_hub_id_not_downloaded_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ModelNotFoundError, match="could not be downloaded"):
+    with pytest.raises(ModelNotFoundError, match="nor a hub model in the local Hugging Face cache"):
         load_model("leloy/Anole-7b-v0.1-hf", device="cpu")
 
 
