@@ -224,6 +224,16 @@ def estimate_memory(
     return MemoryEstimate(needed=needed, available=int(free), device=str(device))
 
 
+def precision(
+    device: torch.device, is_demo: bool, quantize: bool | None = None, dtype: torch.dtype | None = None
+) -> tuple[bool, torch.dtype]:
+    """(4-bit quantization, dtype) for a model loaded on `device`; None asks for the default: 4-bit NF4 for real
+    checkpoints on CUDA (never for the demo), and bfloat16 on CUDA, float32 elsewhere."""
+    if quantize is None:
+        quantize = device.type == "cuda" and not is_demo
+    return quantize, dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
 def _disable_cpu_repacking(model: torch.nn.Module) -> None:
     """bitsandbytes repacks 4-bit weights on AVX512-BF16 CPUs after an eval forward, after which gradients
     through them are wrong; keep every Linear4bit on the unpacked path."""
@@ -253,10 +263,7 @@ def load_model(
     demo = demo_notice(path)
     is_demo = demo is not None
     target = resolve_device(device)
-    if quantize is None:
-        quantize = target.type == "cuda" and not is_demo
-    if dtype is None:
-        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    quantize, dtype = precision(target, is_demo, quantize, dtype)
     if check_memory:
         estimate = estimate_memory(config, target, dtype, quantize)
         if not estimate.fits:
@@ -335,7 +342,7 @@ def random_model(
     """
     from engine.model.vqgan import VQGANDecoder
 
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    _, dtype = precision(device, is_demo=False, quantize=quantize, dtype=dtype)
     torch.manual_seed(seed)
     with torch.device(device):
         model = FamiliarChameleon(config).to(dtype)
