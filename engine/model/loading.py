@@ -29,14 +29,21 @@ DEMO_MARKER = "familiar_demo.json"
 DEMO_NAME = "demo"
 DEMO_BUILDER = "scripts/train_microworld.py"
 UNQUANTIZED_MODULES = ["lm_head", "embed_tokens", "vqmodel"]
+RESOURCES_PACKAGE = "familiar_resources"
 
 Progress = Callable[[str], None]
 
 
 def resources_dir() -> Path:
-    """The shipped `resources/` folder, in a source checkout or a PyInstaller bundle."""
+    """The shipped resources: `resources/` in a PyInstaller bundle; the `familiar_resources` package beside `engine`
+    when installed from a wheel (setup.py maps `resources/` to it); the top-level `resources/` in a source checkout
+    or an editable install."""
     bundle = getattr(sys, "_MEIPASS", None)
-    return Path(bundle) / "resources" if bundle else Path(__file__).resolve().parents[2] / "resources"
+    if bundle:
+        return Path(bundle) / "resources"
+    root = Path(__file__).resolve().parents[2]
+    installed = root / RESOURCES_PACKAGE
+    return installed if installed.is_dir() else root / "resources"
 
 
 def demo_model_dir() -> Path:
