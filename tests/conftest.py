@@ -1,8 +1,10 @@
-"""Shared fixtures: the real photos beside the repo, and the demo model."""
+"""Shared fixtures: the real photos beside the repo, a private library for every test, and a socket guard."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +25,17 @@ def private_library(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     folder = tmp_path_factory.mktemp("library")
     monkeypatch.setenv("FAMILIAR_DATA", str(folder))
     return folder
+
+
+@pytest.fixture
+def no_sockets(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """From now on in the test, opening a socket fails the test; returns the attempts, which should stay empty."""
+    attempts: list[Any] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        attempts.append(args)
+        raise AssertionError(f"a socket was opened: {args}")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts

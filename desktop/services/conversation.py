@@ -6,15 +6,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from desktop.services.drawing import draw_into_gallery
 from desktop.services.library_concepts import attach_from_library
 from engine.errors import EngineError
-from engine.inference.assistant import Assistant
-from engine.inference.generation import Cancelled, StepProgress
-from engine.model.images import open_image
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
+
+if TYPE_CHECKING:
+    from engine.inference.assistant import Assistant
+    from engine.inference.generation import Cancelled, StepProgress
 
 MODES = ("auto", "answer", "draw")
 
@@ -65,6 +67,8 @@ def take_turn(
     """Answer `question` (about `photo`, if given) or draw it; `mode` is auto (the model decides), answer or draw.
 
     Text pieces go to `on_text` as they are sampled; drawing reports `on_drawing(done, total)`."""
+    from engine.model.images import open_image  # lazy: it imports torch
+
     if mode not in MODES:
         raise EngineError(f"unknown chat mode {mode!r}: choose one of {', '.join(MODES)}")
     if not question.strip():

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 from PIL.PngImagePlugin import PngInfo
 
-from engine.inference.assistant import Assistant, GeneratedImage
-from engine.inference.generation import Cancelled, Sampling, StepProgress
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
+
+if TYPE_CHECKING:
+    from engine.inference.assistant import Assistant, GeneratedImage
+    from engine.inference.generation import Cancelled, Sampling, StepProgress
 
 
 def png_bytes(picture: GeneratedImage, model_source: str) -> bytes:

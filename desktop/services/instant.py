@@ -5,18 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine.aligner.model import LoadedAligner, instant_state, load_aligner
 from engine.errors import EngineError
-from engine.inference.assistant import Assistant
 from store.library import Library
 from store.models import TokenVersion
+
+if TYPE_CHECKING:
+    from engine.aligner.model import LoadedAligner
+    from engine.inference.assistant import Assistant
 
 
 def cached_aligner(path: Path, assistant: Assistant, cache: MutableMapping[Any, Any]) -> LoadedAligner:
     """The Aligner at `path` for the loaded model, loaded once per file version; refuses one made for another
     base model (or whose DINOv2 encoder is missing) with the Aligner's own message."""
+    from engine.aligner.model import load_aligner  # lazy: it imports torch
+
     stat = path.stat()
     key = ("aligner", str(path.resolve()), stat.st_mtime_ns, stat.st_size, assistant.loaded.fingerprint)
     if key not in cache:
@@ -33,6 +37,8 @@ def add_instant_tokens(
     report: Callable[[str], None] | None = None,
 ) -> TokenVersion:
     """Predict `name`'s rows from its first stored photo and add them as its active, instant version."""
+    from engine.aligner.model import instant_state  # lazy: it imports torch
+
     tell = report or (lambda _message: None)
     concept = library.concepts.get(name)
     photos = library.concepts.photos(concept.name)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from engine.concepts.state import ConceptState
 from engine.errors import SlotError
-from engine.inference.assistant import Assistant
 from store.library import Library
+
+if TYPE_CHECKING:
+    from engine.inference.assistant import Assistant
 
 
 def attach_from_library(library: Library, assistant: Assistant, names: Iterable[str]) -> list[str]:
@@ -15,6 +17,8 @@ def attach_from_library(library: Library, assistant: Assistant, names: Iterable[
 
     A concept without learned tokens, or trained on another base model, is a clear error.
     """
+    from engine.concepts.state import ConceptState  # lazy: it imports torch
+
     attached = []
     for name in dict.fromkeys(n.lower() for n in names):
         if name in assistant.slots.names():

@@ -5,18 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from engine.errors import EngineError
-from engine.model.loading import (
-    DEMO_MARKER,
-    DEMO_NAME,
-    check_model_dir,
-    estimate_memory,
-    read_config,
-    resolve_device,
-    resolve_model_dir,
-)
 
 
 @dataclass(frozen=True)
@@ -31,15 +20,24 @@ def check_model(spec: str, device: str, four_bit: bool) -> ModelCheck:
     """Estimate the memory `spec` (`demo` or a model folder) needs on `device`, as `load_model` would load it.
 
     Hub ids are not looked up here (that could start a download): the Settings view takes folders."""
+    from engine.model.loading import (  # lazy: it imports torch and transformers
+        DEMO_NAME,
+        check_model_dir,
+        demo_notice,
+        estimate_memory,
+        precision,
+        read_config,
+        resolve_device,
+        resolve_model_dir,
+    )
+
     if spec != DEMO_NAME and not Path(spec).expanduser().is_dir():
         raise EngineError(f"{spec} is not a folder; choose the folder that holds the model's config.json")
     path = resolve_model_dir(spec)
     check_model_dir(path)
     config = read_config(path)
     target = resolve_device(device)
-    is_demo = (path / DEMO_MARKER).is_file()
-    quantize = four_bit and target.type == "cuda" and not is_demo
-    dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    quantize, dtype = precision(target, demo_notice(path) is not None, None if four_bit else False)
     estimate = estimate_memory(config, target, dtype, quantize)
     how = "4-bit NF4" if quantize else str(dtype).removeprefix("torch.")
     amounts = f"needs about {_size(estimate.needed)}, {_size(estimate.available)} free on {estimate.device}"

@@ -39,14 +39,21 @@ DEMO_MARKER = "familiar_demo.json"
 DEMO_NAME = "demo"
 DEMO_BUILDER = "scripts/train_microworld.py"
 UNQUANTIZED_MODULES = ["lm_head", "embed_tokens", "vqmodel"]
+RESOURCES_PACKAGE = "familiar_resources"
 
 Progress = Callable[[str], None]
 
 
 def resources_dir() -> Path:
-    """The shipped `resources/` folder, in a source checkout or a PyInstaller bundle."""
+    """The shipped resources: `resources/` in a PyInstaller bundle; the `familiar_resources` package beside `engine`
+    when installed from a wheel (setup.py maps `resources/` to it); the top-level `resources/` in a source checkout
+    or an editable install."""
     bundle = getattr(sys, "_MEIPASS", None)
-    return Path(bundle) / "resources" if bundle else Path(__file__).resolve().parents[2] / "resources"
+    if bundle:
+        return Path(bundle) / "resources"
+    root = Path(__file__).resolve().parents[2]
+    installed = root / RESOURCES_PACKAGE
+    return installed if installed.is_dir() else root / "resources"
 
 
 def demo_model_dir() -> Path:
@@ -263,6 +270,16 @@ def estimate_memory(
     return MemoryEstimate(needed=needed, available=int(free), device=str(device))
 
 
+def precision(
+    device: torch.device, is_demo: bool, quantize: bool | None = None, dtype: torch.dtype | None = None
+) -> tuple[bool, torch.dtype]:
+    """(4-bit quantization, dtype) for a model loaded on `device`; None asks for the default: 4-bit NF4 for real
+    checkpoints on CUDA (never for the demo), and bfloat16 on CUDA, float32 elsewhere."""
+    if quantize is None:
+        quantize = device.type == "cuda" and not is_demo
+    return quantize, dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
 def _disable_cpu_repacking(model: torch.nn.Module) -> None:
     """bitsandbytes repacks 4-bit weights on AVX512-BF16 CPUs after an eval forward, after which gradients
     through them are wrong; keep every Linear4bit on the unpacked path."""
@@ -293,10 +310,7 @@ def load_model(
     demo = demo_notice(path)
     is_demo = demo is not None
     target = resolve_device(device)
-    if quantize is None:
-        quantize = target.type == "cuda" and not is_demo
-    if dtype is None:
-        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    quantize, dtype = precision(target, is_demo, quantize, dtype)
     if check_memory:
         estimate = estimate_memory(config, target, dtype, quantize)
         if not estimate.fits:
@@ -375,7 +389,7 @@ def random_model(
     """
     from engine.model.vqgan import VQGANDecoder
 
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    _, dtype = precision(device, is_demo=False, quantize=quantize, dtype=dtype)
     torch.manual_seed(seed)
     with torch.device(device):
         model = FamiliarChameleon(config).to(dtype)

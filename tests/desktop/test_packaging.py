@@ -1,5 +1,5 @@
 """The packaging pieces that can be checked without running PyInstaller: the frozen entry point, the spec's
-lists of extra files, the build script's checks, and finding `resources/` inside a bundle."""
+lists of extra files, the build script's checks, and finding the resources in a bundle, a checkout or a wheel."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from PIL import Image
 
 from desktop import __version__
 from desktop.frozen import frozen_argv
+from engine.model import loading
 from engine.model.loading import demo_model_dir, resources_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +51,15 @@ def test_resources_are_found_inside_a_bundle(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path), raising=False)
     assert resources_dir() == tmp_path / "resources"
     assert demo_model_dir() == tmp_path / "resources" / "demo-model"
+
+
+def test_resources_are_found_in_a_checkout_and_in_an_installed_wheel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert resources_dir() == ROOT / "resources"
+    monkeypatch.setattr(loading, "__file__", str(tmp_path / "engine" / "model" / "loading.py"))
+    (tmp_path / "familiar_resources").mkdir()
+    assert resources_dir() == tmp_path / "familiar_resources"
 
 
 def test_spec_ships_what_it_names(manifest: ModuleType) -> None:

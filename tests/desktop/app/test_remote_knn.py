@@ -5,7 +5,6 @@ to the offline index and the training view says so; off, training opens no socke
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -169,21 +168,14 @@ def test_a_failing_service_falls_back_to_the_offline_index_with_a_visible_note(
 
 
 def test_remote_knn_off_opens_no_socket(
-    open_window, qtbot, service: FakeService, index: Path, dreambooth: Path, monkeypatch: pytest.MonkeyPatch
+    open_window, qtbot, service: FakeService, index: Path, dreambooth: Path, request: pytest.FixtureRequest
 ) -> None:
     window = open_window(**LOOK_ALIKES)
     settings = AppSettings(
         device="cpu", index_folder=str(index), remote_knn=False, remote_knn_url=service.url + "/knn-service"
     )
     assert window.training.options(settings).remote_knn_url is None
-    opened: list[Any] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        opened.append(args)
-        raise AssertionError(f"a socket was opened: {args}")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    opened = request.getfixturevalue("no_sockets")  # only now: the fake service and the window have their sockets
     run = _train(window, qtbot, dreambooth, settings)
     assert opened == [] and service.bodies == [] and service.downloads == []
     assert any(f"look-alikes from the offline index {index}" in line for line in _log(window, run))

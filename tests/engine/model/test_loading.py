@@ -25,6 +25,15 @@ def test_demo_loads_through_the_checkpoint_path(demo: LoadedModel) -> None:
     assert len(demo.fingerprint) == 64
 
 
+def test_precision_quantizes_only_real_models_on_cuda_unless_told() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert model_loading.precision(cpu, is_demo=False) == (False, torch.float32)
+    assert model_loading.precision(cuda, is_demo=False) == (True, torch.bfloat16)
+    assert model_loading.precision(cuda, is_demo=True) == (False, torch.bfloat16)
+    assert model_loading.precision(cuda, False, quantize=False, dtype=torch.float16) == (False, torch.float16)
+    assert model_loading.precision(cpu, True, quantize=True) == (True, torch.float32)
+
+
 def test_fingerprint_is_stable_across_quantization(demo: LoadedModel) -> None:
     quantized = load_model("demo", device="cpu", quantize=True)
     assert quantized.quantized

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +23,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every test here fails if anything opens a socket."""
-    calls: list[Any] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        calls.append(args)
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    return calls
+pytestmark = pytest.mark.usefixtures("no_sockets")  # every test here fails if anything opens a socket
 
 
 def _images(count: int, size: int = 48) -> list[Image.Image]:
@@ -65,10 +53,10 @@ def test_demo_embedder_leaves_the_global_rng_alone() -> None:
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_default_embedder_without_weights_names_the_file_it_needs(no_network: list[Any]) -> None:
+def test_default_embedder_without_weights_names_the_file_it_needs(no_sockets: list[Any]) -> None:
     with pytest.raises(EngineError, match=r"ViT-L-14 embedder needs its weights file.*--weights"):
         load_embedder()
-    assert no_network == []
+    assert no_sockets == []
 
 
 @pytest.mark.parametrize("name", ["hf-hub:laion/CLIP-ViT-B-32", "local-dir:/tmp", "no-such-model"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -283,22 +282,8 @@ def test_private_and_local_addresses_are_refused_unless_they_are_the_service() -
     assert check_url("https://images.example.org/a.jpg")
 
 
-@pytest.fixture
-def sockets(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Record (and refuse) every attempt to open a socket."""
-    calls: list[Any] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        calls.append(args)
-        raise AssertionError(f"a socket was opened: {args}")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    return calls
-
-
 def test_with_the_service_off_no_socket_is_opened(
-    sockets: list[Any], offline: EmbeddingIndex, embedder: Embedder, query: np.ndarray, dreambooth: Path,
+    no_sockets: list[Any], offline: EmbeddingIndex, embedder: Embedder, query: np.ndarray, dreambooth: Path,
     tmp_path: Path,
 ) -> None:
     found = find_neighbours(query, 3, offline, RemoteKnnSettings(url="https://knn.example.org/knn-service"),
@@ -316,4 +301,4 @@ def test_with_the_service_off_no_socket_is_opened(
     with pytest.raises(RemoteKnnError, match="non-public address"):
         RemoteKnnClient(RemoteKnnSettings(enabled=True, url="https://knn.example.org/")).download(
             "http://192.168.1.1/x.jpg")
-    assert sockets == []
+    assert no_sockets == []
