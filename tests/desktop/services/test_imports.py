@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parents[3]
 HEAVY = ("torch", "PySide6", "argparse")
 
 
-@pytest.mark.parametrize("module", ["conversation", "drawing", "instant", "library_concepts", "model_check"])
+@pytest.mark.parametrize(
+    "module", ["conversation", "drawing", "evaluate", "instant", "library_concepts", "model_check", "personalize"]
+)
 def test_importing_a_service_loads_no_heavy_module(module: str) -> None:
     code = (
         f"import json, sys, desktop.services.{module}; "
