@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
 
 class TrainingController(QObject):
-    """One training run at a time. `progress` carries the trainer's Progress, `status` its phase lines (a
-    line starting with "note: " is a warning to keep in view, e.g. a remote kNN fallback), `finished` the
-    library's Run record (done or cancelled), `failed` a message."""
+    """One training run at a time. `progress` carries the trainer's `engine.progress.Progress` events, `status`
+    its phase lines (a line starting with "note: " is a warning to keep in view, e.g. a remote kNN fallback),
+    `finished` the library's Run record (done or cancelled), `failed` a message."""
 
     started = Signal(str)
     progress = Signal(object)

@@ -32,7 +32,7 @@ from store.models import Run
 
 if TYPE_CHECKING:
     from engine.inference.assistant import Assistant
-    from engine.training.trainer import Progress
+    from engine.progress import Progress
 
 SAMPLE_SIDE = 192
 NOTE = "note: "  # as desktop.services.personalize.NOTE (not imported here: that module imports torch)
@@ -243,7 +243,8 @@ class TrainingView(QWidget):
         self.bar.setValue(step)
         self.eta.setText(format_eta(update.eta_seconds))
         if self.cancel_button.isEnabled():
-            self.phase.setText(f"{update.phase.capitalize()}: epoch {update.epoch + 1}")
+            epoch = f": epoch {update.epoch + 1}" if update.epoch is not None else ""
+            self.phase.setText(f"{update.phase.capitalize()}{epoch}")
         if update.loss is not None:
             self.curve.add(step, update.loss, total)
 

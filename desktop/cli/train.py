@@ -7,10 +7,8 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from engine.training.trainer import Progress
+from desktop.cli.progress import progress_bar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,15 +24,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--device", default="auto")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=run_train)
-
-
-def _bar(update: Progress) -> None:
-    width = 30
-    filled = int(width * update.step / max(update.total, 1))
-    eta = f"{update.eta_seconds:.0f}s left" if update.eta_seconds is not None else ""
-    loss = f"loss {update.loss:.3f}" if update.loss is not None else ""
-    line = f"\r[{'#' * filled}{'.' * (width - filled)}] {update.step}/{update.total} {loss} {eta}  "
-    print(line, end="\n" if update.step == update.total else "", file=sys.stderr, flush=True)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -64,7 +53,7 @@ def run_train(args: argparse.Namespace) -> int:
                 library,
                 args.name,
                 options,
-                progress=_bar if sys.stderr.isatty() else None,
+                progress=progress_bar(),
                 cancelled=lambda: stop["requested"],
                 status=lambda message: print(f"familiar: {message}", file=sys.stderr),
                 resume=args.resume,

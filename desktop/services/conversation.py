@@ -11,8 +11,9 @@ from desktop.services.drawing import draw_into_gallery
 from desktop.services.library_concepts import attach_from_library
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
-from engine.inference.generation import Cancelled, StepProgress
+from engine.inference.generation import Cancelled
 from engine.model.images import open_image
+from engine.progress import ProgressCallback
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
 
@@ -59,12 +60,12 @@ def take_turn(
     photo: Path | None,
     mode: str,
     on_text: Callable[[str], None],
-    on_drawing: StepProgress,
+    on_drawing: ProgressCallback,
     cancelled: Cancelled | None = None,
 ) -> Reply:
     """Answer `question` (about `photo`, if given) or draw it; `mode` is auto (the model decides), answer or draw.
 
-    Text pieces go to `on_text` as they are sampled; drawing reports `on_drawing(done, total)`."""
+    Text pieces go to `on_text` as they are sampled; drawing reports its progress to `on_drawing`."""
     if mode not in MODES:
         raise EngineError(f"unknown chat mode {mode!r}: choose one of {', '.join(MODES)}")
     if not question.strip():

@@ -7,7 +7,8 @@ import io
 from PIL.PngImagePlugin import PngInfo
 
 from engine.inference.assistant import Assistant, GeneratedImage
-from engine.inference.generation import Cancelled, Sampling, StepProgress
+from engine.inference.generation import Cancelled, Sampling
+from engine.progress import ProgressCallback
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
 
@@ -30,7 +31,7 @@ def draw_into_gallery(
     assistant: Assistant,
     prompt: str,
     sampling: Sampling | None = None,
-    progress: StepProgress | None = None,
+    progress: ProgressCallback | None = None,
     cancelled: Cancelled | None = None,
     params: dict[str, object] | None = None,
 ) -> StoredImage:

@@ -183,6 +183,18 @@ class ConceptSlots:
     def params(self, name: str) -> ConceptParams:
         return self._bank.params[self._key(name)]
 
+    def load(self, name: str, state: ConceptState) -> None:
+        """Write `state`'s rows into the attached concept `name` (a checkpoint to resume from, the best epoch)."""
+        params = self.params(name)
+        if state.embed.shape != params.embed.shape or state.head.shape != params.head.shape:
+            raise SlotError(
+                f"concept <{name}> has rows of shape {tuple(params.embed.shape)}; the state's are "
+                f"{tuple(state.embed.shape)} and {tuple(state.head.shape)}"
+            )
+        with torch.no_grad():
+            params.embed.copy_(state.embed.to(params.embed.device))
+            params.head.copy_(state.head.to(params.head.device))
+
     def state(self, name: str) -> ConceptState:
         """The concept's current rows as a savable state."""
         params = self.params(name)

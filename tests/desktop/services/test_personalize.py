@@ -17,7 +17,7 @@ from PIL import Image
 from desktop.cli.main import main
 from desktop.services.personalize import TrainOptions, class_word, train_concept
 from engine.inference.assistant import SHOWN_SIZE
-from engine.training.trainer import Progress
+from engine.progress import Progress
 from store.library import Library
 
 QUICK = TrainOptions(
