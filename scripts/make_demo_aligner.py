@@ -38,7 +38,7 @@ from engine.aligner.model import (
     aligner_metadata,
     demo_aligner_path,
     demo_dino_dir,
-    load_dino,
+    load_dinov2,
     new_aligner,
     save_aligner,
 )
@@ -79,7 +79,7 @@ def main() -> int:
 
     build_dino(demo_dino_dir(), args.seed)
     loaded = load_model("demo", device="cpu")
-    encoder = load_dino(DEMO_DINO)
+    encoder = load_dinov2(DEMO_DINO)
     config = AlignerConfig(vision_hidden=encoder.hidden_size, text_hidden=loaded.config.hidden_size, **ALIGNER_SIZES)
     aligner = new_aligner(config, loaded, seed=args.seed)
     record: dict[str, object] = {"built_by": "scripts/make_demo_aligner.py", "seed": args.seed}

@@ -120,7 +120,7 @@ def main() -> None:
         batch=args.batch,
         lr=args.lr,
         augmentation=not args.no_augmentation,
-        progress=lambda line: print(line, flush=True),
+        progress=lambda p: print(f"step {p.step}/{p.total}: loss {p.loss:.4f}", flush=True),
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     reader.save(args.out, extra={"training": json.dumps({k: v for k, v in report.items() if k != "losses"})})

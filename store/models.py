@@ -117,6 +117,7 @@ class Run:
 class LogLine:
     at: str
     message: str
+    warning: bool = False
 
 
 @dataclass(frozen=True)

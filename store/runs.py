@@ -115,20 +115,22 @@ class Runs:
             self._require_status(run_id, "running")
             self._lib.db["runs"].update(run_id, changes)
 
-    def log(self, run_id: int, message: str) -> None:
-        """Append a line to a run's log."""
+    def log(self, run_id: int, message: str, *, warning: bool = False) -> None:
+        """Append a line to a run's log; `warning` marks one the user should keep in view."""
         line = _text(message, "log line")
         with self._lib.change(lock=True):
             self._require_status(run_id, *STATUSES)
-            self._lib.db["run_logs"].insert({"run_id": run_id, "at": utc_now(), "message": line})
+            self._lib.db["run_logs"].insert(
+                {"run_id": run_id, "at": utc_now(), "message": line, "warning": int(warning)}
+            )
 
     def log_lines(self, run_id: int, *, after: int = 0) -> list[LogLine]:
         """A run's log lines in order, skipping the first `after` (to follow a log as it grows)."""
         self._require_status(run_id, *STATUSES)
         rows = self._lib.db.execute(
-            "SELECT at, message FROM run_logs WHERE run_id = ? ORDER BY id LIMIT -1 OFFSET ?", [run_id, after]
+            "SELECT at, message, warning FROM run_logs WHERE run_id = ? ORDER BY id LIMIT -1 OFFSET ?", [run_id, after]
         )
-        return [LogLine(at, message) for at, message in rows]
+        return [LogLine(at, message, bool(warning)) for at, message, warning in rows]
 
     def finish(
         self,

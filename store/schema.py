@@ -15,7 +15,7 @@ from sqlite_utils import Database
 
 from store.errors import SchemaError, StoreError, storage_errors
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x46414D49  # "FAMI": marks the file as a Familiar library
 BUSY_TIMEOUT_S = 10.0
 
@@ -151,7 +151,13 @@ def _add_photo_roles(db: Database) -> None:
     )
 
 
-STEPS: dict[int, Callable[[Database], None]] = {0: _create_v1, 1: _add_photo_roles}
+def _add_log_warnings(db: Database) -> None:
+    """Version 3: a run's log line says whether it is a warning; version 2 marked one by a "note: " prefix."""
+    db.execute("ALTER TABLE run_logs ADD COLUMN warning INTEGER NOT NULL DEFAULT 0 CHECK (warning IN (0, 1))")
+    db.execute("UPDATE run_logs SET warning = 1, message = substr(message, 7) WHERE message LIKE 'note: %'")
+
+
+STEPS: dict[int, Callable[[Database], None]] = {0: _create_v1, 1: _add_photo_roles, 2: _add_log_warnings}
 
 
 def schema_version(db: Database) -> int:

@@ -28,6 +28,7 @@ from desktop.app.engine_host import EngineHost
 from desktop.app.mentions import MentionEdit
 from desktop.app.tasks import Report
 from desktop.app.widgets import fitted_pixmap, heading, square_pixmap
+from engine.progress import Progress
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
 
@@ -111,9 +112,9 @@ class DrawingBubble(QFrame):
         self.bar = QProgressBar()
         layout.addWidget(self.bar)
 
-    def step(self, done: int, total: int) -> None:
-        self.bar.setRange(0, total)
-        self.bar.setValue(done)
+    def step(self, update: Progress) -> None:
+        self.bar.setRange(0, update.total)
+        self.bar.setValue(update.step)
 
 
 class ChatView(QWidget):
@@ -232,11 +233,11 @@ class ChatView(QWidget):
             from desktop.services.conversation import take_turn
             from engine.inference.generation import GenerationCancelled
 
-            def drawing(done: int, total: int) -> None:
-                if done == 1 or done % DRAW_REPORT_EVERY == 0 or done == total:
-                    report(("draw", done, total))
+            def drawing(update: Progress) -> None:
+                if update.step == 1 or update.step % DRAW_REPORT_EVERY == 0 or update.step == update.total:
+                    report(update)
 
-            report(("start", None, None))
+            report(("start", ""))
             try:
                 return take_turn(
                     library,
@@ -245,7 +246,7 @@ class ChatView(QWidget):
                     question,
                     photo,
                     mode,
-                    on_text=lambda piece: report(("text", piece, None)),
+                    on_text=lambda piece: report(("text", piece)),
                     on_drawing=drawing,
                     cancelled=self.engine.cancel_event.is_set,
                 )
@@ -254,20 +255,22 @@ class ChatView(QWidget):
 
         self.engine.submit(job, done=self._answered, failed=self._failed, progress=self._piece)
 
-    def _piece(self, update: tuple[str, object, object]) -> None:
-        kind, value, total = update
+    def _piece(self, update: tuple[str, str] | Progress) -> None:
+        """A chat turn's report: ("start", ""), ("text", piece), or a drawing's progress."""
+        if isinstance(update, Progress):
+            if not isinstance(self.reply, DrawingBubble):
+                self._replace(DrawingBubble())
+            assert isinstance(self.reply, DrawingBubble)
+            self.reply.step(update)
+            return
+        kind, text = update
         if kind == "start" and isinstance(self.reply, TextBubble):
             self.reply.label.setText("\u2026")
         elif kind == "text":
             if self.reply is not None and self.reply.property("placeholder"):
                 self._replace(TextBubble("", False))
             if isinstance(self.reply, TextBubble):
-                self.reply.append(str(value))
-        elif kind == "draw":
-            if not isinstance(self.reply, DrawingBubble):
-                self._replace(DrawingBubble())
-            assert isinstance(self.reply, DrawingBubble)
-            self.reply.step(int(value), int(total))
+                self.reply.append(text)
 
     def _answered(self, reply: Reply | None) -> None:
         if reply is None:

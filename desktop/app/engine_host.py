@@ -21,6 +21,7 @@ from desktop.app.tasks import Report, Runner
 
 if TYPE_CHECKING:
     from engine.inference.assistant import Assistant
+    from engine.progress import Progress
     from store.library import Library
 
 HOW_TO_SET_A_MODEL = (
@@ -121,8 +122,8 @@ class EngineHost(QObject):
             "and choose its file in Settings."
         )
 
-    def _status(self, message: object) -> None:
-        self.status.emit(str(message))
+    def _status(self, update: Progress) -> None:
+        self.status.emit(f"{update.phase.capitalize()}\u2026")
 
     def _loaded(self, info: ModelInfo) -> None:
         self.state = "ready"

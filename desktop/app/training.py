@@ -17,6 +17,7 @@ from PySide6.QtCore import QObject, Signal
 from desktop.app.engine_host import EngineHost
 from desktop.app.settings import AppSettings
 from desktop.app.tasks import Report, Runner
+from engine.progress import Progress
 from store.library import Library
 
 if TYPE_CHECKING:
@@ -25,13 +26,13 @@ if TYPE_CHECKING:
 
 
 class TrainingController(QObject):
-    """One training run at a time. `progress` carries the trainer's Progress, `status` its phase lines (a
-    line starting with "note: " is a warning to keep in view, e.g. a remote kNN fallback), `finished` the
-    library's Run record (done or cancelled), `failed` a message."""
+    """One training run at a time. `progress` carries the trainer's `engine.progress.Progress` events, `status`
+    its phase lines (a `str`) and warnings to keep in view (an `engine.progress.Notice`, e.g. a remote kNN fallback),
+    `finished` the library's Run record (done or cancelled), `failed` a message."""
 
     started = Signal(str)
     progress = Signal(object)
-    status = Signal(str)
+    status = Signal(object)
     finished = Signal(object)
     failed = Signal(str)
 
@@ -114,10 +115,10 @@ class TrainingController(QObject):
             attached.clear()
 
     def _relay(self, update: object) -> None:
-        if isinstance(update, str):
-            self.status.emit(update)
-        else:
+        if isinstance(update, Progress):
             self.progress.emit(update)
+        else:
+            self.status.emit(update)
 
     def _ended(self) -> None:
         self.concept = None

@@ -26,16 +26,15 @@ from desktop.app.settings import AppSettings
 from desktop.app.tasks import Report
 from desktop.app.training import TrainingController
 from desktop.app.widgets import fitted_pixmap, heading
+from engine.progress import Notice, Progress
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
 from store.models import Run
 
 if TYPE_CHECKING:
     from engine.inference.assistant import Assistant
-    from engine.training.trainer import Progress
 
 SAMPLE_SIDE = 192
-NOTE = "note: "  # as desktop.services.personalize.NOTE (not imported here: that module imports torch)
 
 
 def format_eta(seconds: float | None) -> str:
@@ -188,9 +187,7 @@ class TrainingView(QWidget):
 
     def _show_run(self, run: Run, step: int) -> None:
         """A stored run: its per-epoch curve, progress, status, warnings from its log, scores and sample."""
-        for note in dict.fromkeys(
-            line.message[len(NOTE) :] for line in self.library.runs.log_lines(run.id) if line.message.startswith(NOTE)
-        ):
+        for note in dict.fromkeys(line.message for line in self.library.runs.log_lines(run.id) if line.warning):
             self._add_notice(note)
         losses = epoch_losses(self.library, run)
         total = run.total_steps or 0
@@ -228,9 +225,9 @@ class TrainingView(QWidget):
         self.eta.clear()
         self._buttons()
 
-    def _status(self, message: str) -> None:
-        if message.startswith(NOTE):  # a warning to keep in view, e.g. a remote kNN fallback
-            self._add_notice(message[len(NOTE) :])
+    def _status(self, message: str | Notice) -> None:
+        if isinstance(message, Notice):  # a warning to keep in view, e.g. a remote kNN fallback
+            self._add_notice(message.text)
             return
         self.phase.setText(message[:1].upper() + message[1:])
 
@@ -243,7 +240,8 @@ class TrainingView(QWidget):
         self.bar.setValue(step)
         self.eta.setText(format_eta(update.eta_seconds))
         if self.cancel_button.isEnabled():
-            self.phase.setText(f"{update.phase.capitalize()}: epoch {update.epoch + 1}")
+            epoch = f": epoch {update.epoch + 1}" if update.epoch is not None else ""
+            self.phase.setText(f"{update.phase.capitalize()}{epoch}")
         if update.loss is not None:
             self.curve.add(step, update.loss, total)
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from desktop.cli.train import _bar
+from desktop.cli.progress import progress_bar
 
 TRAIN_OPTIONS = {
     name: name
@@ -91,21 +91,22 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cancelled: Callable[[], bool]) -> int:
-    from engine.aligner.model import DEMO_DINO, AlignerConfig, load_dino
-    from engine.aligner.training import AlignerTrainConfig, AlignerTrainingCancelled, resume_path, train_aligner
+    from engine.aligner.model import DEMO_DINO, AlignerConfig, load_dinov2
+    from engine.aligner.training import AlignerTrainConfig, resume_path, train_aligner
     from engine.errors import ModelNotFoundError
     from engine.model.loading import load_model
+    from engine.training.loop import TrainingCancelled
 
     def status(message: str) -> None:
         print(f"familiar: {message}", file=sys.stderr)
 
-    loaded = load_model(args.model, device=args.device, progress=status)
+    loaded = load_model(args.model, device=args.device, progress=progress_bar())
     if args.dino is None and not loaded.is_demo:
         raise ModelNotFoundError(
             "--dino PATH is required for a model other than the demo: a local DINOv2 folder "
             "(e.g. facebook/dinov2-base, downloaded on a machine with network)"
         )
-    encoder = load_dino(args.dino or DEMO_DINO, loaded.device)
+    encoder = load_dinov2(args.dino or DEMO_DINO, loaded.device)
     architecture = AlignerConfig(
         vision_hidden=encoder.hidden_size, text_hidden=loaded.config.hidden_size, **_given(args, ARCHITECTURE_OPTIONS)
     )
@@ -118,11 +119,11 @@ def _train(args: argparse.Namespace, cancelled: Callable[[], bool]) -> int:
             architecture,
             AlignerTrainConfig(**_given(args, TRAIN_OPTIONS)),
             resume=args.resume,
-            progress=_bar if sys.stderr.isatty() else None,
+            progress=progress_bar(),
             cancelled=cancelled,
             status=status,
         )
-    except AlignerTrainingCancelled as stop:
+    except TrainingCancelled as stop:
         print(
             f"cancelled at step {stop.checkpoint.step}; checkpoint saved to {args.output} and "
             f"{resume_path(args.output).name}; continue with: familiar aligner train {args.dataset} "

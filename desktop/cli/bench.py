@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from desktop.cli.evaluate import bar_chart
+from desktop.cli.progress import progress_bar
 
 SHOWN = (
     ("recognition_weighted", "recognition (weighted)"),
@@ -83,7 +84,7 @@ def run_personalization(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, device="cpu")
+    loaded = load_model(args.model, device="cpu", progress=progress_bar())
     tokens = loaded.image_tokenizer
     if tokens.resolution != SIZE:
         raise EngineError(

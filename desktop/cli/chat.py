@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from desktop.cli.progress import progress_bar
+
 if TYPE_CHECKING:
     from engine.inference.assistant import Assistant, GeneratedImage
 
@@ -56,7 +58,7 @@ def _assistant(args: argparse.Namespace, text: str) -> Assistant:
     from engine.inference.assistant import Assistant
     from engine.model.loading import load_model
 
-    loaded = load_model(args.model, device=args.device, progress=lambda m: print(f"familiar: {m}", file=sys.stderr))
+    loaded = load_model(args.model, device=args.device, progress=progress_bar())
     assistant = Assistant(loaded)
     if assistant.notice:
         hint = " (pass --model FOLDER, a Chameleon-family model folder)" if loaded.is_demo else ""
@@ -83,11 +85,6 @@ def _save(picture: GeneratedImage, path: Path, source: str) -> None:
     print(f"saved {path} (seed {picture.seed})")
 
 
-def _progress(done: int, total: int) -> None:
-    if sys.stderr.isatty():
-        print(f"\rdrawing {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
-
-
 def run_chat(args: argparse.Namespace) -> int:
     from engine.inference.generation import Sampling
     from engine.model.images import open_image
@@ -96,7 +93,7 @@ def run_chat(args: argparse.Namespace) -> int:
     assistant = _assistant(args, args.question)
     sampling = Sampling(temperature=args.temperature, top_p=0.9, seed=args.seed)
     if args.auto and assistant.wants_image(args.question, image):
-        picture = assistant.generate(args.question, sampling, progress=_progress)
+        picture = assistant.generate(args.question, sampling, progress=progress_bar())
         _save(picture, args.output or Path(f"familiar-{picture.seed}.png"), assistant.loaded.source)
         return 0
     for piece in assistant.chat(args.question, image, sampling, max_new_tokens=args.max_tokens):
@@ -110,6 +107,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
     assistant = _assistant(args, args.prompt)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    picture = assistant.generate(args.prompt, sampling, guidance_scale=args.guidance, progress=_progress)
+    picture = assistant.generate(args.prompt, sampling, guidance_scale=args.guidance, progress=progress_bar())
     _save(picture, args.output, assistant.loaded.source)
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -42,16 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(handler=run_eval)
 
 
-def _bar(phase: str, done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    end = "\n" if done >= total else ""
-    print(
-        f"\r{phase:<24} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}  ", end=end, file=sys.stderr, flush=True
-    )
-
-
 def run_eval(args: argparse.Namespace) -> int:
+    from desktop.cli.progress import show_progress
     from desktop.services.evaluate import QUICK, EvalOptions, evaluate
     from desktop.services.personalize import TrainOptions
     from engine.errors import EngineError
@@ -73,7 +64,7 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     args.output.mkdir(parents=True, exist_ok=True)
-    results = evaluate(args.dataset, args.output, options, progress=_bar)
+    results = evaluate(args.dataset, args.output, options, progress=show_progress)
     write_report(results, args.output)
     means = ", ".join(f"{k} {v:.3f}" for k, v in results["mean"].items())
     print(f"wrote {args.output / 'report.md'} ({means})")

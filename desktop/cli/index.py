@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from desktop.cli.progress import progress_bar
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     index = sub.add_parser("index", help="build and query an offline image-embedding index")
@@ -41,11 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     search.set_defaults(handler=run_search)
 
 
-def _progress(done: int, total: int) -> None:
-    if sys.stderr.isatty():
-        print(f"\rindexing {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
-
-
 def run_build(args: argparse.Namespace) -> int:
     from engine.errors import EngineError
     from engine.retrieval.embedder import load_embedder
@@ -63,10 +60,10 @@ def run_build(args: argparse.Namespace) -> int:
     if args.vq:
         from engine.model.loading import load_model
 
-        loaded = load_model(args.model, device=args.device, progress=lambda m: print(f"familiar: {m}", file=sys.stderr))
+        loaded = load_model(args.model, device=args.device, progress=progress_bar())
         tokens = ImageTokenSource(loaded.image_tokenizer, loaded.fingerprint, loaded.source)
     report = build_index(args.folder, args.output, embedder, tokens, chunk_size=args.chunk_size,
-                         batch_size=args.batch_size, progress=_progress)
+                         batch_size=args.batch_size, progress=progress_bar())
     for path, reason in report.failed:
         print(f"familiar: skipped {path}: {reason}", file=sys.stderr)
     print(f"indexed {report.added} new images ({report.already_indexed} already indexed, "

@@ -7,12 +7,10 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
+from desktop.cli.progress import progress_bar
+from engine.progress import Notice
 from engine.training.recipe import DEFAULT
-
-if TYPE_CHECKING:
-    from engine.training.trainer import Progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,13 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=run_train)
 
 
-def _bar(update: Progress) -> None:
-    width = 30
-    filled = int(width * update.step / max(update.total, 1))
-    eta = f"{update.eta_seconds:.0f}s left" if update.eta_seconds is not None else ""
-    loss = f"loss {update.loss:.3f}" if update.loss is not None else ""
-    line = f"\r[{'#' * filled}{'.' * (width - filled)}] {update.step}/{update.total} {loss} {eta}  "
-    print(line, end="\n" if update.step == update.total else "", file=sys.stderr, flush=True)
+def _print_status(message: str | Notice) -> None:
+    line = f"note: {message.text}" if isinstance(message, Notice) else message
+    print(f"familiar: {line}", file=sys.stderr)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -73,9 +67,9 @@ def run_train(args: argparse.Namespace) -> int:
                 library,
                 args.name,
                 options,
-                progress=_bar if sys.stderr.isatty() else None,
+                progress=progress_bar(),
                 cancelled=lambda: stop["requested"],
-                status=lambda message: print(f"familiar: {message}", file=sys.stderr),
+                status=_print_status,
                 resume=args.resume,
             )
     finally:

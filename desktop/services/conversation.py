@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 from desktop.services.drawing import draw_into_gallery
 from desktop.services.library_concepts import attach_from_library
 from engine.errors import EngineError
+from engine.progress import ProgressCallback
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
 
 if TYPE_CHECKING:
     from engine.inference.assistant import Assistant
-    from engine.inference.generation import Cancelled, StepProgress
+    from engine.inference.generation import Cancelled
 
 MODES = ("auto", "answer", "draw")
 
@@ -61,12 +62,12 @@ def take_turn(
     photo: Path | None,
     mode: str,
     on_text: Callable[[str], None],
-    on_drawing: StepProgress,
+    on_drawing: ProgressCallback,
     cancelled: Cancelled | None = None,
 ) -> Reply:
     """Answer `question` (about `photo`, if given) or draw it; `mode` is auto (the model decides), answer or draw.
 
-    Text pieces go to `on_text` as they are sampled; drawing reports `on_drawing(done, total)`."""
+    Text pieces go to `on_text` as they are sampled; drawing reports its progress to `on_drawing`."""
     from engine.model.images import open_image  # lazy: it imports torch
 
     if mode not in MODES:

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING
 
 from PIL.PngImagePlugin import PngInfo
 
+from engine.progress import ProgressCallback
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
 
 if TYPE_CHECKING:
     from engine.inference.assistant import Assistant, GeneratedImage
-    from engine.inference.generation import Cancelled, Sampling, StepProgress
+    from engine.inference.generation import Cancelled, Sampling
 
 
 def png_bytes(picture: GeneratedImage, model_source: str) -> bytes:
@@ -33,7 +34,7 @@ def draw_into_gallery(
     assistant: Assistant,
     prompt: str,
     sampling: Sampling | None = None,
-    progress: StepProgress | None = None,
+    progress: ProgressCallback | None = None,
     cancelled: Cancelled | None = None,
     params: dict[str, object] | None = None,
 ) -> StoredImage:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from desktop.services.personalize import TrainOptions, train_concept
 from engine.errors import EngineError
+from engine.progress import Progress, ProgressCallback
 from store.library import Library
 
 if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use them
@@ -50,7 +51,6 @@ PUBLISHED = [
     ("PLVM", "recognition (mean)", 0.858),
     ("Yo'LLaVA (as reported by PLVM)", "recognition (mean)", 0.749),
 ]
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -140,10 +140,10 @@ def _loss_curve(library: Library, run_id: int) -> list[dict[str, float]]:
 
 def _metric_models(options: EvalOptions) -> tuple[ClipModel | None, DinoModel | None, dict[str, str]]:
     """Load the encoders asked for (an unusable path is an error); name the metrics skipped without them."""
-    from engine.evaluation.encoders import load_clip, load_dino
+    from engine.evaluation.encoders import load_clip, load_dinov1
 
     clip = load_clip(options.clip, options.device) if options.clip is not None else None
-    dino = load_dino(options.dino, options.device) if options.dino is not None else None
+    dino = load_dinov1(options.dino, options.device) if options.dino is not None else None
     skipped = {}
     if clip is None:
         skipped |= {m: "no --clip model folder given" for m in ("clip_i", "clip_t")}
@@ -154,15 +154,18 @@ def _metric_models(options: EvalOptions) -> tuple[ClipModel | None, DinoModel | 
     return clip, dino, skipped
 
 
-def evaluate(dataset: Path, report_dir: Path, options: EvalOptions, progress: Progress | None = None) -> dict[str, Any]:
+def evaluate(
+    dataset: Path, report_dir: Path, options: EvalOptions, progress: ProgressCallback | None = None
+) -> dict[str, Any]:
     """Run the whole evaluation; writes generated pictures under `report_dir/images` and returns the results
-    (see `docs/evaluation.md`). Progress is reported as (phase, done, total)."""
+    (see `docs/evaluation.md`). Progress events name the phase: add, train NAME, recognition, qa, generation,
+    metrics."""
     from desktop.services.library_concepts import attach_from_library
     from engine.evaluation import measure as evaluation
     from engine.inference.assistant import Assistant
     from engine.model.loading import load_model
 
-    tell = progress or (lambda _phase, _done, _total: None)
+    report = progress or (lambda _p: None)
     layout, concepts = read_dataset(dataset, options.concepts)
     questions = evaluation.load_questions(options.qa) if options.qa is not None else []
     unknown = sorted({q.concept for q in questions} - {c.name.lower() for c in concepts})
@@ -175,16 +178,16 @@ def evaluate(dataset: Path, report_dir: Path, options: EvalOptions, progress: Pr
     with tempfile.TemporaryDirectory(prefix="familiar-eval-") as folder, Library.open(Path(folder)) as library:
         with timer.phase("add"):
             for done, concept in enumerate(concepts):
-                tell("add", done, len(concepts))
+                report(Progress("add", done, len(concepts)))
                 _add(library, concept)
-            tell("add", len(concepts), len(concepts))
+            report(Progress("add", len(concepts), len(concepts)))
         with timer.phase("train"):
             for concept in concepts:
                 run = train_concept(
                     library,
                     concept.name,
                     train_options,
-                    progress=lambda u, n=concept.name: tell(f"train {n}", u.step, u.total),
+                    progress=lambda u, n=concept.name: report(replace(u, phase=f"train {n}")),
                 )
                 results["concepts"][concept.name.lower()]["training"] = _loss_curve(library, run.id)
         assistant = Assistant(load_model(options.model, device=options.device))
@@ -194,7 +197,7 @@ def evaluate(dataset: Path, report_dir: Path, options: EvalOptions, progress: Pr
             )
         reference = evaluation.fixed_prompt_logits(assistant)
         attach_from_library(library, assistant, [c.name for c in concepts])
-    measure(assistant, concepts, questions, clip, dino, options, report_dir, timer, results, tell)
+    measure(assistant, concepts, questions, clip, dino, options, report_dir, timer, results, report)
     with timer.phase("base check"):
         difference = evaluation.base_difference(assistant, reference)
     results["base_model_untouched"] = {"passed": difference == 0.0, "max_abs_logit_difference": difference}
@@ -223,7 +226,7 @@ def measure(
     report_dir: Path,
     timer: Timer,
     results: dict[str, Any],
-    tell: Progress,
+    report: ProgressCallback,
 ) -> None:
     """Recognition, QA, generation and similarity metrics for attached concepts, into `results`."""
     from engine.evaluation import measure as evaluation
@@ -232,32 +235,32 @@ def measure(
 
     per = results["concepts"]
     with timer.phase("recognition"):
-        tell("recognition", 0, 1)
+        report(Progress("recognition", 0, 1))
         tokens = assistant.loaded.image_tokenizer
         test_ids = {
             c.name.lower(): [row.tolist() for row in tokens.encode([open_image(p) for p in c.test])] for c in concepts
         }
         for name, score in evaluation.recognition(assistant, test_ids).items():
             per[name]["recognition"] = {**asdict(score), "weighted": score.weighted}
-        tell("recognition", 1, 1)
+        report(Progress("recognition", 1, 1))
     with timer.phase("qa"):
         chosen: dict[str, tuple[list[int], list[int]]] = {}
         for done, question in enumerate(questions):
-            tell("qa", done, len(questions))
+            report(Progress("qa", done, len(questions)))
             predictions, answers = chosen.setdefault(question.concept, ([], []))
             predictions += evaluation.qa_predictions(assistant, [question])
             answers.append(question.answer)
         for name, (predictions, answers) in chosen.items():
             per[name]["qa"] = metrics.accuracy(predictions, answers)
         if questions:
-            tell("qa", len(questions), len(questions))
+            report(Progress("qa", len(questions), len(questions)))
     generated: dict[str, list[Image.Image]] = {}
     with timer.phase("generation"):
         total, done = len(concepts) * options.images, 0
         (report_dir / "images").mkdir(parents=True, exist_ok=True)
         for concept in concepts:
             name = concept.name.lower()
-            tell("generation", done, total)
+            report(Progress("generation", done, total))
             generated[name] = evaluation.generate(assistant, name, options.images, options.seed)
             done += options.images
             per[name]["images"] = []
@@ -265,10 +268,10 @@ def measure(
                 path = report_dir / "images" / f"{concept.name}-{index}.png"
                 image.save(path)
                 per[name]["images"].append(str(path.relative_to(report_dir)))
-        tell("generation", total, total)
+        report(Progress("generation", total, total))
     with timer.phase("metrics"):
         for done, concept in enumerate(concepts):
-            tell("metrics", done, len(concepts))
+            report(Progress("metrics", done, len(concepts)))
             name = concept.name.lower()
             images = generated[name]
             if not images:
@@ -281,7 +284,7 @@ def measure(
                 per[name]["clip_t"] = metrics.clip_t(made, clip.embed_texts([text] * len(images)))
             if dino is not None:
                 per[name]["dino"] = metrics.dino_score(dino.embed_images(images), dino.embed_images(real))
-        tell("metrics", len(concepts), len(concepts))
+        report(Progress("metrics", len(concepts), len(concepts)))
 
 
 def _means(per: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -11,7 +11,7 @@ checkpoint scored on the held-out photos; the best score becomes the concept's a
 then detaches every concept from that model first, so training sees the model exactly as freshly loaded, and
 detaches the trained concept again at the end. With `remote_knn_url` set (the user's opt-in), look-alikes are
 asked of that clip-retrieval service, sending only the mean photo embedding; a failure falls back to the
-offline index with a note in the run's log and status. Without it, nothing opens a socket.
+offline index with a warning (`engine.progress.Notice`) in the run's log and status. Without it, nothing opens a socket.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.concepts.layout import DEFAULT_LAYOUT, PromptLayout
 from engine.errors import EngineError
+from engine.progress import Notice, Status
 from engine.training.recipe import Recipe
 from store.library import Library
 from store.models import Photo, Run
@@ -34,12 +35,12 @@ if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use 
 
     from engine.concepts.state import ConceptState
     from engine.inference.assistant import Assistant
+    from engine.progress import Progress, ProgressCallback
     from engine.training.personalization import ConceptPhotos, Scored
     from engine.training.selection import ImageSimilarity
-    from engine.training.trainer import Checkpoint, Progress
+    from engine.training.trainer import Checkpoint
 
 REPORT_EVERY_S = 1.0
-NOTE = "note: "  # starts a status or log line that warns (e.g. the remote kNN service failed)
 
 
 @dataclass(frozen=True)
@@ -152,10 +153,10 @@ def split_photos(photos: Sequence[Photo]) -> tuple[list[Photo], list[Photo]]:
 
 
 def gather(
-    library: Library, name: str, options: TrainOptions, report: Callable[[str], None], assistant: Assistant
-) -> tuple[ConceptPhotos, list[str]]:
-    """What the library holds for `name`, as the recipe's input, and notes for the run's log (where look-alikes
-    came from, and NOTE lines such as a remote fallback). Negatives: the other concepts' photos, then the
+    library: Library, name: str, options: TrainOptions, report: Status, assistant: Assistant
+) -> tuple[ConceptPhotos, list[str | Notice]]:
+    """What the library holds for `name`, as the recipe's input, and lines for the run's log (where look-alikes
+    came from, and warnings such as a remote fallback). Negatives: the other concepts' photos, then the
     retrieval plan's hard and easy ones."""
     from engine.model.images import open_image
     from engine.training.personalization import ConceptPhotos, encode
@@ -190,9 +191,10 @@ def gather(
         photos.similarity = retrieved.similarity
         report(retrieved.source)
         sources, warnings = [retrieved.source], retrieved.warnings
-    for warning in warnings:
-        report(f"{NOTE}{warning}")
-    return photos, sources + [f"{NOTE}{warning}" for warning in warnings]
+    notices = [Notice(warning) for warning in warnings]
+    for notice in notices:
+        report(notice)
+    return photos, [*sources, *notices]
 
 
 def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint, list[Scored]]:
@@ -208,7 +210,11 @@ def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint, list[Score
                 break
             last = saved[-1]
             earlier = [
-                Scored(Checkpoint(ConceptState.load(c.path), b"", c.step, c.epoch), dict(c.metrics)) for c in saved
+                Scored(
+                    Checkpoint(state=ConceptState.load(c.path), optimizer=b"", step=c.step, epoch=c.epoch),
+                    dict(c.metrics),
+                )
+                for c in saved
             ]
             checkpoint = Checkpoint(
                 state=earlier[-1].checkpoint.state,
@@ -231,9 +237,9 @@ def train_concept(
     library: Library,
     name: str,
     options: TrainOptions,
-    progress: Callable[[Progress], None] | None = None,
+    progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
-    status: Callable[[str], None] | None = None,
+    status: Status | None = None,
     resume: bool = False,
     similarity: ImageSimilarity | None = None,
     assistant: Assistant | None = None,
@@ -281,9 +287,9 @@ def _train(
     library: Library,
     name: str,
     options: TrainOptions,
-    progress: Callable[[Progress], None] | None,
+    progress: ProgressCallback | None,
     cancelled: Callable[[], bool] | None,
-    report: Callable[[str], None],
+    report: Status,
     run: Run | None,
     resume_from: Checkpoint | None,
     earlier: list[Scored],
@@ -291,7 +297,7 @@ def _train(
     assistant: Assistant,
 ) -> Run:
     from engine.training import personalization
-    from engine.training.trainer import TrainingCancelled
+    from engine.training.loop import TrainingCancelled
 
     concept, notes = gather(library, name, options, report, assistant)
     if similarity is not None:
@@ -301,8 +307,15 @@ def _train(
         library.runs.start(run.id)
     else:
         library.runs.resume(run.id)
-    for note in notes:
-        library.runs.log(run.id, note)
+
+    def log(line: str | Notice) -> None:
+        if isinstance(line, Notice):
+            library.runs.log(run.id, line.text, warning=True)
+        else:
+            library.runs.log(run.id, line)
+
+    for line in notes:
+        log(line)
     last_report = 0.0
 
     def on_progress(update: Progress) -> None:
@@ -335,9 +348,9 @@ def _train(
             run.id, f"checkpoint at step {checkpoint.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
         )
 
-    def on_status(message: str) -> None:
+    def on_status(message: str | Notice) -> None:
         report(message)
-        library.runs.log(run.id, message)
+        log(message)
 
     try:
         result = personalization.personalize(

@@ -245,7 +245,7 @@ class DinoEncoder:
         return hidden[:, 0], hidden[:, 1:]
 
 
-def load_dino(spec: str | Path, device: str | torch.device = "cpu") -> DinoEncoder:
+def load_dinov2(spec: str | Path, device: str | torch.device = "cpu") -> DinoEncoder:
     """Load a DINOv2 encoder from a local folder (`demo` is the shipped tiny one); never downloads."""
     path = demo_dino_dir() if str(spec) == DEMO_DINO else Path(spec).expanduser()
     hint = "download a DINOv2 model (e.g. facebook/dinov2-base) on a machine with network and pass its folder"
@@ -383,7 +383,7 @@ def load_aligner(
     recorded = metadata.get("dino_source", "")
     if dino is None and not recorded:
         raise AlignerError(f"{path} does not say which DINOv2 encoder it needs; pass it with --dino")
-    encoder = load_dino(dino if dino is not None else recorded, device)
+    encoder = load_dinov2(dino if dino is not None else recorded, device)
     check_bindings(metadata, base_fingerprint, encoder.fingerprint, str(path))
     check_encoder(aligner, encoder, str(path))
     aligner.to(device).requires_grad_(False).eval()

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
-import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -47,14 +45,15 @@ from engine.aligner.model import (
     save_aligner,
 )
 from engine.atomic_write import write_atomic
+from engine.concepts.layout import SLOT_SIZE
 from engine.concepts.prompts import IGNORE
-from engine.concepts.state import SLOT_SIZE
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
 from engine.model.images import open_image
 from engine.model.loading import LoadedModel
+from engine.progress import ProgressCallback
 from engine.training.data import NEGATIVE_ANSWERS, POSITIVE_ANSWERS, RECOGNITION_QUESTIONS, fact_pairs
-from engine.training.trainer import Progress, _pack_optimizer, _unpack_optimizer
+from engine.training.loop import TrainingCheckpoint, TrainingLoop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 REFERENCE_STEM = "reference"
@@ -274,24 +273,11 @@ def weighted_token_loss(
     return (losses * weights).sum() / total
 
 
-@dataclass
-class AlignerCheckpoint:
-    """Everything needed to continue a run: the Aligner's weights, optimizer moments, position, history."""
+@dataclass(kw_only=True)
+class AlignerCheckpoint(TrainingCheckpoint):
+    """An Aligner run's checkpoint: the Aligner's weights, with the optimizer's moments and the run's position."""
 
     weights: dict[str, torch.Tensor]
-    optimizer: bytes
-    step: int
-    epoch: int
-    losses: list[float] = field(default_factory=list)
-    final: bool = False
-
-
-class AlignerTrainingCancelled(Exception):
-    """Raised after the cancel checkpoint was handed over."""
-
-    def __init__(self, checkpoint: AlignerCheckpoint) -> None:
-        super().__init__(f"Aligner training cancelled at step {checkpoint.step}")
-        self.checkpoint = checkpoint
 
 
 def _collate(samples: Sequence[WeightedSample], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -310,14 +296,17 @@ def _collate(samples: Sequence[WeightedSample], pad_id: int, device: torch.devic
     return ids.to(device), mask.to(device), labels.to(device), weights.to(device)
 
 
-class AlignerTrainer:
+class AlignerTrainer(TrainingLoop[Draw, AlignerCheckpoint]):
     """Trains `aligner` on `data` against the frozen model of `assistant`, where it attaches a placeholder
-    concept named `identity` to own a slot.
+    concept named `identity` to own a slot (the step loop, checkpoints, cancel and resume are
+    `engine.training.loop`'s).
 
     The predicted rows enter the model functionally: the slot's ids read their embeddings from each sample's
     own rows (a one-hot batched matmul, deterministic on CPU) and the slot's logits come from its head rows,
     exactly as `ConceptSlots` does for an attached concept. The base model and the encoder are never written.
     """
+
+    config: AlignerTrainConfig
 
     def __init__(self, assistant: Assistant, aligner: Aligner, data: PreparedData, config: AlignerTrainConfig) -> None:
         loaded = assistant.loaded
@@ -327,17 +316,11 @@ class AlignerTrainer:
             assistant.attach(assistant.slots.initial_state(PLACEHOLDER, loaded.tokenizer))
         self.assistant = assistant
         self.loaded = loaded
-        self.model = loaded.model
-        self.device = loaded.device
-        self.aligner = aligner.to(self.device)
+        self.aligner = aligner.to(loaded.device)
         self.data = data
-        self.config = config
         self.decision = Decision.of(loaded.tokenizer)
-        self.optimizer = torch.optim.AdamW(
-            aligner.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-        )
-        self.steps_per_epoch = math.ceil(len(data.identities) * config.samples_per_identity / config.batch_size)
-        self.total_steps = self.steps_per_epoch * config.epochs
+        items = len(data.identities) * config.samples_per_identity
+        super().__init__(loaded.model, loaded.device, aligner.parameters(), config, items)
         self._qa = [fact_pairs("object", identity.facts, PLACEHOLDER) for identity in data.identities]
         embedding, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
         self._base_embedding: nn.Module = getattr(embedding, "base", embedding)
@@ -441,68 +424,23 @@ class AlignerTrainer:
             "recognition": (positive + negative) / 2,
         }
 
-    def _checkpoint(self, step: int, losses: list[float], final: bool = False) -> AlignerCheckpoint:
-        weights = {k: v.detach().cpu().clone() for k, v in self.aligner.state_dict().items()}
-        epoch = step // self.steps_per_epoch
-        return AlignerCheckpoint(weights, _pack_optimizer(self.optimizer), step, epoch, list(losses), final)
+    def epoch_items(self, epoch: int) -> list[Draw]:
+        return plan_epoch(self.data, self.config, epoch)
 
-    def run(
-        self,
-        progress: Callable[[Progress], None] | None = None,
-        cancelled: Callable[[], bool] | None = None,
-        on_checkpoint: Callable[[AlignerCheckpoint], None] | None = None,
-        resume: AlignerCheckpoint | None = None,
-    ) -> list[float]:
-        """Train to the end (or raise AlignerTrainingCancelled); returns the loss of every step. A checkpoint
-        goes to `on_checkpoint` at the end of every epoch and on cancel."""
-        report = progress or (lambda _p: None)
-        save = on_checkpoint or (lambda _c: None)
-        step, losses = 0, []
-        if resume is not None:
-            self.aligner.load_state_dict(resume.weights)
-            _unpack_optimizer(self.optimizer, resume.optimizer)
-            step, losses = resume.step, list(resume.losses)
-        self.aligner.train()
-        self.model.train()
-        if self.device.type == "cuda":
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        started, first_step = time.monotonic(), step
-        size = self.config.batch_size
-        planned: tuple[int, list[Draw]] = (-1, [])
-        try:
-            while step < self.total_steps:
-                epoch, within = divmod(step, self.steps_per_epoch)
-                if planned[0] != epoch:
-                    planned = (epoch, plan_epoch(self.data, self.config, epoch))
-                batch = planned[1][within * size : (within + 1) * size]
-                if cancelled is not None and cancelled():
-                    checkpoint = self._checkpoint(step, losses)
-                    save(checkpoint)
-                    raise AlignerTrainingCancelled(checkpoint)
-                self.optimizer.zero_grad(set_to_none=True)
-                samples = [self.sample(draw) for draw in batch]
-                normalizer = sum(sum(sample.weights) for sample in samples)
-                total = 0.0
-                micro = self.config.micro_batch or size
-                for start in range(0, len(batch), micro):
-                    part = slice(start, start + micro)
-                    loss = self._loss(batch[part], samples[part], normalizer)
-                    loss.backward()
-                    total += loss.item()
-                nn.utils.clip_grad_norm_(self.aligner.parameters(), self.config.max_grad_norm)
-                self.optimizer.step()
-                step += 1
-                losses.append(total)
-                rate = (time.monotonic() - started) / (step - first_step)
-                report(Progress("training", step, self.total_steps, total, rate * (self.total_steps - step), epoch))
-                if step % self.steps_per_epoch == 0 or step == self.total_steps:
-                    save(self._checkpoint(step, losses, final=step == self.total_steps))
-        finally:
-            self.aligner.eval()
-            self.model.eval()
-            if self.device.type == "cuda":
-                self.model.gradient_checkpointing_disable()
-        return losses
+    def batch_loss(self, batch: Sequence[Draw]) -> Callable[[slice], torch.Tensor]:
+        samples = [self.sample(draw) for draw in batch]
+        normalizer = sum(sum(sample.weights) for sample in samples)
+        return lambda part: self._loss(batch[part], samples[part], normalizer)
+
+    def checkpoint(self, common: TrainingCheckpoint) -> AlignerCheckpoint:
+        weights = {k: v.detach().cpu().clone() for k, v in self.aligner.state_dict().items()}
+        return AlignerCheckpoint(**vars(common), weights=weights)
+
+    def restore(self, checkpoint: AlignerCheckpoint) -> None:
+        self.aligner.load_state_dict(checkpoint.weights)
+
+    def train_mode(self, on: bool) -> None:
+        self.aligner.train(on)
 
 
 def resume_path(output: Path) -> Path:
@@ -562,7 +500,11 @@ def load_resume(
     config = AlignerTrainConfig.from_json(metadata["train_config"])
     losses = [float(x) for x in json.loads(metadata["losses"])]
     checkpoint = AlignerCheckpoint(
-        weights, save_tensors(moments), int(metadata["step"]), int(metadata["epoch"]), losses
+        weights=weights,
+        optimizer=save_tensors(moments),
+        step=int(metadata["step"]),
+        epoch=int(metadata["epoch"]),
+        losses=losses,
     )
     return aligner, config, checkpoint
 
@@ -576,12 +518,12 @@ def train_aligner(
     config: AlignerTrainConfig,
     *,
     resume: bool = False,
-    progress: Callable[[Progress], None] | None = None,
+    progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
     status: Callable[[str], None] | None = None,
 ) -> list[float]:
     """Train an Aligner for `loaded` on the identity folders in `dataset`, checkpointing to `output` at every
-    epoch and on cancel (then raising AlignerTrainingCancelled). `resume=True` continues the interrupted run
+    epoch and on cancel (then raising TrainingCancelled). `resume=True` continues the interrupted run
     writing `output`, with that run's own options; `aligner_config` and `config` are then ignored."""
     report = status or (lambda _m: None)
     identities = read_dataset(dataset)

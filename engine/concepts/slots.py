@@ -16,8 +16,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from engine.concepts.state import N_GENERATION, SLOT_SIZE, ConceptState
-from engine.errors import ConceptStateError, SlotError
+from engine.concepts.layout import N_GENERATION, SLOT_SIZE
+from engine.concepts.state import ConceptState
+from engine.errors import SlotError
 from engine.model.chameleon import FamiliarChameleon
 
 RESERVED_TOKEN = re.compile(r"^<reserved\d+>$")
@@ -183,6 +184,18 @@ class ConceptSlots:
     def params(self, name: str) -> ConceptParams:
         return self._bank.params[self._key(name)]
 
+    def load(self, name: str, state: ConceptState) -> None:
+        """Write `state`'s rows into the attached concept `name` (a checkpoint to resume from, the best epoch)."""
+        params = self.params(name)
+        if state.embed.shape != params.embed.shape or state.head.shape != params.head.shape:
+            raise SlotError(
+                f"concept <{name}> has rows of shape {tuple(params.embed.shape)}; the state's are "
+                f"{tuple(state.embed.shape)} and {tuple(state.head.shape)}"
+            )
+        with torch.no_grad():
+            params.embed.copy_(state.embed.to(params.embed.device))
+            params.head.copy_(state.head.to(params.head.device))
+
     def state(self, name: str) -> ConceptState:
         """The concept's current rows as a savable state."""
         params = self.params(name)
@@ -192,17 +205,6 @@ class ConceptSlots:
             head=params.head.detach().cpu().clone(),
             base_fingerprint=self.fingerprint,
         )
-
-    def load(self, name: str, state: ConceptState) -> None:
-        """Write `state`'s rows into the attached concept `name`."""
-        params = self.params(name)
-        if state.embed.shape != params.embed.shape or state.head.shape != params.head.shape:
-            raise ConceptStateError(
-                f"rows of shape {tuple(state.embed.shape)} do not fit <{name}>'s {tuple(params.embed.shape)}"
-            )
-        with torch.no_grad():
-            params.embed.copy_(state.embed.to(params.embed.device))
-            params.head.copy_(state.head.to(params.head.device))
 
     def initial_state(
         self, name: str, tokenizer: PreTrainedTokenizerBase, class_word: str | None = None

@@ -136,8 +136,8 @@ class DinoModel:
         return torch.cat(rows).numpy()
 
 
-def load_dino(path: Path | str, device: str | torch.device = "cpu") -> DinoModel:
-    """The transformers ViT (DINO) in `path`; its input size must be 224."""
+def load_dinov1(path: Path | str, device: str | torch.device = "cpu") -> DinoModel:
+    """The transformers ViT of DINO (v1, as in the DINO score) in `path`; its input size must be 224."""
     from transformers import ViTConfig, ViTModel
 
     needs = "config.json and model.safetensors of a DINO ViT (e.g. facebook/dino-vits16)"

@@ -21,12 +21,12 @@ from engine.concepts.state import ConceptState
 from engine.inference.generation import (
     Cancelled,
     Sampling,
-    StepProgress,
     first_token_probs,
     sample_image_tokens,
     stream_text_tokens,
 )
 from engine.model.loading import LoadedModel
+from engine.progress import ProgressCallback
 
 SHOWN_SIZE = 256
 """A demo picture smaller than this (the micro-world's are 32x32) is scaled up to it before it is labelled."""
@@ -141,7 +141,7 @@ class Assistant:
         prompt: str,
         sampling: Sampling | None = None,
         guidance_scale: float = 1.0,
-        progress: StepProgress | None = None,
+        progress: ProgressCallback | None = None,
         cancelled: Cancelled | None = None,
     ) -> GeneratedImage:
         """Draw one image for `prompt`; the mentioned concepts' generation tokens open the answer."""

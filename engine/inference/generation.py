@@ -15,9 +15,9 @@ import torch
 from transformers import DynamicCache
 
 from engine.model.chameleon import FamiliarChameleon
+from engine.progress import Progress, ProgressCallback
 
 Cancelled = Callable[[], bool]
-StepProgress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -92,10 +92,11 @@ def sample_image_tokens(
     sampling: Sampling,
     guidance_scale: float = 1.0,
     unconditional_ids: Sequence[int] | None = None,
-    progress: StepProgress | None = None,
+    progress: ProgressCallback | None = None,
     cancelled: Cancelled | None = None,
 ) -> torch.Tensor:
-    """Sample `n_tokens` image-token vocabulary ids after `prompt_ids` (which end with begin-of-image).
+    """Sample `n_tokens` image-token vocabulary ids after `prompt_ids` (which end with begin-of-image), with a
+    "drawing" progress event per token.
 
     With `guidance_scale != 1` and `unconditional_ids`, logits are uncond + scale * (cond - uncond).
     """
@@ -118,7 +119,7 @@ def sample_image_tokens(
             if uncond is not None:
                 uncond.push(token)
         if progress is not None:
-            progress(step + 1, n_tokens)
+            progress(Progress("drawing", step + 1, n_tokens))
     return out
 
 

@@ -41,6 +41,7 @@ from torch import nn
 from engine.atomic_write import write_atomic
 from engine.errors import EngineError
 from engine.microworld.world import ATTRIBUTE_VALUES, IDENTITY, POSE, SIZE, Scene, render, sample_scene
+from engine.progress import Progress, ProgressCallback
 
 FORMAT = "familiar.microworld-reader/1"
 RESAMPLE = Image.Resampling.BILINEAR
@@ -48,7 +49,6 @@ MAX_READER_BYTES = 64 * 2**20
 CHUNK = 512
 
 Images = Image.Image | Sequence[Image.Image]
-Progress = Callable[[str], None]
 
 
 class ReaderError(EngineError):
@@ -290,7 +290,7 @@ def train_reader(
     weight_decay: float = 1e-4,
     augmentation: bool = True,
     config: ReaderConfig | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     log_every: int = 250,
 ) -> tuple[AttributeReader, dict]:
     """Train a reader on `steps` batches of freshly sampled scenes (AdamW, cross-entropy summed over heads,
@@ -332,7 +332,7 @@ def train_reader(
             losses.append({"step": step + 1, "loss": round(running / count, 4)})
             running = 0.0
             if progress:
-                progress(f"step {step + 1}/{steps}: loss {losses[-1]['loss']:.4f}")
+                progress(Progress("training", step + 1, steps, losses[-1]["loss"]))
     reader.eval()
     report = {
         "seed": seed,

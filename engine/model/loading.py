@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,15 +33,13 @@ from engine.model.folder_checks import (
 )
 from engine.model.image_tokens import ImageTokenizer
 from engine.model.vqgan import DECODER_FILE, load_decoder
+from engine.progress import Progress, ProgressCallback
 
 DEMO_MARKER = "familiar_demo.json"
 DEMO_NAME = "demo"
 DEMO_BUILDER = "scripts/train_microworld.py"
 UNQUANTIZED_MODULES = ["lm_head", "embed_tokens", "vqmodel"]
 RESOURCES_PACKAGE = "familiar_resources"
-
-Progress = Callable[[str], None]
-
 
 def resources_dir() -> Path:
     """The shipped resources: `resources/` in a PyInstaller bundle; the `familiar_resources` package beside `engine`
@@ -296,13 +293,14 @@ def load_model(
     quantize: bool | None = None,
     dtype: torch.dtype | None = None,
     check_memory: bool = True,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> LoadedModel:
     """Load `spec` (`demo`, a folder, or a hub id) ready for chat, generation and training.
 
-    `quantize=None` means 4-bit on CUDA for real checkpoints and no quantization otherwise.
+    `quantize=None` means 4-bit on CUDA for real checkpoints and no quantization otherwise. Progress: "loading
+    weights" (0 of 2), "loading tokenizers" (1 of 2), "loaded" (2 of 2).
     """
-    report = progress or (lambda _message: None)
+    report = progress or (lambda _p: None)
     path = resolve_model_dir(spec)
     check_model_dir(path)
     config = read_config(path)
@@ -316,7 +314,7 @@ def load_model(
         if not estimate.fits:
             hint = "" if quantize else "; try 4-bit quantization on a CUDA GPU"
             raise InsufficientMemoryError(f"the model at {path} will not fit: it {estimate.describe()}{hint}")
-    report(f"loading weights from {path}")
+    report(Progress("loading weights", 0, 2))
     hf_logging.disable_progress_bar()
     kwargs: dict[str, object] = {"dtype": dtype}
     if quantize:
@@ -337,11 +335,11 @@ def load_model(
     else:
         _disable_cpu_repacking(model)
     model.requires_grad_(False).eval()
-    report("loading tokenizers")
+    report(Progress("loading tokenizers", 1, 2))
     tokenizer = AutoTokenizer.from_pretrained(path)
     decoder = load_decoder(path, config.vq_config).to(target).eval()
     image_tokenizer = ImageTokenizer(model.model.vqmodel, decoder, config.vocabulary_map)
-    return LoadedModel(
+    loaded = LoadedModel(
         model=model,
         tokenizer=tokenizer,
         image_tokenizer=image_tokenizer,
@@ -352,6 +350,8 @@ def load_model(
         quantized=quantize,
         fingerprint=model_fingerprint(model),
     )
+    report(Progress("loaded", 2, 2))
+    return loaded
 
 
 def _quantize_decoder_layers(model: FamiliarChameleon, device: torch.device, dtype: torch.dtype) -> None:

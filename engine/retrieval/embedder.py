@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from engine.errors import EngineError
+from engine.progress import Progress, ProgressCallback
 from engine.retrieval.embedder_info import EmbedderInfo
 
 DEFAULT_EMBEDDER = "ViT-L-14"
@@ -33,9 +34,6 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 """The demo embedder's architecture. Average pooling keeps random-weight features image-dependent (a random
 ViT's class token gives nearly the same vector for every image)."""
-
-Progress = Callable[[int, int], None]
-
 
 class Embedder:
     """An open_clip image tower with its preprocessing; ``embed`` maps images to unit vectors."""
@@ -53,8 +51,8 @@ class Embedder:
 
     @torch.no_grad()
     def embed(self, images: Sequence[Image.Image], batch_size: int = 32,
-              progress: Progress | None = None) -> np.ndarray:
-        """Images -> float32 array [N, dim] of L2-normalised embeddings; ``progress(done, total)`` per batch."""
+              progress: ProgressCallback | None = None) -> np.ndarray:
+        """Images -> float32 array [N, dim] of L2-normalised embeddings; an "embedding" event per batch."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
         out = np.empty((len(images), self.dim), dtype=np.float32)
@@ -64,7 +62,7 @@ class Embedder:
             features = self.visual(pixels).float()
             out[start : start + len(batch)] = torch.nn.functional.normalize(features, dim=-1).cpu().numpy()
             if progress is not None:
-                progress(start + len(batch), len(images))
+                progress(Progress("embedding", start + len(batch), len(images)))
         return out
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from engine.errors import EngineError, ImageError
+from engine.progress import Progress, ProgressCallback
 from engine.retrieval.embedder_info import EmbedderInfo
 from engine.retrieval.vector_search import Backend, exact_search
 
@@ -45,7 +46,6 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".
 MAX_CAPTION_CHARS = 1000
 NORM_TOLERANCE = 1e-2
 
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -455,12 +455,12 @@ def _load(path: Path, known: set[str]) -> _Loaded:
 
 def build_index(source: Path | str, index_path: Path | str, embedder: Embedder,
                 image_tokens: ImageTokenSource | None = None, chunk_size: int = 256, batch_size: int = 32,
-                progress: Progress | None = None) -> BuildReport:
+                progress: ProgressCallback | None = None) -> BuildReport:
     """Index every image under ``source`` into ``index_path`` (created, or extended when it exists).
 
     Files whose sha256 is already indexed are skipped, so a rerun adds only new images and a killed build
     resumes where its last committed chunk ended. Unreadable image files are reported and skipped.
-    ``progress(done, total)`` counts files.
+    Progress is an "indexing" event per batch, counting files.
     """
     source, index_path = Path(source), Path(index_path)
     if not source.is_dir():
@@ -504,7 +504,7 @@ def build_index(source: Path | str, index_path: Path | str, embedder: Embedder,
             if len(chunk[1]) >= chunk_size:
                 flush()
             if progress is not None:
-                progress(min(start + batch_size, len(files)), len(files))
+                progress(Progress("indexing", min(start + batch_size, len(files)), len(files)))
     flush()
     report.count = writer.count
     return report

@@ -18,10 +18,11 @@ from PIL import Image
 from engine.concepts.state import ConceptState
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
+from engine.progress import ProgressCallback
 from engine.training.data import ConceptData, augmentations, build_samples, class_word, describe_photos
 from engine.training.recipe import Recipe, held_out_negatives
 from engine.training.selection import ImageSimilarity, score
-from engine.training.trainer import Checkpoint, Progress, Trainer
+from engine.training.trainer import Checkpoint, Trainer
 
 ENCODE_BATCH = 8
 
@@ -82,7 +83,7 @@ def personalize(
     concept: ConceptPhotos,
     recipe: Recipe,
     *,
-    progress: Callable[[Progress], None] | None = None,
+    progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
     on_checkpoint: Callable[[Scored], None] | None = None,
     status: Callable[[str], None] | None = None,

@@ -15,6 +15,7 @@ from PIL import Image
 
 from store.errors import ArchiveError, ConceptExistsError, InvalidValueError
 from store.library import Library
+from store.schema import SCHEMA_VERSION
 from tests.store.helpers import state_bytes, stored_files, write_image
 from tests.store.test_photos import exif_with_orientation_and_gps
 
@@ -71,7 +72,7 @@ def test_round_trip_to_a_fresh_library_is_identical(library: Library, exported: 
         names = archive.namelist()
         manifest = json.loads(archive.read("manifest.json"))
     assert names[0] == "manifest.json" and len(names) == 1 + 4 + 2
-    assert manifest["schema_version"] == 2 and manifest["format"] == "familiar.archive/1"
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["format"] == "familiar.archive/1"
     assert manifest["base_fingerprint"] == library.tokens.active("bo").base_fingerprint
 
     with Library.open(tmp_path / "other") as other:

@@ -23,6 +23,7 @@ def test_run_lifecycle_with_checkpoints(library: Library) -> None:
     library.runs.report(run.id, 0.25, step=10, total_steps=40, message="epoch 4/15")
     library.runs.log(run.id, "loss 2.31")
     library.runs.log(run.id, "loss 1.87")
+    library.runs.log(run.id, "the index has no VQ tokens for this model", warning=True)
     optimizer = library.runs.folder(run.id) / "optimizer-10.bin"
     optimizer.write_bytes(b"engine-owned optimizer state")
     first = library.runs.add_checkpoint(
@@ -35,8 +36,9 @@ def test_run_lifecycle_with_checkpoints(library: Library) -> None:
 
     current = library.runs.get(run.id)
     assert (current.progress, current.step, current.total_steps, current.message) == (0.25, 10, 40, "epoch 4/15")
-    assert [line.message for line in library.runs.log_lines(run.id)] == ["loss 2.31", "loss 1.87"]
-    assert [line.message for line in library.runs.log_lines(run.id, after=1)] == ["loss 1.87"]
+    lines = [(line.message, line.warning) for line in library.runs.log_lines(run.id)]
+    assert lines == [("loss 2.31", False), ("loss 1.87", False), ("the index has no VQ tokens for this model", True)]
+    assert [line.message for line in library.runs.log_lines(run.id, after=2)] == [lines[2][0]]
 
     best = library.tokens.add_from_checkpoint(second.id)
     assert best.run_id == run.id and best.sha256 == second.sha256 and best.metrics == {"clip_i": 0.78}

@@ -46,10 +46,32 @@ def test_version_1_library_with_photos_migrates(tmp_path: Path) -> None:
             ["a" * 64, "b" * 64],
         )
     with Library.open(root) as library:
-        assert schema.schema_version(library.db) == 2
+        assert schema.schema_version(library.db) == schema.SCHEMA_VERSION
         concept = library.concepts.get("bo")
         assert (concept.facts, concept.photo_count, concept.created_at) == ("old facts", 1, "2024-01-01T00:00:00.000Z")
         assert [p.role for p in library.concepts.photos("bo")] == ["train"]
+
+
+def test_version_2_log_notes_become_warnings(tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    database_at(root / "library.db", 2)
+    with sqlite3.connect(root / "library.db") as conn:
+        conn.execute(
+            "INSERT INTO concepts (name, kind, facts, created_at, updated_at)"
+            " VALUES ('bo', 'pet', '', '2024-01-01T00:00:00.000Z', '2024-01-01T00:00:00.000Z')"
+        )
+        conn.execute(
+            "INSERT INTO runs (uid, concept_id, config, status, created_at, updated_at)"
+            " VALUES ('r1', 1, '{}', 'done', '2024-01-01T00:00:00.000Z', '2024-01-01T00:00:00.000Z')"
+        )
+        for message in ("12 samples, 3 steps", "note: the remote kNN service failed"):
+            conn.execute("INSERT INTO run_logs (run_id, at, message) VALUES (1, '2024-01-01', ?)", [message])
+    with Library.open(root) as library:
+        lines = library.runs.log_lines(1)
+    assert [(line.message, line.warning) for line in lines] == [
+        ("12 samples, 3 steps", False),
+        ("the remote kNN service failed", True),
+    ]
 
 
 @pytest.mark.parametrize("version", range(schema.SCHEMA_VERSION))

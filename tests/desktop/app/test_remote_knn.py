@@ -112,6 +112,10 @@ def _log(window, run) -> list[str]:
     return [line.message for line in window.library.runs.log_lines(run.id)]
 
 
+def _warnings(window, run) -> list[str]:
+    return [line.message for line in window.library.runs.log_lines(run.id) if line.warning]
+
+
 def test_the_remote_service_is_used_only_when_switched_on_with_a_url() -> None:
     on = AppSettings(remote_knn=True, remote_knn_url=" https://knn.example.org/knn-service ")
     assert on.remote_knn_service == "https://knn.example.org/knn-service"
@@ -145,7 +149,7 @@ def test_remote_knn_on_asks_the_service_with_the_embedding_only(
     assert service.downloads  # the listed pictures were fetched (and checked) locally
     log = _log(window, run)
     assert any("look-alikes from the remote kNN service" in line for line in log)
-    assert not any(line.startswith("note: ") for line in log)
+    assert not _warnings(window, run)
     assert not list(window.library.layout.tmp.glob("remote-knn-*"))  # downloads are not kept
     assert window.training.options(settings).remote_knn_url == run.config["remote_knn_url"]
 
@@ -160,7 +164,7 @@ def test_a_failing_service_falls_back_to_the_offline_index_with_a_visible_note(
     )
     run = _train(window, qtbot, dreambooth, settings)
     assert len(service.bodies) == 1
-    notes = [line for line in _log(window, run) if line.startswith("note: ")]
+    notes = _warnings(window, run)
     assert any("remote kNN service at 127.0.0.1 failed" in n and "using the offline index" in n for n in notes)
     assert any(f"look-alikes from the offline index {index}" in line for line in _log(window, run))
     view = window.training_view

@@ -38,7 +38,6 @@ def test_training_shares_the_loaded_model_and_refuses_chat_meanwhile(
         return real_load(spec, *args, **kwargs)
 
     monkeypatch.setattr(engine.model.loading, "load_model", counting_load)
-    monkeypatch.setattr(desktop.services.personalize, "load_model", counting_load)
     slots_after_training: list[list[str]] = []
     real_train = desktop.services.personalize.train_concept
 

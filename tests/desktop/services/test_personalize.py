@@ -17,8 +17,8 @@ from PIL import Image
 from desktop.cli.main import main
 from desktop.services.personalize import TrainOptions, train_concept
 from engine.inference.assistant import SHOWN_SIZE
+from engine.progress import Progress
 from engine.training.data import class_word
-from engine.training.trainer import Progress
 from store.library import Library
 
 QUICK = TrainOptions(

@@ -9,7 +9,7 @@ from desktop.services.personalize import TrainOptions, train_concept
 from engine.concepts.state import ConceptState
 from engine.inference.assistant import Assistant
 from engine.model.loading import load_model
-from engine.training.trainer import Progress
+from engine.progress import Progress
 from store.library import Library
 
 LEARNING_RATE = 1e-4

@@ -22,7 +22,7 @@ from engine.aligner.model import (
     dino_fingerprint,
     instant_state,
     load_aligner,
-    load_dino,
+    load_dinov2,
     new_aligner,
     save_aligner,
 )
@@ -114,7 +114,7 @@ def test_dino_fingerprint_ignores_dtype_but_not_weights() -> None:
 
 
 def test_a_checkpoint_round_trips(demo: LoadedModel, saved_dino: Path, photo: Image.Image, tmp_path: Path) -> None:
-    encoder = load_dino(saved_dino)
+    encoder = load_dinov2(saved_dino)
     aligner = save_tiny(tmp_path / "a.safetensors", demo, encoder).eval()
     loaded = load_aligner(tmp_path / "a.safetensors", demo.fingerprint)
     assert loaded.encoder.fingerprint == encoder.fingerprint and loaded.aligner.config == TINY
@@ -127,7 +127,7 @@ def test_a_checkpoint_round_trips(demo: LoadedModel, saved_dino: Path, photo: Im
 def test_another_base_model_or_encoder_is_refused(
     demo: LoadedModel, saved_dino: Path, photo: Image.Image, tmp_path: Path
 ) -> None:
-    encoder = load_dino(saved_dino)
+    encoder = load_dinov2(saved_dino)
     save_tiny(tmp_path / "other.safetensors", demo, encoder, fingerprint="0" * 64)
     with pytest.raises(AlignerError, match="another base model"):
         load_aligner(tmp_path / "other.safetensors", demo.fingerprint)
@@ -142,11 +142,11 @@ def test_another_base_model_or_encoder_is_refused(
 
 def test_missing_or_broken_files_are_clear_errors(demo: LoadedModel, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="does not exist"):
-        load_dino(tmp_path / "nowhere")
+        load_dinov2(tmp_path / "nowhere")
     (tmp_path / "half").mkdir()
     Dinov2Config(hidden_size=32).save_pretrained(tmp_path / "half")
     with pytest.raises(ModelNotFoundError, match=r"missing: weights"):
-        load_dino(tmp_path / "half")
+        load_dinov2(tmp_path / "half")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(AlignerError, match="not a valid safetensors"):
         load_aligner(tmp_path / "junk.safetensors", demo.fingerprint)

@@ -16,7 +16,6 @@ from engine.aligner.model import AlignerConfig, AlignerError, DinoEncoder, build
 from engine.aligner.training import (
     AlignerTrainConfig,
     AlignerTrainer,
-    AlignerTrainingCancelled,
     Decision,
     Draw,
     PreparedData,
@@ -34,6 +33,7 @@ from engine.concepts.state import ConceptState
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
 from engine.model.loading import LoadedModel, demo_model_dir, read_config
+from engine.training.loop import TrainingCancelled
 
 DEMO_HIDDEN = read_config(demo_model_dir()).hidden_size
 TINY = AlignerConfig(
@@ -207,7 +207,7 @@ def test_resume_after_cancel_matches_an_uninterrupted_run(
     output = tmp_path / "aligner.safetensors"
     first = trainer(demo, data)
     steps: list[int] = []
-    with pytest.raises(AlignerTrainingCancelled) as stop:
+    with pytest.raises(TrainingCancelled) as stop:
         first.run(
             progress=lambda p: steps.append(p.step),
             cancelled=lambda: len(steps) >= 2,
@@ -233,7 +233,7 @@ def test_resuming_for_another_base_model_or_dataset_is_refused(
 ) -> None:
     output = tmp_path / "aligner.safetensors"
     run = trainer(demo, data)
-    with pytest.raises(AlignerTrainingCancelled):
+    with pytest.raises(TrainingCancelled):
         run.run(cancelled=lambda: True, on_checkpoint=lambda c: save_checkpoint(output, run, c))
     with pytest.raises(AlignerError, match="another base model"):
         load_resume(output, replace(demo, fingerprint="0" * 64), encoder, data.digest)

@@ -182,3 +182,16 @@ def test_state_with_wrong_shape_or_nan_refused(demo: LoadedModel) -> None:
     nan.embed[0, 0] = float("nan")
     with pytest.raises(ConceptStateError, match="NaN"):
         ConceptState.from_bytes(nan.to_bytes())
+
+
+def test_load_writes_a_states_rows_and_refuses_other_shapes(demo: LoadedModel) -> None:
+    assistant = Assistant(demo)
+    assistant.attach(assistant.slots.initial_state("bo", demo.tokenizer, "dog"))
+    other = assistant.slots.initial_state("bo", demo.tokenizer, "cat")
+    assistant.slots.load("bo", other)
+    loaded = assistant.slots.state("bo")
+    assert torch.equal(loaded.embed, other.embed) and torch.equal(loaded.head, other.head)
+    short = dataclasses.replace(other, embed=other.embed[:-1], head=other.head[:-1])
+    with pytest.raises(SlotError, match="shape"):
+        assistant.slots.load("bo", short)
+    assistant.slots.detach("bo")

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from engine.errors import EngineError, ModelNotFoundError
 from engine.evaluation import measure as evaluation
 from engine.evaluation import metrics
-from engine.evaluation.encoders import dino_pixels, load_clip, load_dino
+from engine.evaluation.encoders import dino_pixels, load_clip, load_dinov1
 from engine.inference.assistant import Assistant
 from engine.retrieval.embedder import load_embedder
 
@@ -77,7 +77,7 @@ def test_similarities_on_known_vectors() -> None:
 def test_identical_images_score_one_with_any_embedder(tmp_path: Path) -> None:
     image = photos()[:1]
     clip = load_clip(tiny_clip(tmp_path / "clip"))
-    dino = load_dino(tiny_dino(tmp_path / "dino"))
+    dino = load_dinov1(tiny_dino(tmp_path / "dino"))
     for embed in (clip.embed_images, dino.embed_images, load_embedder("demo").embed):
         assert metrics.clip_i(embed(image), embed(image * 3)) == pytest.approx(1.0, abs=1e-5)
         assert metrics.dino_score(embed(image), embed(image)) == pytest.approx(1.0, abs=1e-5)
@@ -104,14 +104,14 @@ def test_missing_or_wrong_models_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match=r"open_clip_config\.json"):
         load_clip(tmp_path / "nowhere")
     with pytest.raises(ModelNotFoundError, match="DINO"):
-        load_dino(tmp_path / "nowhere")
+        load_dinov1(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="incomplete"):
         load_clip(tmp_path / "empty")
     (tmp_path / "v2").mkdir()
     (tmp_path / "v2" / "config.json").write_text(json.dumps({"model_type": "dinov2"}))
     with pytest.raises(EngineError, match="model_type vit"):
-        load_dino(tmp_path / "v2")
+        load_dinov1(tmp_path / "v2")
 
 
 def test_sequence_log_likelihood_and_choice_on_a_constructed_case() -> None:

@@ -119,7 +119,7 @@ def test_generation_can_be_cancelled(assistant: Assistant) -> None:
     steps: list[int] = []
     with pytest.raises(GenerationCancelled):
         assistant.generate(
-            "A cat", Sampling(seed=1), progress=lambda done, _: steps.append(done), cancelled=lambda: len(steps) >= 5
+            "A cat", Sampling(seed=1), progress=lambda p: steps.append(p.step), cancelled=lambda: len(steps) >= 5
         )
     assert len(steps) == 5
 

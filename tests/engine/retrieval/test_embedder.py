@@ -36,7 +36,7 @@ def test_demo_embedder_is_deterministic_normalised_and_batch_invariant() -> None
     first = load_embedder("demo")
     assert first.info.untrained and first.info.name == "demo"
     seen: list[tuple[int, int]] = []
-    a = first.embed(images, batch_size=3, progress=lambda done, total: seen.append((done, total)))
+    a = first.embed(images, batch_size=3, progress=lambda p: seen.append((p.step, p.total)))
     b = load_embedder("demo").embed(images, batch_size=32)
     assert a.dtype == np.float32 and a.shape == (7, first.dim)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)

@@ -18,9 +18,10 @@ from engine.training.data import (
     build_samples,
     fact_pairs,
 )
+from engine.training.loop import TrainingCancelled
 from engine.training.recipe import Recipe
 from engine.training.selection import recognition_accuracy, score
-from engine.training.trainer import Checkpoint, Trainer, TrainingCancelled
+from engine.training.trainer import Checkpoint, Trainer
 
 
 def _images(loaded: LoadedModel, colours: list[tuple[int, int, int]]) -> list[list[int]]:
@@ -168,3 +169,15 @@ def test_recognition_reads_the_token_where_yes_and_no_differ(images: dict[str, l
         assert says_yes(assistant, "bo", image)
         head.weight[yes], head.weight[no] = -towards, towards
         assert not says_yes(assistant, "bo", image)
+
+
+def test_cancel_right_after_resuming_hands_back_the_resumed_checkpoint(images: dict[str, list[list[int]]]) -> None:
+    assistant = _fresh()
+    trainer = Trainer(assistant, "bo", _samples(assistant, images), Recipe(epochs=2))
+    saved: list[Checkpoint] = []
+    with pytest.raises(TrainingCancelled):
+        trainer.run(on_checkpoint=saved.append, cancelled=lambda: len(saved) == 1)
+    again: list[Checkpoint] = []
+    with pytest.raises(TrainingCancelled) as info:
+        trainer.run(on_checkpoint=again.append, cancelled=lambda: True, resume=saved[0])
+    assert again == [] and info.value.checkpoint is saved[0]
