@@ -37,9 +37,10 @@ REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # one torch thread: the CPUs are shared
 
 # `familiar ARGS...` that kills itself (SIGKILL) once it has reached the fault points TRIGGER in that
-# order (other points may come between); "ready" tells the parent that the imports are done.
+# order (other points may come between); "ready" tells the parent that the store's imports are done.
 WORKER = """
 import json, os, signal, sys
+import store.library  # what the library commands import, loaded before "ready"
 from store import faults
 from desktop.cli.main import main
 
@@ -182,6 +183,8 @@ def test_a_kill_at_any_fault_point_loses_nothing_and_can_be_redone(
         after = check_sound(root)
         finished = done(operation, root, base)
         assert after == before or finished, f"half done after a kill at {points[index]}"
+        older, newer = (after, before) if operation == "remove" else (before, after)  # remove only deletes rows
+        assert all(set(older[table]) <= set(newer[table]) for table in before), "a stored row changed or was lost"
         assert after == before or operation != "export"
         outcomes.append(finished)
         if not finished:  # do it again: it goes through, and a killed export's leftovers go
@@ -192,22 +195,33 @@ def test_a_kill_at_any_fault_point_loses_nothing_and_can_be_redone(
     assert not all(outcomes) and (operation == "export" or any(outcomes))  # kills before and after the commit
 
 
+def started(root: Path, args: list[str]) -> tuple[subprocess.Popen[bytes], float]:
+    """`familiar ARGS...` running, once its imports are done; and the time that took."""
+    command = [sys.executable, "-c", WORKER, "[]", "--data-dir", str(root), *args]
+    process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stdout.readline() == b"ready\n"
+    return process, time.monotonic()
+
+
 @pytest.mark.parametrize("operation", ["add", "remove"])
 def test_kills_at_random_moments_lose_nothing(base: Path, fresh: Callable[[], Path], operation: str) -> None:
     """SIGKILL at seeded random moments of a run, wherever they land: in SQLite, mid-write, mid-rename."""
-    rng = random.Random(18)
     args = OPERATIONS[operation](base)
+    process, start = started(fresh(), args)
+    assert process.wait() == 0
+    duration = time.monotonic() - start  # of an operation run to the end, from its imports on
+    rng = random.Random(18)
     for _ in range(5):
         root = fresh()
         before = check_sound(root)
-        command = [sys.executable, "-c", WORKER, "[]", "--data-dir", str(root), *args]
-        process = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert process.stdout is not None and process.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0.0, 0.15))
+        process, _ = started(root, args)
+        time.sleep(rng.uniform(0.0, duration))
         process.send_signal(signal.SIGKILL)
         process.communicate()
         after = check_sound(root)
         assert after == before or done(operation, root, base)
+        older, newer = (after, before) if operation == "remove" else (before, after)
+        assert all(set(older[table]) <= set(newer[table]) for table in before)
         if after == before:
             assert main(["--data-dir", str(root), *args]) == 0
             check_sound(root)
