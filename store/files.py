@@ -412,10 +412,15 @@ def remove_dead_parts(folder: Path, prefix: str = "") -> int:
     an hour old; returns how many. Best effort: a file that cannot be deleted stays."""
     removed = 0
     cutoff = time.time() - STALE_PART_S
+    owners: dict[str, bool | None] = {}  # a change in progress may have hundreds of files: ask once a process
     for part in folder.glob("*.part"):
         if not part.name.startswith(prefix):
             continue
-        alive = owner_alive(part.name[len(prefix) :])
+        name = part.name[len(prefix) :]
+        tag = name.split(".", 1)[0]
+        if tag not in owners:
+            owners[tag] = owner_alive(name)
+        alive = owners[tag]
         with suppress(OSError):
             if alive is False or (alive is None and part.stat().st_mtime < cutoff):
                 removed += _unlink(part)
