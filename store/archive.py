@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -24,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 from store import faults
 from store.concepts import MAX_PHOTOS_PER_CONCEPT, insert_concept
 from store.errors import ArchiveError, ConceptExistsError, PhotoError, StoreError, TokenFileError, storage_errors
-from store.files import fsync_dir, read_verified, sha256_hex
+from store.files import fsync_dir, read_verified, remove_dead_parts, sha256_hex, temporary_name
 from store.models import Concept, utc_now
-from store.photos import MAX_FILE_BYTES, check_clean_photo, extension
+from store.photos import MAX_FILE_BYTES, carries_profile, check_clean_photo, extension, strip_profile
 from store.schema import SCHEMA_VERSION
 from store.state_files import MAX_STATE_BYTES, read_state_header
 from store.tokens import check_version_kind, insert_version
@@ -43,6 +42,7 @@ MAX_MANIFEST_BYTES = 4 * 2**20
 MAX_TOTAL_BYTES = 2 * 2**30
 _MEMBER = re.compile(r"manifest\.json|photos/[0-9a-f]{64}\.(?:jpg|png)|tokens/[0-9a-f]{64}\.safetensors")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")  # folders, or control characters a terminal would obey
 
 
 def export_concept(library: Library, name: str, target: Path) -> Path:
@@ -53,6 +53,13 @@ def export_concept(library: Library, name: str, target: Path) -> Path:
         concept = library.concepts.get(name)
         photos = library.concepts.photos(name)
         versions = library.tokens.versions(name)
+    # Photos an older Familiar stored with their ICC profile leave converted to sRGB, like new ones.
+    converted = {
+        p.sha256: strip_profile(read_verified(p.path, p.sha256), p.format, str(p.path))
+        for p in photos
+        if carries_profile(p.path)
+    }
+    exported = {p.sha256: sha256_hex(converted[p.sha256]) if p.sha256 in converted else p.sha256 for p in photos}
     manifest = {
         "format": ARCHIVE_FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -66,10 +73,10 @@ def export_concept(library: Library, name: str, target: Path) -> Path:
         },
         "photos": [
             {
-                "file": f"photos/{p.sha256}.{extension(p.format)}",
-                "sha256": p.sha256,
+                "file": f"photos/{exported[p.sha256]}.{extension(p.format)}",
+                "sha256": exported[p.sha256],
                 "source_sha256": p.source_sha256,
-                "size_bytes": p.size_bytes,
+                "size_bytes": len(converted[p.sha256]) if p.sha256 in converted else p.size_bytes,
                 "format": p.format,
                 "width": p.width,
                 "height": p.height,
@@ -95,16 +102,19 @@ def export_concept(library: Library, name: str, target: Path) -> Path:
             for v in versions
         ],
     }
-    files = {f"photos/{p.sha256}.{extension(p.format)}": (p.path, p.sha256) for p in photos}
+    files = {f"photos/{exported[p.sha256]}.{extension(p.format)}": (p.path, p.sha256) for p in photos}
     files.update({f"tokens/{v.sha256}.safetensors": (v.path, v.sha256) for v in versions})
     manifest_bytes = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False).encode()
-    part = target.parent / f".{target.name}.{uuid.uuid4().hex}.part"
+    prefix = f".{target.name}."
+    part = target.parent / f"{prefix}{temporary_name('.part')}"
     try:
         with storage_errors(str(target.parent)):
+            remove_dead_parts(target.parent, prefix)  # what a killed export to this file left
             with zipfile.ZipFile(part, "x") as archive:
                 _add_member(archive, "manifest.json", manifest_bytes, zipfile.ZIP_DEFLATED)
                 for member, (path, sha) in sorted(files.items()):
-                    _add_member(archive, member, read_verified(path, sha), zipfile.ZIP_STORED)
+                    data = converted[sha] if sha in converted else read_verified(path, sha)
+                    _add_member(archive, member, data, zipfile.ZIP_STORED)
                     faults.reach("archive member")
             with open(part, "rb+") as written:
                 os.fsync(written.fileno())
@@ -162,15 +172,19 @@ def _import(library: Library, archive: zipfile.ZipFile, source: Path, rename: st
         for entry in manifest["photos"]:
             data = _read(archive, members[entry["file"]], MAX_FILE_BYTES, source)
             _check_hash(data, entry, source)
+            label = f"{source}:{entry['file']}"
             try:
-                width, height, thumbnail = check_clean_photo(data, entry["format"], f"{source}:{entry['file']}")
+                data = strip_profile(data, entry["format"], label)  # archives from before profiles were converted
+                width, height, thumbnail = check_clean_photo(data, entry["format"], label)
             except PhotoError as exc:
                 raise ArchiveError(str(exc)) from exc
             if (width, height) != (entry["width"], entry["height"]):
                 raise ArchiveError(f"{source}: {entry['file']} is not {entry['width']}x{entry['height']} pixels")
-            change.stage("photos", data, extension(entry["format"]))
-            change.stage("thumbs", thumbnail, "jpg", key=entry["sha256"])
-            photo_rows.append({k: entry[k] for k in _PHOTO_COLUMNS})
+            sha = change.stage("photos", data, extension(entry["format"]))
+            change.stage("thumbs", thumbnail, "jpg", key=sha)
+            photo_rows.append({**{k: entry[k] for k in _PHOTO_COLUMNS}, "sha256": sha, "size_bytes": len(data)})
+        if len({row["sha256"] for row in photo_rows}) != len(photo_rows):
+            raise ArchiveError(f"{source}: the same photo is in the archive twice")
         headers = {}
         for file in sorted({v["file"] for v in manifest["token_versions"]}):
             data = _read(archive, members[file], MAX_STATE_BYTES, source)
@@ -191,18 +205,21 @@ def _import(library: Library, archive: zipfile.ZipFile, source: Path, rename: st
             library.db["photos"].insert({"concept_id": concept_id, **row})
             faults.reach("photo row")
         for entry in sorted(manifest["token_versions"], key=lambda v: v["number"]):
-            insert_version(
-                library,
-                concept_id,
-                headers[entry["file"]],
-                entry["sha256"],
-                entry["size_bytes"],
-                kind=entry["kind"],
-                run_id=None,
-                metrics_json=to_json(entry["metrics"], "metrics"),
-                activate=entry["active"],
-                created_at=entry["created_at"],
-            )
+            try:
+                insert_version(
+                    library,
+                    concept_id,
+                    headers[entry["file"]],
+                    entry["sha256"],
+                    entry["size_bytes"],
+                    kind=entry["kind"],
+                    run_id=None,
+                    metrics_json=to_json(entry["metrics"], "metrics"),
+                    activate=entry["active"],
+                    created_at=entry["created_at"],
+                )
+            except TokenFileError as exc:  # made for a model the library knows with another hidden size
+                raise ArchiveError(f"{source}:{entry['file']}: {exc}") from exc
         library.db["concepts"].update(concept_id, {"updated_at": updated_at})
     return library.concepts.get(name)
 
@@ -319,7 +336,7 @@ def _parse_manifest(data: bytes, source: Path) -> dict[str, Any]:
             photo,
             "original_name",
             str,
-            lambda n: n if len(n) <= 255 and "/" not in n and "\\" not in n else check.fail(f"original name {n!r}"),
+            lambda n: n if len(n) <= 255 and not _UNSAFE_NAME.search(n) else check.fail(f"original name {n!r}"),
         )
         check.field(photo, "added_at", str, check.timestamp)
     versions = check.list(manifest.get("token_versions"), "token_versions", MAX_TOKEN_VERSIONS)

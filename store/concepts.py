@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -150,9 +149,10 @@ class Concepts:
         return self.get(name)
 
     def remove(self, name: str) -> None:
-        """Remove a concept with its photos, learned tokens, runs and generated images.
+        """Remove a concept with its photos, learned tokens, runs and the generated images only it made.
 
-        Files shared with another concept stay. Refused while one of its training runs is running.
+        Files shared with another concept stay, and so do images that also show another concept (they lose
+        the link to this concept's versions). Refused while one of its training runs is running.
         """
         db = self._lib.db
         with self._lib.change(lock=True) as change:
@@ -165,11 +165,7 @@ class Concepts:
                 " JOIN runs r ON r.id = c.run_id WHERE r.concept_id = ?",
                 [concept_id, concept_id],
             ).fetchall()
-            images = db.execute(
-                "SELECT DISTINCT g.id, g.sha256, g.format FROM generated_images g JOIN generated_image_versions gv"
-                " ON gv.image_id = g.id JOIN token_versions v ON v.id = gv.version_id WHERE v.concept_id = ?",
-                [concept_id],
-            ).fetchall()
+            images = db.execute(_OWN_IMAGES, [concept_id, concept_id]).fetchall()
             folders = [
                 self._lib.layout.runs / uid
                 for (uid,) in db.execute("SELECT uid FROM runs WHERE concept_id = ?", [concept_id])
@@ -186,8 +182,8 @@ class Concepts:
             for _, sha, fmt in images:
                 change.discard("generated", sha, extension(fmt))
                 change.discard("thumbs", sha, "jpg")
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+            for folder in folders:
+                change.discard_run_folder(folder)
 
     def photos(self, name: str, *, role: str | None = None) -> list[Photo]:
         """A concept's photos in the order they were added, optionally only one role's."""
@@ -309,6 +305,14 @@ class Concepts:
             for row in rows
         ]
 
+
+# The generated images made with a concept's versions and no other concept's.
+_OWN_IMAGES = (
+    "SELECT g.id, g.sha256, g.format FROM generated_images g WHERE EXISTS (SELECT 1 FROM generated_image_versions gv"
+    " JOIN token_versions v ON v.id = gv.version_id WHERE gv.image_id = g.id AND v.concept_id = ?)"
+    " AND NOT EXISTS (SELECT 1 FROM generated_image_versions gv JOIN token_versions v ON v.id = gv.version_id"
+    " WHERE gv.image_id = g.id AND v.concept_id != ?)"
+)
 
 _CONCEPT_SELECT = (
     "SELECT c.id, c.name, c.kind, c.facts, c.created_at, c.updated_at, COUNT(p.id) AS photo_count"

@@ -7,20 +7,28 @@ rows commit, trashed files are deleted and the journal goes; on an exception the
 removed, trashed ones restored, the rows rolled back. After a hard crash the journal remains, and the
 next process to open the library finishes the cleanup (see `recover`). Placing and removing happen
 only under the write lock, so a change never races another process's change or cleanup.
+
+Temporary files and journals are named after the process writing them (`<pid>-<start ms>.<random>`), so
+recovery tells a crashed process's leftovers from the files of a change that is still going on (which
+may be deleting its trashed files right after its commit) and leaves the latter alone.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import psutil
 from sqlite_utils import Database
 
 from store import faults
@@ -28,7 +36,37 @@ from store.errors import StoreError, storage_errors
 from store.paths import AREAS, Layout
 from store.schema import FILE_REFERENCES
 
-STALE_PART_S = 3600.0  # a `*.part` file this old belongs to no live write
+STALE_PART_S = 3600.0  # a `*.part` file without an owner tag (older Familiar) this old belongs to no live write
+_START_SLACK_MS = 1000  # process start times read twice may differ by this much (clock adjustments)
+_in_flight: set[str] = set()  # journal names of this process's changes that have not ended
+
+
+@functools.cache
+def _tag_of(pid: int) -> str:
+    return f"{pid}-{round(psutil.Process(pid).create_time() * 1000)}"
+
+
+def owner_tag() -> str:
+    """This process as `<pid>-<start time in ms>`: unlike a bare pid, never the tag of a later process."""
+    return _tag_of(os.getpid())
+
+
+def temporary_name(suffix: str) -> str:
+    """A fresh file name that records this process as its owner: `<owner tag>.<random hex><suffix>`."""
+    return f"{owner_tag()}.{uuid.uuid4().hex}{suffix}"
+
+
+def owner_alive(name: str) -> bool | None:
+    """Whether the process that named a file with `temporary_name` still runs; None for other names."""
+    pid_text, _, start_text = name.split(".", 1)[0].partition("-")
+    if not (pid_text.isdigit() and start_text.isdigit()):
+        return None
+    try:
+        return abs(psutil.Process(int(pid_text)).create_time() * 1000 - int(start_text)) <= _START_SLACK_MS
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # it exists but cannot be inspected (another user's process): assume it is ours
+        return True
 
 
 def sha256_hex(data: bytes) -> str:
@@ -56,7 +94,7 @@ def fsync_dir(folder: Path) -> None:
 
 def write_file_atomically(path: Path, data: bytes, tmp_dir: Path) -> None:
     """Write a whole file under a temporary name in `tmp_dir`, fsync it, then rename it to `path`."""
-    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+    tmp = tmp_dir / temporary_name(".part")
     try:
         with storage_errors(str(path.parent)):
             _write_durably(tmp, data)
@@ -99,6 +137,7 @@ class Change:
     _staged: list[_Staged] = field(default_factory=list)
     _placed: list[Path] = field(default_factory=list)
     _trashed: list[tuple[Path, Path]] = field(default_factory=list)
+    _run_folders: list[Path] = field(default_factory=list)
     _journal: Path | None = None
     locked: bool = False
 
@@ -109,7 +148,7 @@ class Change:
         the file they derive from.
         """
         sha = key or sha256_hex(data)
-        tmp = self.layout.tmp / f"{uuid.uuid4().hex}.part"
+        tmp = self.layout.tmp / temporary_name(".part")
         self._staged.append(_Staged(area, sha, ext, tmp))
         with storage_errors(str(self.layout.root)):
             _write_durably(tmp, data)
@@ -138,6 +177,14 @@ class Change:
         os.replace(final, trash)
         faults.reach(f"trashed {area}")
 
+    def discard_run_folder(self, folder: Path) -> None:
+        """Delete a training run's folder once the change commits; call after deleting the run's row."""
+        if not self.locked:
+            raise RuntimeError("discard_run_folder() needs the write lock")
+        if folder.exists():
+            self._run_folders.append(folder)
+            self._write_journal()
+
     def _place_staged(self) -> None:
         new = [s for s in self._staged if not self.layout.file(s.area, s.sha256, s.ext).exists()]
         if new:
@@ -157,12 +204,14 @@ class Change:
 
     def _write_journal(self) -> None:
         if self._journal is None:
-            self._journal = self.layout.tmp / f"{uuid.uuid4().hex}.journal"
+            self._journal = self.layout.tmp / temporary_name(".journal")
+            _in_flight.add(self._journal.name)
         entry = {
             "placed": [str(p.relative_to(self.layout.root)) for p in self._placed],
             "trashed": [
                 [str(f.relative_to(self.layout.root)), str(t.relative_to(self.layout.root))] for f, t in self._trashed
             ],
+            "run_folders": [folder.name for folder in self._run_folders],
         }
         write_file_atomically(self._journal, json.dumps(entry).encode(), self.layout.tmp)
 
@@ -171,9 +220,12 @@ class Change:
         with storage_errors(str(self.layout.root)):
             self.db.execute("COMMIT")
         self.locked = False  # committed: from here on nothing is undone
+        faults.reach("committed")
         with suppress(OSError):  # on failure the journal stays and the next open empties trash/
             for _final, trash in self._trashed:
                 trash.unlink(missing_ok=True)
+            for folder in self._run_folders:
+                shutil.rmtree(folder, ignore_errors=True)
             self._end_journal()
 
     def _abort(self) -> None:
@@ -195,12 +247,16 @@ class Change:
     def _end_journal(self) -> None:
         if self._journal is not None:
             self._journal.unlink(missing_ok=True)
+            _in_flight.discard(self._journal.name)
             self._journal = None
 
-    def _drop_unplaced(self) -> None:
+    def _end(self) -> None:
+        """Drop staged files never placed; a journal still here is left for recovery to finish."""
         for staged in self._staged:
             staged.tmp.unlink(missing_ok=True)
         self._staged.clear()
+        if self._journal is not None:
+            _in_flight.discard(self._journal.name)
 
 
 @contextmanager
@@ -224,7 +280,7 @@ def change(db: Database, layout: Layout, *, lock: bool = False) -> Iterator[Chan
             current._abort()
         raise
     finally:
-        current._drop_unplaced()
+        current._end()
 
 
 @contextmanager
@@ -241,34 +297,68 @@ def reading(db: Database) -> Iterator[Database]:
 
 
 def recover(db: Database, layout: Layout) -> int:
-    """Finish what crashed changes left: journals, trash, stale temporary files. Returns files removed.
+    """Finish what crashed changes left: journals, trash, temporary files. Returns files removed.
 
-    Cheap when there is nothing to do (two folder listings), so the library runs it on every open.
+    Only leftovers of processes that are gone are touched: a change still running, or deleting its
+    trashed files just after its commit, is left to finish. Cheap when there is nothing to do (two
+    folder listings), so the library runs it on every open, and without the write lock unless a
+    crashed change left work.
     """
-    journals = sorted(layout.tmp.glob("*.journal"))
-    trash = sorted(layout.trash.iterdir())
-    removed = _remove_stale_parts(layout)
-    if not journals and not trash:
+    removed = remove_dead_parts(layout.tmp)
+    if _unfinished(layout) == ([], []):
         return removed
     with change(db, layout, lock=True):
+        journals, trash = _unfinished(layout)  # again, now that no change can be half done
         for journal in journals:
             removed += _replay_journal(db, layout, journal)
-        for leftover in layout.trash.iterdir():
+        for leftover in trash:
             removed += _settle_trashed(db, layout, leftover)
     return removed
 
 
-def _replay_journal(db: Database, layout: Layout, journal: Path) -> int:
+def _unfinished(layout: Layout) -> tuple[list[Path], list[Path]]:
+    """Journals of changes whose process is gone, and trashed files that no running change's journal names.
+
+    Trash is listed before the journals are read: a change journals a file before trashing it and
+    deletes it before its journal, so a file seen here is named by its journal if that still exists.
+    """
+    trash = sorted(layout.trash.iterdir())
+    dead: list[Path] = []
+    running: set[Path] = set()
+    for journal in sorted(layout.tmp.glob("*.journal")):
+        if _running(journal.name):
+            running.update(layout.root / trashed for _final, trashed in _read_journal(journal)["trashed"])
+        else:
+            dead.append(journal)
+    return dead, [path for path in trash if path not in running]
+
+
+def _running(journal: str) -> bool:
+    """Whether the change that wrote this journal may still be going on (an untagged one is from a crash)."""
+    if journal.startswith(f"{owner_tag()}."):
+        return journal in _in_flight
+    return owner_alive(journal) is True
+
+
+def _read_journal(journal: Path) -> dict[str, list[Any]]:
+    """A journal's entry; empty when it is gone (its change ended) or unreadable (never fully written)."""
     try:
         entry = json.loads(journal.read_bytes())
     except (OSError, ValueError):
-        entry = {"placed": [], "trashed": []}  # a journal cut short: its rename never happened
+        entry = None
+    return entry if isinstance(entry, dict) else {"placed": [], "trashed": []}
+
+
+def _replay_journal(db: Database, layout: Layout, journal: Path) -> int:
+    entry = _read_journal(journal)
     removed = 0
     for relative in entry.get("placed", []):
         removed += _remove_if_unreferenced(db, layout, layout.root / relative)
     for final, trash in entry.get("trashed", []):
-        restored = _settle_trashed(db, layout, layout.root / trash, layout.root / final)
-        removed += restored
+        removed += _settle_trashed(db, layout, layout.root / trash, layout.root / final)
+    for uid in entry.get("run_folders", []):
+        if db.execute("SELECT 1 FROM runs WHERE uid = ?", [uid]).fetchone() is None:
+            shutil.rmtree(layout.runs / uid, ignore_errors=True)
     journal.unlink(missing_ok=True)
     return removed
 
@@ -287,7 +377,15 @@ def _remove_if_unreferenced(db: Database, layout: Layout, path: Path) -> int:
     located = _area_and_hash(layout, path)
     if located is None or not path.exists() or is_referenced(db, *located):
         return 0
-    path.unlink()
+    return _unlink(path)
+
+
+def _unlink(path: Path) -> int:
+    """Delete a file another process may be deleting too; returns 1 if this call deleted it."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return 0
     return 1
 
 
@@ -296,28 +394,36 @@ def _settle_trashed(db: Database, layout: Layout, trash: Path, final: Path | Non
     if not trash.exists():
         return 0
     if final is None:
-        area, _, name = trash.name.split(".", 1)[1].partition(".")
+        area, _, name = trash.name.partition(".")[2].partition(".")
         if area not in AREAS or not name:
-            trash.unlink()
-            return 1
+            return _unlink(trash)
         final = layout.area(area) / name[:2] / name
     located = _area_and_hash(layout, final)
     if located is not None and is_referenced(db, *located):
         final.parent.mkdir(exist_ok=True)
-        os.replace(trash, final)
+        with suppress(FileNotFoundError):
+            os.replace(trash, final)
         return 0
-    trash.unlink()
-    return 1
+    return _unlink(trash)
 
 
-def _remove_stale_parts(layout: Layout) -> int:
+def remove_dead_parts(folder: Path, prefix: str = "") -> int:
+    """Delete the `<prefix><owner tag>.*.part` files in `folder` whose process is gone, and untagged ones
+    an hour old; returns how many. Best effort: a file that cannot be deleted stays."""
     removed = 0
     cutoff = time.time() - STALE_PART_S
-    for part in layout.tmp.glob("*.part"):
-        with suppress(FileNotFoundError):
-            if part.stat().st_mtime < cutoff:
-                part.unlink()
-                removed += 1
+    owners: dict[str, bool | None] = {}  # a change in progress may have hundreds of files: ask once a process
+    for part in folder.glob("*.part"):
+        if not part.name.startswith(prefix):
+            continue
+        name = part.name[len(prefix) :]
+        tag = name.split(".", 1)[0]
+        if tag not in owners:
+            owners[tag] = owner_alive(name)
+        alive = owners[tag]
+        with suppress(OSError):
+            if alive is False or (alive is None and part.stat().st_mtime < cutoff):
+                removed += _unlink(part)
     return removed
 
 

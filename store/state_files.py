@@ -1,8 +1,10 @@
-"""Concept state files (learned tokens) read without torch: the safetensors header only.
+"""Concept state files (learned tokens) checked without torch: the safetensors header, then the values.
 
 A safetensors file is an 8-byte little-endian header length, a JSON header, then the tensor bytes.
 The layout Familiar expects is in docs/formats.md: float32 tensors `embed` and `head` of shape
-[33, hidden_size] and string metadata naming the format and the base model's fingerprint.
+[33, hidden_size] and string metadata naming the format and the base model's fingerprint. Every value
+must be finite and at most MAX_ABS_VALUE in size (learned rows are far below 10): a state that would
+only fail, or draw noise, once the engine loads it is refused when it enters the library.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import re
 import struct
 from dataclasses import dataclass
 
+import numpy as np
+
 from store.errors import TokenFileError
 
 FORMAT = "familiar.concept/1"
 SLOT_SIZE = 33  # identifier + 16 generation + 16 understanding tokens
 MAX_STATE_BYTES = 64 * 2**20
 MAX_HEADER_BYTES = 1 * 2**20
+MAX_ABS_VALUE = 1e4
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 _DTYPE_BYTES = {"F32": 4}
 
@@ -59,12 +64,15 @@ def read_state_header(data: bytes, label: str = "learned-token file") -> StateHe
         raise TokenFileError(f"{label}: expected 16 generation and 16 understanding tokens")
     if set(header) != {"embed", "head"}:
         raise TokenFileError(f"{label}: expected tensors 'embed' and 'head', found {sorted(header)}")
-    _check_tensors(header, hidden, len(data) - 8 - header_len, label)
+    spans = _check_tensors(header, hidden, len(data) - 8 - header_len, label)
+    for name, (begin, end) in spans.items():
+        _check_values(data[8 + header_len + begin : 8 + header_len + end], name, label)
     return StateHeader(fingerprint, hidden, metadata.get("name", ""))
 
 
-def _check_tensors(header: dict[str, object], hidden: int, data_len: int, label: str) -> None:
-    spans = []
+def _check_tensors(header: dict[str, object], hidden: int, data_len: int, label: str) -> dict[str, tuple[int, int]]:
+    """Check dtypes, shapes and offsets; returns each tensor's byte span within the data."""
+    spans = {}
     for name in ("embed", "head"):
         info = header[name]
         if not isinstance(info, dict):
@@ -83,10 +91,22 @@ def _check_tensors(header: dict[str, object], hidden: int, data_len: int, label:
         begin, end = offsets
         if not 0 <= begin <= end <= data_len or end - begin != SLOT_SIZE * hidden * _DTYPE_BYTES[info["dtype"]]:
             raise TokenFileError(f"{label}: tensor {name!r} data does not match its shape or the file")
-        spans.append((begin, end))
-    spans.sort()
-    if spans[0][0] != 0 or spans[0][1] > spans[1][0] or spans[1][1] != data_len:
+        spans[name] = (begin, end)
+    first, second = sorted(spans.values())
+    if first[0] != 0 or first[1] > second[0] or second[1] != data_len:
         raise TokenFileError(f"{label}: tensor data overlaps or leaves unexplained bytes")
+    return spans
+
+
+def _check_values(raw: bytes, name: str, label: str) -> None:
+    values = np.frombuffer(raw, dtype="<f4")
+    if not np.isfinite(values).all():
+        raise TokenFileError(f"{label}: tensor {name!r} holds NaN or infinite values")
+    largest = float(np.abs(values).max(initial=0.0))
+    if largest > MAX_ABS_VALUE:
+        raise TokenFileError(
+            f"{label}: tensor {name!r} holds a value of {largest:.3g}, over the {MAX_ABS_VALUE:g} limit"
+        )
 
 
 def _positive_int(value: str | None, what: str) -> int:

@@ -73,8 +73,20 @@ def insert_version(
     activate: bool,
     created_at: str,
 ) -> int:
-    """Insert the next version of a concept inside a locked change; returns its number."""
+    """Insert the next version of a concept inside a locked change; returns its number.
+
+    A state whose base model the library knows with another hidden size is refused: the fingerprint names
+    one model, and one model has one hidden size."""
     db = library.db
+    known = db.execute(
+        "SELECT hidden_size FROM token_versions WHERE base_fingerprint = ? AND hidden_size != ? LIMIT 1",
+        [header.base_fingerprint, header.hidden_size],
+    ).fetchone()
+    if known is not None:
+        raise TokenFileError(
+            f"learned tokens for base model {header.base_fingerprint[:12]} with hidden size {header.hidden_size},"
+            f" but that model's hidden size is {known[0]} (from the library's other learned tokens); refused"
+        )
     number = db.execute(
         "SELECT COALESCE(MAX(number), 0) + 1 FROM token_versions WHERE concept_id = ?", [concept_id]
     ).fetchone()[0]
@@ -98,6 +110,14 @@ def insert_version(
     db["concepts"].update(concept_id, {"updated_at": utc_now()})
     faults.reach("token version row")
     return int(number)
+
+
+def _make_active(library: Library, concept_id: int, version_id: int) -> None:
+    """Make a version its concept's active one, inside a locked change."""
+    db = library.db
+    db.execute("UPDATE token_versions SET active = 0 WHERE concept_id = ? AND active = 1", [concept_id])
+    db.execute("UPDATE token_versions SET active = 1 WHERE id = ?", [version_id])
+    db["concepts"].update(concept_id, {"updated_at": utc_now()})
 
 
 class Tokens:
@@ -145,7 +165,11 @@ class Tokens:
         return self.get(name, number)
 
     def add_from_checkpoint(self, checkpoint_id: int, *, activate: bool = True) -> TokenVersion:
-        """Keep a training checkpoint's state (no copy of the file) as a trained version."""
+        """Keep a training checkpoint's state (no copy of the file) as a trained version.
+
+        A checkpoint already kept as a version (a run resumed after a crash that came between keeping it
+        and marking the run done) gives that version again, made active if `activate`, rather than a copy.
+        """
         with self._lib.change(lock=True):
             row = self._lib.db.execute(
                 "SELECT c.sha256, c.size_bytes, c.metrics, c.run_id, r.concept_id, k.name FROM checkpoints c"
@@ -155,6 +179,13 @@ class Tokens:
             if row is None:
                 raise NotFoundError(f"no checkpoint {checkpoint_id}")
             sha, size, metrics_json, run_id, concept_id, name = row
+            kept = self._lib.db.execute(
+                "SELECT id, number, active FROM token_versions WHERE run_id = ? AND sha256 = ?", [run_id, sha]
+            ).fetchone()
+            if kept is not None:
+                if activate and not kept[2]:
+                    _make_active(self._lib, concept_id, kept[0])
+                return self.get(name, kept[1])
             path = self._lib.layout.file("tokens", sha, "safetensors")
             _, header = read_state(read_verified(path, sha), str(path))
             number = insert_version(
@@ -199,9 +230,7 @@ class Tokens:
             ).fetchone()
             if row is None:
                 raise NotFoundError(f"{name!r} has no learned-token version {number}")
-            db.execute("UPDATE token_versions SET active = 0 WHERE concept_id = ? AND active = 1", [concept_id])
-            db.execute("UPDATE token_versions SET active = 1 WHERE id = ?", [row[0]])
-            db["concepts"].update(concept_id, {"updated_at": utc_now()})
+            _make_active(self._lib, concept_id, row[0])
         return self.get(name, number)
 
     def read_bytes(self, version: TokenVersion) -> bytes:

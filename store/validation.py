@@ -16,6 +16,7 @@ _RESERVED_NAME = re.compile(r"(image|img|pad|unk|s|bos|eos|sep|mask|reserved\d*|
 KINDS = ("pet", "person", "object", "place")
 ROLES = ("train", "test", "reference")
 MAX_FACTS_CHARS = 10_000
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and newline, DEL, C1
 MAX_JSON_BYTES = 1 * 2**20
 
 
@@ -43,14 +44,17 @@ def check_role(role: str) -> str:
 
 
 def check_facts(facts: str) -> str:
-    """Free text the user writes about a concept; surrounding whitespace is dropped."""
+    """Free text the user writes about a concept: lines and tabs, but no control characters (a terminal
+    showing them would obey escape sequences). Surrounding whitespace is dropped, Windows line ends become
+    plain ones."""
     if not isinstance(facts, str):
         raise InvalidValueError("facts must be text")
-    facts = facts.strip()
+    facts = facts.strip().replace("\r\n", "\n")
     if len(facts) > MAX_FACTS_CHARS:
         raise InvalidValueError(f"facts are {len(facts)} characters; the limit is {MAX_FACTS_CHARS}")
-    if "\x00" in facts:
-        raise InvalidValueError("facts must not contain NUL characters")
+    control = CONTROL_CHARACTERS.search(facts)
+    if control:
+        raise InvalidValueError(f"facts must not contain control characters (found {control.group()!r})")
     return facts
 
 

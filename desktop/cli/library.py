@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from store.validation import KINDS
+from store.validation import CONTROL_CHARACTERS, KINDS
 
 if TYPE_CHECKING:
     from store.library import Library
@@ -67,6 +68,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     importing.add_argument("file", type=Path)
     importing.add_argument("--rename", metavar="NEW", help="import under this name (when the name is taken)")
     importing.set_defaults(handler=run_import)
+
+
+def _shown(text: str) -> str:
+    """Text from the library made safe for a terminal: control characters, which could be escape sequences
+    that move the cursor or rewrite the screen, are printed as `\\x1b`-style escapes."""
+    return CONTROL_CHARACTERS.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+
+
+def _json(value: object) -> str:
+    """Indented JSON for the terminal; `json` escapes C0 controls in strings but leaves DEL and C1 ones raw."""
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return re.sub("[\x7f-\x9f]", lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:
@@ -137,7 +150,7 @@ def run_list(args: argparse.Namespace) -> int:
     with _open(args) as library:
         concepts = library.concepts.list()
     if args.json:
-        print(json.dumps([as_dict(c) for c in concepts], indent=2, ensure_ascii=False))
+        print(_json([as_dict(c) for c in concepts]))
         return 0
     if not concepts:
         print("no concepts yet; add one with: familiar concept add NAME PHOTO...")
@@ -160,14 +173,14 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         shown = {**as_dict(concept), "photos": [as_dict(p) for p in photos]}
         shown["token_versions"] = [as_dict(v) for v in versions]
-        print(json.dumps(shown, indent=2, ensure_ascii=False))
+        print(_json(shown))
         return 0
     print(f"{concept.name} ({concept.kind}): {concept.state}")
-    print(f"facts: {concept.facts or '(none)'}")
+    print(f"facts: {_shown(concept.facts) or '(none)'}")
     print(f"created {concept.created_at}, updated {concept.updated_at}")
     print(f"photos ({len(photos)}):")
     for p in photos:
-        print(f"  {p.role:<9} {p.width}x{p.height} {p.format:<4} {p.sha256[:12]}  {p.original_name}")
+        print(f"  {p.role:<9} {p.width}x{p.height} {p.format:<4} {p.sha256[:12]}  {_shown(p.original_name)}")
     print(f"learned tokens ({len(versions)} versions):")
     for v in versions:
         mark = "*" if v.active else " "

@@ -6,10 +6,12 @@ import functools
 import io
 import random
 import sqlite3
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageCms
 from safetensors.numpy import save
 
 DREAMBOOTH = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dreambooth"
@@ -82,3 +84,34 @@ def rows(root: Path) -> dict[str, list[tuple]]:
     with sqlite3.connect(root / "library.db") as conn:
         tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
         return {t: conn.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
+
+
+PROFILE_TEXT = "GPS 51.5N owner Jane Doe"  # 24 characters: the length of the copyright text it replaces
+
+
+def tagged_profile() -> bytes:
+    """An ICC profile whose red and blue primaries are swapped and whose copyright tag carries private text:
+    converting with it turns red pixels blue, and keeping it would keep the text."""
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    (count,) = struct.unpack(">I", data[128:132])
+    tags = {bytes(data[132 + 12 * i : 136 + 12 * i]): 132 + 12 * i for i in range(count)}
+    red, blue = tags[b"rXYZ"], tags[b"bXYZ"]
+    data[red + 4 : red + 12], data[blue + 4 : blue + 12] = data[blue + 4 : blue + 12], data[red + 4 : red + 12]
+    (offset,) = struct.unpack(">I", data[tags[b"cprt"] + 4 : tags[b"cprt"] + 8])
+    text = PROFILE_TEXT.encode("utf-16-be")
+    data[offset + 28 : offset + 28 + len(text)] = text
+    return bytes(data)
+
+
+def big_png(path: Path, width: int, height: int) -> Path:
+    """A 16-bit RGB PNG of `width` x `height` black pixels, written row by row (small on disk, huge decoded)."""
+    compressor = zlib.compressobj(1)
+    row = bytes(1 + width * 6)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    chunks = [(b"IHDR", header), (b"IDAT", body), (b"IEND", b"")]
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + b"".join(struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d)) for k, d in chunks)
+    )
+    return path

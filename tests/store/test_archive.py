@@ -16,7 +16,7 @@ from PIL import Image
 from store.errors import ArchiveError, ConceptExistsError, InvalidValueError
 from store.library import Library
 from store.schema import SCHEMA_VERSION
-from tests.store.helpers import state_bytes, stored_files, write_image
+from tests.store.helpers import PROFILE_TEXT, state_bytes, stored_files, tagged_profile, write_image
 from tests.store.test_photos import exif_with_orientation_and_gps
 
 
@@ -215,3 +215,38 @@ def test_token_file_with_a_valid_hash_but_bad_header_is_refused(library: Library
     with pytest.raises(ArchiveError, match=r"format is 'someone\.else/2'"):
         library.import_concept(rebuild(exported, tmp_path / "bad.familiar", swap))
     assert library.concepts.list() == []
+
+
+def test_profiles_an_older_familiar_kept_are_converted_on_export_and_import(library: Library, tmp_path: Path) -> None:
+    library.concepts.add("bo", [write_image(tmp_path / "a.jpg")])
+    photo = library.concepts.photos("bo")[0]
+    legacy = io.BytesIO()  # the photo as an older Familiar stored it: with its ICC profile
+    Image.open(photo.path).save(legacy, "JPEG", quality=95, icc_profile=tagged_profile())
+    data, sha = legacy.getvalue(), hashlib.sha256(legacy.getvalue()).hexdigest()
+    for area, content in (("photos", data), ("thumbs", photo.thumbnail.read_bytes())):
+        library.layout.file(area, sha, "jpg").parent.mkdir(exist_ok=True)
+        library.layout.file(area, sha, "jpg").write_bytes(content)
+    library.db.execute("UPDATE photos SET sha256 = ?, size_bytes = ? WHERE id = ?", [sha, len(data), photo.id])
+
+    exported = library.export_concept("bo", tmp_path / "bo.familiar")
+    with zipfile.ZipFile(exported) as archive:
+        (entry,) = json.loads(archive.read("manifest.json"))["photos"]
+        member = archive.read(entry["file"])
+    assert "icc_profile" not in Image.open(io.BytesIO(member)).info
+    assert PROFILE_TEXT.encode("utf-16-be") not in member
+    assert (hashlib.sha256(member).hexdigest(), len(member)) == (entry["sha256"], entry["size_bytes"])
+
+    def as_before(members: dict[str, bytes]) -> None:  # the archive an older Familiar wrote
+        manifest = json.loads(members["manifest.json"])
+        del members[manifest["photos"][0]["file"]]
+        manifest["photos"][0].update(file=f"photos/{sha}.jpg", sha256=sha, size_bytes=len(data))
+        members[f"photos/{sha}.jpg"] = data
+        members["manifest.json"] = json.dumps(manifest).encode()
+
+    old = rebuild(exported, tmp_path / "old.familiar", as_before)
+    with Library.open(tmp_path / "other") as other:
+        for archive_path, name in ((exported, "bo"), (old, "bo2")):
+            other.import_concept(archive_path, rename=name)
+            (stored,) = other.concepts.photos(name)
+            assert "icc_profile" not in Image.open(stored.path).info
+            assert PROFILE_TEXT.encode("utf-16-be") not in stored.path.read_bytes()

@@ -30,11 +30,17 @@ def test_generated_images_are_kept_with_prompt_seed_and_versions(library: Librar
     assert [i.id for i in library.gallery.list()] == [alone.id, both.id]
     assert [i.id for i in library.gallery.list("rex")] == [both.id]
 
-    library.concepts.remove("rex")  # its images go with it
-    assert [i.id for i in library.gallery.list()] == [alone.id]
-    assert not both.path.exists() and not both.thumbnail.exists()
+    only_rex = library.gallery.add(
+        image_bytes(noise_image((64, 64), seed=5)), prompt="<rex>", seed=8, version_ids=[rex.id]
+    )
+    library.concepts.remove("rex")  # the images only rex made go; "<bo> and <rex>" stays in bo's gallery
+    assert [i.id for i in library.gallery.list()] == [alone.id, both.id]
+    assert library.gallery.get(both.id).version_ids == (bo.id,)
+    assert [i.id for i in library.gallery.list("bo")] == [both.id]
+    assert both.path.read_bytes() == png and both.thumbnail.exists()
+    assert not only_rex.path.exists() and not only_rex.thumbnail.exists()
     library.gallery.remove(alone.id)
-    assert library.gallery.list() == [] and not alone.path.exists()
+    assert [i.id for i in library.gallery.list()] == [both.id] and not alone.path.exists()
 
 
 def test_gallery_refusals(library: Library) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -13,7 +15,9 @@ from PIL import ExifTags, Image, PngImagePlugin
 from store import photos
 from store.errors import PhotoError
 from store.photos import clean_photo, read_photo_file
-from tests.store.helpers import noise_image, write_image
+from tests.store.helpers import PROFILE_TEXT, big_png, noise_image, tagged_profile, write_image
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
@@ -163,3 +167,65 @@ def test_archived_photo_with_metadata_is_refused(tmp_path: Path) -> None:
         photos.check_clean_photo(path.read_bytes(), "jpeg", "gps.jpg")
     clean = clean_photo(path.read_bytes(), "gps.jpg")
     assert photos.check_clean_photo(clean.data, "jpeg", "clean.jpg")[:2] == (100, 100)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_an_icc_profile_is_applied_then_dropped(fmt: str) -> None:
+    """Issue #18: profiles were kept byte for byte, and they can carry any text."""
+    source = io.BytesIO()
+    Image.new("RGB", (160, 120), (255, 0, 0)).save(source, fmt, icc_profile=tagged_profile())
+    assert Image.open(source).info["icc_profile"] == tagged_profile()
+    clean = clean_photo(source.getvalue(), f"red.{fmt.lower()}")
+    stored = Image.open(io.BytesIO(clean.data))
+    assert "icc_profile" not in stored.info and PROFILE_TEXT.encode("utf-16-be") not in clean.data
+    red, _, blue = stored.getpixel((80, 60))
+    assert blue > 200 > 60 > red, "the pixels were converted with the profile (its red is sRGB blue)"
+    assert photos.check_clean_photo(clean.data, clean.format, "stored")[:2] == (160, 120)
+
+
+def test_an_unreadable_icc_profile_is_dropped_and_the_pixels_kept(tmp_path: Path) -> None:
+    png = write_image(tmp_path / "a.png", fmt="PNG", icc_profile=b"not a profile " + PROFILE_TEXT.encode())
+    clean = clean_photo(png.read_bytes(), str(png))
+    stored = Image.open(io.BytesIO(clean.data))
+    assert "icc_profile" not in stored.info
+    assert stored.tobytes() == Image.open(png).tobytes()
+
+
+def test_an_archived_photo_with_a_profile_is_refused_unless_converted() -> None:
+    source = io.BytesIO()
+    noise_image((100, 100)).save(source, "PNG", icc_profile=tagged_profile())
+    with pytest.raises(PhotoError, match="icc_profile"):
+        photos.check_clean_photo(source.getvalue(), "png", "old.png")
+    converted = photos.strip_profile(source.getvalue(), "png", "old.png")
+    assert photos.check_clean_photo(converted, "png", "old.png")[:2] == (100, 100)
+    assert photos.strip_profile(converted, "png", "new.png") is converted  # nothing to do: the same bytes
+
+
+def test_a_huge_image_is_refused_from_its_header_in_bounded_memory(tmp_path: Path) -> None:
+    """Issue #18: a 16-bit 8900x8900 PNG (0.5 MB on disk) took 1.3 GB to take in."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads the peak memory of a process from /proc (Linux)")
+    path = big_png(tmp_path / "huge.png", 8900, 8900)
+    code = (
+        "import sys; from pathlib import Path; from store.photos import clean_photo\n"
+        "try: clean_photo(Path(sys.argv[1]).read_bytes(), 'huge.png')\n"
+        "except Exception as exc: print(exc)\n"
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True)
+    message, peak_kb = result.stdout.splitlines()
+    assert "8900x8900 pixels (RGB) would take 302 MB to decode, over the 192 MB limit" in message, result.stderr
+    assert int(peak_kb) < 200_000, "refused from the header: no more memory than importing the store takes"
+
+
+def test_a_jpeg_too_large_to_decode_whole_is_decoded_scaled_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(photos, "MAX_DECODED_BYTES", 400 * 300 * 4 - 1)  # a 400x300 colour photo is over
+    jpeg = write_image(tmp_path / "big.jpg", size=(400, 300))
+    clean = clean_photo(jpeg.read_bytes(), str(jpeg))
+    assert (clean.width, clean.height) == (200, 150) == Image.open(io.BytesIO(clean.data)).size
+    png = write_image(tmp_path / "big.png", size=(400, 300), fmt="PNG")
+    with pytest.raises(PhotoError, match="would take 0 MB to decode"):
+        clean_photo(png.read_bytes(), str(png))
+    assert clean_photo(write_image(tmp_path / "ok.png", size=(300, 300), fmt="PNG").read_bytes(), "ok").width == 300

@@ -126,3 +126,53 @@ def test_damaged_stored_file_is_reported(library: Library) -> None:
     version.path.unlink()
     with pytest.raises(StoreError, match="missing"):
         library.tokens.read_bytes(version)
+
+
+def with_value(data: bytes, tensor: str, value: float) -> bytes:
+    """The same state file with one value of `tensor` replaced."""
+    (length,) = struct.unpack("<Q", data[:8])
+    begin = json.loads(data[8 : 8 + length])[tensor]["data_offsets"][0]
+    at = 8 + length + begin + 4 * 7
+    return data[:at] + struct.pack("<f", value) + data[at + 4 :]
+
+
+@pytest.mark.parametrize(
+    ("tensor", "value", "message"),
+    [
+        ("embed", float("nan"), "'embed' holds NaN or infinite values"),
+        ("head", float("inf"), "'head' holds NaN or infinite values"),
+        ("head", -1e30, "'head' holds a value of 1e\\+30, over the 10000 limit"),
+    ],
+)
+def test_learned_tokens_with_unusable_values_are_refused(
+    library: Library, tensor: str, value: float, message: str
+) -> None:
+    """Issue #18: such states were stored as trained and failed only when the engine drew with them."""
+    library.concepts.add("bo")
+    with pytest.raises(TokenFileError, match=message):
+        library.tokens.add("bo", with_value(state_bytes(), tensor, value))
+    assert library.tokens.versions("bo") == []
+    assert read_state_header(with_value(state_bytes(), tensor, -9999.0)).hidden_size == 8
+
+
+def test_a_base_model_has_one_hidden_size(library: Library) -> None:
+    library.concepts.add("bo")
+    library.concepts.add("rex")
+    library.tokens.add("bo", state_bytes(hidden=8))
+    with pytest.raises(TokenFileError, match="hidden size 16, but that model's hidden size is 8"):
+        library.tokens.add("rex", state_bytes(hidden=16))
+    assert library.tokens.versions("rex") == []
+    assert library.tokens.add("rex", state_bytes(hidden=16, fingerprint="cd" * 32)).hidden_size == 16
+
+
+def test_a_checkpoint_kept_again_gives_its_version_not_a_copy(library: Library) -> None:
+    """Issue #18: a run killed after keeping its best checkpoint, then resumed, kept it a second time."""
+    library.concepts.add("bo")
+    run = library.runs.start(library.runs.create("bo", {}).id)
+    checkpoint = library.runs.add_checkpoint(run.id, state_bytes(seed=4), step=10, epoch=1)
+    first = library.tokens.add_from_checkpoint(checkpoint.id)
+    library.tokens.add("bo", state_bytes(seed=5), kind="instant")  # another version became active since
+    again = library.tokens.add_from_checkpoint(checkpoint.id)
+    assert (again.id, again.number, again.active) == (first.id, 1, True)
+    assert [v.active for v in library.tokens.versions("bo")] == [True, False]
+    assert library.tokens.add_from_checkpoint(checkpoint.id, activate=False).active  # already active: stays

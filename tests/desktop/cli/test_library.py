@@ -107,3 +107,26 @@ def test_familiar_data_environment_variable_picks_the_library(tmp_path: Path, ph
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "from-env" / "library.db").is_file()
+
+
+def test_show_and_list_never_print_control_characters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #18: escape sequences in facts and photo names reached the terminal raw. Rows an older
+    Familiar let in (facts are checked now) are shown escaped."""
+    from store.library import Library
+    from tests.store.helpers import write_image
+
+    data = tmp_path / "lib"
+    photo = write_image(tmp_path / "a.jpg")
+    with Library.open(data) as library:
+        library.concepts.add("bo", [photo], facts="plain")
+        library.db.execute("UPDATE concepts SET facts = ?", ["line one\n\x1b[2J\x1b]0;owned\x07 \x9b31m"])
+        library.db.execute("UPDATE photos SET original_name = ?", ["\x1b[31mred.jpg"])
+    code, out, _ = familiar(capsys, data, "concept", "show", "bo")
+    assert code == 0 and "facts: line one\n" in out and r"\x1b[2J\x1b]0;owned\x07 \x9b31m" in out
+    assert r"\x1b[31mred.jpg" in out
+    for args in (["concept", "show", "bo"], ["concept", "show", "bo", "--json"], ["concept", "list", "--json"]):
+        code, out, _ = familiar(capsys, data, *args)
+        assert code == 0 and not any((ord(c) < 32 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in out), args
+    assert json.loads(familiar(capsys, data, "concept", "show", "bo", "--json")[1])["facts"].endswith("\x9b31m")
+    code, _, err = familiar(capsys, data, "concept", "add", "rex", str(photo), "--facts", "\x1b[2J")
+    assert code == 2 and "control characters" in err
