@@ -4,12 +4,11 @@ once per base model, with a progress bar; Ctrl-C saves a checkpoint and exits cl
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 
+from desktop.cli.interrupt import stop_on_ctrl_c
 from desktop.cli.progress import progress_bar
 
 TRAIN_OPTIONS = {
@@ -77,17 +76,8 @@ def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, object]
 
 
 def run_train(args: argparse.Namespace) -> int:
-    stop = {"requested": False}
-
-    def interrupt(_signum: int, _frame: FrameType | None) -> None:
-        stop["requested"] = True
-        print("\nfamiliar: stopping after this step and saving a checkpoint...", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, interrupt)
-    try:
-        return _train(args, lambda: stop["requested"])
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with stop_on_ctrl_c() as cancelled:
+        return _train(args, cancelled)
 
 
 def _train(args: argparse.Namespace, cancelled: Callable[[], bool]) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from desktop.cli.evaluate import bar_chart
+from desktop.cli.charts import bar_chart
 from desktop.cli.progress import progress_bar
 
 SHOWN = (

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 
+from desktop.cli.interrupt import stop_on_ctrl_c
 from desktop.cli.progress import progress_bar
 from engine.progress import Notice
 from engine.training.recipe import DEFAULT
@@ -44,13 +43,6 @@ def run_train(args: argparse.Namespace) -> int:
     from desktop.services.personalize import TrainOptions, train_concept
     from store.library import Library
 
-    stop = {"requested": False}
-
-    def interrupt(_signum: int, _frame: FrameType | None) -> None:
-        stop["requested"] = True
-        print("\nfamiliar: stopping after this step and saving a checkpoint...", file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, interrupt)
     options = TrainOptions(
         model=args.model,
         device=args.device,
@@ -61,19 +53,16 @@ def run_train(args: argparse.Namespace) -> int:
         index=str(args.index) if args.index else None,
         embedder_weights=str(args.embedder_weights) if args.embedder_weights else None,
     )
-    try:
-        with Library.open(args.data_dir) as library:
-            run = train_concept(
-                library,
-                args.name,
-                options,
-                progress=progress_bar(),
-                cancelled=lambda: stop["requested"],
-                status=_print_status,
-                resume=args.resume,
-            )
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with stop_on_ctrl_c() as cancelled, Library.open(args.data_dir) as library:
+        run = train_concept(
+            library,
+            args.name,
+            options,
+            progress=progress_bar(),
+            cancelled=cancelled,
+            status=_print_status,
+            resume=args.resume,
+        )
     if run.status == "cancelled":
         print(f"cancelled at step {run.step}; continue with: familiar train {args.name} --resume", file=sys.stderr)
         return 130

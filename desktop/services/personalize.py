@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.atomic_write import write_atomic
 from engine.concepts.layout import DEFAULT_LAYOUT, PromptLayout
 from engine.errors import EngineError
 from engine.progress import Notice, Status
@@ -334,7 +335,7 @@ def _train(
     def on_checkpoint(scored: Scored) -> None:
         checkpoint, metrics = scored.checkpoint, scored.metrics
         optimizer = library.runs.folder(run.id) / f"optimizer-{checkpoint.step:07d}.safetensors"
-        optimizer.write_bytes(checkpoint.optimizer)
+        write_atomic(optimizer, checkpoint.optimizer)
         row = library.runs.add_checkpoint(
             run.id,
             checkpoint.state.to_bytes(),
