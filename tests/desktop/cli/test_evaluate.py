@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from desktop.cli import evaluate as commands_eval
+from desktop.cli.charts import CHART_SIZE
 from desktop.cli.main import main
 from desktop.services.evaluate import PUBLISHED, read_dataset
 from engine.errors import EngineError
@@ -69,7 +70,7 @@ def test_report_renders_tables_and_charts(tmp_path: Path) -> None:
     for chart in ("recognition.png", "similarity.png", "training.png"):
         with Image.open(tmp_path / chart) as image:
             image.load()
-            assert image.size == commands_eval.CHART_SIZE
+            assert image.size == CHART_SIZE
             assert len(image.getcolors(maxcolors=1 << 16) or []) > 3  # bars or lines were drawn, not a blank canvas
     report = (tmp_path / "report.md").read_text()
     assert "| bo | 1.000 | 0.500 | 0.750 | 1 | 1 |" in report
