@@ -39,3 +39,22 @@ def no_sockets(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     monkeypatch.setattr(socket, "socket", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     return attempts
+
+
+@pytest.fixture
+def no_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_sockets: list[Any]) -> list[Any]:
+    """`no_sockets`, and no name lookup or hub download either, with HF_HUB_OFFLINE unset, an empty Hugging Face
+    cache and `tmp_path` as the working folder; returns the attempts, which should stay empty."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        no_sockets.append(args)
+        raise AssertionError(f"network attempted: {args} {kwargs}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.chdir(tmp_path)
+    return no_sockets

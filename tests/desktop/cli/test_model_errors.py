@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,9 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import huggingface_hub
 import pytest
-from huggingface_hub import constants
 from safetensors.torch import load_file, save_file
 
 from desktop.cli import chat
@@ -145,36 +142,18 @@ def test_a_message_over_several_lines_is_printed_on_one(
     assert err == "familiar: error: cannot load the weights in /m: Error(s) in loading: size mismatch\n"
 
 
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
-    """HF_HUB_OFFLINE unset, an empty hub cache, and every socket or download attempt recorded and refused."""
-    attempts: list[Any] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        attempts.append(args)
-        raise AssertionError(f"network attempted: {args}")
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    for name in ("socket", "create_connection", "getaddrinfo"):
-        monkeypatch.setattr(socket, name, refuse)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
-    monkeypatch.chdir(tmp_path)
-    return attempts
-
-
 @pytest.mark.parametrize(("folders", "reason"), [
     ((), "model 'models/no-such-model' is neither a folder here (looked for "),
     (("models",), "model folder models/no-such-model does not exist (looked for "),
 ])
 def test_a_mistyped_model_path_fails_without_the_network(
-    folders: tuple[str, ...], reason: str, no_network: list[Any], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    folders: tuple[str, ...], reason: str, no_hub: list[Any], tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     for name in folders:
         (tmp_path / name).mkdir()
     err = _fails_in_one_line(["generate", "x", "--model", "models/no-such-model", "-o", "x.png"], capfd)
     assert reason + str(tmp_path / "models" / "no-such-model") in err
-    assert no_network == []
+    assert no_hub == []
 
 
 def test_the_real_exit_status_and_output(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -22,41 +21,22 @@ from engine.model.folder_checks import check_config_values, expected_shapes
 from engine.model.loading import demo_model_dir, read_config, resolve_model_dir
 
 
-@pytest.fixture
-def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
-    """An empty Hugging Face cache, no HF_HUB_OFFLINE, and every socket or download attempt recorded (and
-    refused)."""
-    attempts: list[Any] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        attempts.append((args, kwargs))
-        raise AssertionError(f"network attempted: {args} {kwargs}")
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    for name in ("socket", "create_connection", "getaddrinfo"):
-        monkeypatch.setattr(socket, name, refuse)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
-    monkeypatch.chdir(tmp_path)
-    return attempts
-
-
 @pytest.mark.parametrize("spec", ["./no-such-model", "~/no-such-model-familiar", "models/nested/no-such-model",
                                   "models\\no-such-model", "/no/such/model"])
-def test_a_path_that_does_not_exist_is_named(spec: str, offline: list[Any]) -> None:
+def test_a_path_that_does_not_exist_is_named(spec: str, no_hub: list[Any]) -> None:
     with pytest.raises(ModelNotFoundError, match=r"model folder .* does not exist"):
         resolve_model_dir(spec)
-    assert offline == []
+    assert no_hub == []
 
 
-def test_a_hub_shaped_spec_whose_first_part_is_a_folder_here_is_a_path(offline: list[Any], tmp_path: Path) -> None:
+def test_a_hub_shaped_spec_whose_first_part_is_a_folder_here_is_a_path(no_hub: list[Any], tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     with pytest.raises(ModelNotFoundError, match=r"model folder models/Anole-7b does not exist \(looked for /"):
         resolve_model_dir("models/Anole-7b")
-    assert offline == []
+    assert no_hub == []
 
 
-def test_a_hub_id_is_looked_up_only_in_the_local_cache(offline: list[Any], tmp_path: Path) -> None:
+def test_a_hub_id_is_looked_up_only_in_the_local_cache(no_hub: list[Any], tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="Familiar downloads nothing on its own") as info:
         resolve_model_dir("leloy/Anole-7b-v0.1-hf")
     assert str(tmp_path / "hub-cache") in str(info.value) and "\n" not in str(info.value)
@@ -66,7 +46,7 @@ def test_a_hub_id_is_looked_up_only_in_the_local_cache(offline: list[Any], tmp_p
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
     assert resolve_model_dir("leloy/Anole-7b-v0.1-hf") == snapshot
-    assert offline == []
+    assert no_hub == []
 
 
 def test_a_hub_id_is_downloaded_only_when_allowed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
