@@ -334,10 +334,11 @@ def load_model(
         model = model.to(target)
     else:
         _disable_cpu_repacking(model)
+    model.model.vqmodel.float()  # in bf16 the encoder picks other codes for many patches: VQ runs in fp32 everywhere
     model.requires_grad_(False).eval()
     report(Progress("loading tokenizers", 1, 2))
     tokenizer = AutoTokenizer.from_pretrained(path)
-    decoder = load_decoder(path, config.vq_config).to(target).eval()
+    decoder = load_decoder(path, config.vq_config).to(target, torch.float32).eval()
     image_tokenizer = ImageTokenizer(model.model.vqmodel, decoder, config.vocabulary_map)
     loaded = LoadedModel(
         model=model,

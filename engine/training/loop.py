@@ -110,6 +110,9 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
         self.optimizer = torch.optim.AdamW(self.trained, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.steps_per_epoch = math.ceil(items_per_epoch / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
+        self.checkpointing = device.type == "cuda"
+        """Gradient checkpointing while training (recompute activations in the backward pass): on CUDA, to save
+        memory; off for everything the caller does with a handed-over checkpoint (scoring draws and asks)."""
 
     @abstractmethod
     def epoch_items(self, epoch: int) -> Sequence[ItemT]:
@@ -146,11 +149,21 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
     def _set_training(self, on: bool) -> None:
         self.train_mode(on)
         self.model.train(on)
-        if self.device.type == "cuda":
+        if self.checkpointing:
             if on:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             else:
                 self.model.gradient_checkpointing_disable()
+
+    def _hand_over(self, checkpoint: CheckpointT, save: Callable[[CheckpointT], None]) -> None:
+        """Give `checkpoint` to the caller with the model in eval mode and checkpointing off: checkpointed layers
+        in train mode keep no KV cache, so scoring would draw and answer wrongly; training resumes after."""
+        self._set_training(False)
+        try:
+            save(checkpoint)
+        finally:
+            if checkpoint.step < self.total_steps:
+                self._set_training(True)
 
     def run(
         self,
@@ -178,7 +191,7 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
                 if cancelled is not None and cancelled():
                     if saved is None or saved.step != step:
                         saved = self._checkpoint(step, losses)
-                        save(saved)
+                        self._hand_over(saved, save)
                     raise TrainingCancelled(saved)
                 epoch, within = divmod(step, self.steps_per_epoch)
                 if order[0] != epoch:
@@ -199,7 +212,7 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
                 report(Progress("training", step, self.total_steps, total, rate * (self.total_steps - step), epoch))
                 if step % self.steps_per_epoch == 0:
                     saved = self._checkpoint(step, losses)
-                    save(saved)
+                    self._hand_over(saved, save)
         finally:
             self._set_training(False)
         return losses

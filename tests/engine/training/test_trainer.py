@@ -181,3 +181,25 @@ def test_cancel_right_after_resuming_hands_back_the_resumed_checkpoint(images: d
     with pytest.raises(TrainingCancelled) as info:
         trainer.run(on_checkpoint=again.append, cancelled=lambda: True, resume=saved[0])
     assert again == [] and info.value.checkpoint is saved[0]
+
+
+def test_checkpoints_are_handed_over_in_eval_mode_with_checkpointing_off(images: dict[str, list[list[int]]]) -> None:
+    """Scoring draws during training: with gradient checkpointing forced on (as on CUDA), a picture drawn from a
+    handed-over checkpoint is exactly the one eval-mode drawing makes from the same rows afterwards."""
+    from engine.training.selection import draw
+
+    assistant = _fresh()
+    trainer = Trainer(assistant, "bo", _samples(assistant, images), Recipe(epochs=2, learning_rate=1e-2))
+    trainer.checkpointing = True
+    seen: list[tuple[bool, bool, Checkpoint, bytes]] = []
+
+    def score(checkpoint: Checkpoint) -> None:
+        model = assistant.loaded.model
+        picture = draw(assistant, "bo", seed=3).tobytes()
+        seen.append((model.training, model.is_gradient_checkpointing, checkpoint, picture))
+
+    trainer.run(on_checkpoint=score)
+    assert [(training, checkpointing) for training, checkpointing, _, _ in seen] == [(False, False)] * 2
+    for _, _, checkpoint, picture in seen:
+        assistant.slots.load("bo", checkpoint.state)
+        assert draw(assistant, "bo", seed=3).tobytes() == picture
