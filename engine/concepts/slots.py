@@ -22,6 +22,7 @@ from engine.errors import SlotError
 from engine.model.chameleon import FamiliarChameleon
 
 RESERVED_TOKEN = re.compile(r"^<reserved\d+>$")
+MEAN_CHUNK_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,17 @@ def free_reserved_ids(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> li
     )
 
 
+def mean_row(weight: torch.Tensor, ids: list[int], chunk: int = MEAN_CHUNK_ROWS) -> torch.Tensor:
+    """The float32 mean of `weight`'s rows `ids` (of all rows when `ids` is empty), never casting more than
+    `chunk` rows at a time: a float32 copy of a whole bfloat16 65536 x 4096 matrix would be 1 GiB."""
+    if ids:
+        return weight[ids].float().mean(0)
+    total = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], chunk):
+        total += weight[start : start + chunk].float().sum(0)
+    return total / weight.shape[0]
+
+
 class ConceptSlots:
     """Attaches and detaches concepts on one loaded model."""
 
@@ -211,13 +223,9 @@ class ConceptSlots:
     ) -> ConceptState:
         """Rows to start training from: every row is the class word's mean embedding and head row
         (e.g. "dog"), or the mean over all rows when no class word is given."""
-        base_embed = self.model.get_input_embeddings().weight.detach().float()
-        base_head = self.model.get_output_embeddings().weight.detach().float()
         ids = tokenizer.encode(f" {class_word}", add_special_tokens=False) if class_word else []
-        if ids:
-            embed, head = base_embed[ids].mean(0), base_head[ids].mean(0)
-        else:
-            embed, head = base_embed.mean(0), base_head.mean(0)
+        embed = mean_row(self.model.get_input_embeddings().weight.detach(), ids)
+        head = mean_row(self.model.get_output_embeddings().weight.detach(), ids)
         return ConceptState(
             name=name,
             embed=embed.cpu().expand(SLOT_SIZE, -1).clone(),

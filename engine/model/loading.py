@@ -251,13 +251,20 @@ def parameter_counts(config: ChameleonConfig) -> tuple[int, int]:
     return layers * quantizable, rest + layers * (in_layer - quantizable)
 
 
+def weight_bytes(config: ChameleonConfig, dtype: torch.dtype, quantize: bool) -> float:
+    """Bytes of the model's weights: `dtype` throughout, except 4-bit NF4 decoder-layer Linear weights when
+    `quantize` (~0.52 bytes a weight with double quantization)."""
+    quantizable, other = parameter_counts(config)
+    element = torch.finfo(dtype).bits // 8
+    return quantizable * (0.52 if quantize else element) + other * element
+
+
 def estimate_memory(
     config: ChameleonConfig, device: torch.device, dtype: torch.dtype, quantize: bool
 ) -> MemoryEstimate:
-    """Weights (4-bit NF4 with double quantization is ~0.52 bytes a weight), a 4096-token KV cache, 15% slack."""
-    quantizable, other = parameter_counts(config)
+    """Weights (`weight_bytes`), a 4096-token KV cache, 15% slack."""
     element = torch.finfo(dtype).bits // 8
-    weights = quantizable * (0.52 if quantize else element) + other * element
+    weights = weight_bytes(config, dtype, quantize)
     kv_cache = 2 * config.num_hidden_layers * config.max_position_embeddings * config.hidden_size * element
     needed = int((weights + kv_cache) * 1.15)
     if device.type == "cuda":

@@ -1,8 +1,8 @@
 """Personalize one concept: AdamW over its own 33 embedding and 33 head rows, the model frozen.
 
 The step loop, checkpoints, cancel and resume are `engine.training.loop`'s; this trainer draws each epoch's
-sample order from the seed and the epoch, computes logits only at labelled positions, and checkpoints the
-concept's rows.
+sample order from the seed and the epoch, computes logits only at labelled positions and only `LOSS_CHUNK_ROWS` of
+them at a time, and checkpoints the concept's rows.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from engine.concepts.prompts import IGNORE, Sample
 from engine.concepts.state import ConceptState
@@ -20,6 +21,8 @@ from engine.errors import EngineError
 from engine.inference.assistant import Assistant
 from engine.training.loop import TrainingCheckpoint, TrainingLoop
 from engine.training.recipe import Recipe
+
+LOSS_CHUNK_ROWS = 256
 
 
 @dataclass(kw_only=True)
@@ -41,6 +44,28 @@ def collate(samples: Sequence[Sample], pad_id: int, device: torch.device) -> tup
         mask[row, :n] = 1
         labels[row, : n - 1] = torch.tensor(sample.labels[1:])
     return ids.to(device), mask.to(device), labels.to(device)
+
+
+def chunked_cross_entropy(
+    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int = LOSS_CHUNK_ROWS
+) -> torch.Tensor:
+    """Mean cross-entropy of `head(hidden)` (float32 logits) against `labels`, one row per labelled position.
+
+    At most `chunk` rows of full-vocabulary logits exist at a time, in the forward pass and in the backward pass:
+    each chunk's logits are recomputed for its backward (activation checkpointing) instead of being kept. Up to
+    `chunk` rows it is exactly the plain computation; above, the same loss and gradients up to rounding.
+    """
+    if hidden.shape[0] <= chunk:
+        return nn.functional.cross_entropy(head(hidden).float(), labels)
+
+    def summed(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(head(rows).float(), targets, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, hidden.shape[0], chunk):
+        rows, targets = hidden[i : i + chunk], labels[i : i + chunk]
+        total = total + checkpoint(summed, rows, targets, use_reentrant=False, preserve_rng_state=False)
+    return total / hidden.shape[0]
 
 
 class Trainer(TrainingLoop[Sample, Checkpoint]):
@@ -69,8 +94,7 @@ class Trainer(TrainingLoop[Sample, Checkpoint]):
         with autocast:
             hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
             selected = labels != IGNORE
-            logits = self.model.lm_head(hidden[selected])
-        return nn.functional.cross_entropy(logits.float(), labels[selected])
+            return chunked_cross_entropy(self.model.lm_head, hidden[selected], labels[selected])
 
     def batch_loss(self, batch: Sequence[Sample]) -> Callable[[slice], torch.Tensor]:
         return lambda part: self.loss(batch[part]) * (len(batch[part]) / len(batch))

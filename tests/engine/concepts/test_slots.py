@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from engine.concepts.prompts import IGNORE, Prompts
+from engine.concepts.slots import mean_row
 from engine.concepts.state import SLOT_SIZE, ConceptState
 from engine.errors import ConceptStateError, SlotError
 from engine.inference.assistant import Assistant
@@ -128,6 +129,26 @@ def test_several_concepts_at_once_and_slot_reuse(demo: LoadedModel) -> None:
         assistant.attach(assistant.slots.initial_state(f"c{len(assistant.slots.names())}", demo.tokenizer))
     with pytest.raises(SlotError, match="slots are in use"):
         assistant.attach(assistant.slots.initial_state("extra", demo.tokenizer))
+
+
+def test_initial_rows_are_the_class_word_or_all_rows_mean(demo: LoadedModel) -> None:
+    assistant = Assistant(demo)
+    embed = demo.model.get_input_embeddings().weight.detach()
+    head = demo.model.get_output_embeddings().weight.detach()
+    ids = demo.tokenizer.encode(" dog", add_special_tokens=False)
+    dog = assistant.slots.initial_state("bo", demo.tokenizer, "dog")
+    assert torch.equal(dog.embed, embed.float()[ids].mean(0).expand(SLOT_SIZE, -1))
+    assert torch.equal(dog.head, head.float()[ids].mean(0).expand(SLOT_SIZE, -1))
+    neutral = assistant.slots.initial_state("bo", demo.tokenizer)
+    torch.testing.assert_close(neutral.embed, embed.float().mean(0).expand(SLOT_SIZE, -1), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(neutral.head, head.float().mean(0).expand(SLOT_SIZE, -1), rtol=1e-5, atol=1e-7)
+
+
+def test_mean_row_casts_a_chunk_at_a_time_with_the_same_mean() -> None:
+    weight = torch.randn(1000, 8, generator=torch.Generator().manual_seed(0)).bfloat16()
+    for chunk in (1, 7, 1000, 4096):
+        torch.testing.assert_close(mean_row(weight, [], chunk), weight.float().mean(0), rtol=1e-5, atol=1e-6)
+    assert torch.equal(mean_row(weight, [3, 5]), weight.float()[[3, 5]].mean(0))
 
 
 def test_embedding_and_logits_use_the_concept_rows(demo: LoadedModel) -> None:

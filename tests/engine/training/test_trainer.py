@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from PIL import Image
 
-from engine.concepts.prompts import Sample
+from engine.concepts.prompts import IGNORE, Sample
 from engine.inference.assistant import Assistant
 from engine.model.loading import LoadedModel, load_model
 from engine.training.data import (
@@ -21,7 +23,7 @@ from engine.training.data import (
 from engine.training.loop import TrainingCancelled
 from engine.training.recipe import Recipe
 from engine.training.selection import recognition_accuracy, score
-from engine.training.trainer import Checkpoint, Trainer
+from engine.training.trainer import Checkpoint, Trainer, chunked_cross_entropy, collate
 
 
 def _images(loaded: LoadedModel, colours: list[tuple[int, int, int]]) -> list[list[int]]:
@@ -121,6 +123,44 @@ def test_cancel_then_resume_ends_where_an_uninterrupted_run_ends(images: dict[st
     assert losses == straight_losses
     done, expected = second.slots.state("bo"), straight.slots.state("bo")
     assert torch.equal(done.embed, expected.embed) and torch.equal(done.head, expected.head)
+
+
+def _largest_saved(loss: Callable[..., torch.Tensor], *args: object) -> tuple[torch.Tensor, int]:
+    """`loss(*args)` and the element count of the largest tensor its graph keeps for the backward pass."""
+    sizes = [0]
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        value = loss(*args)
+    return value, max(sizes)
+
+
+def test_chunked_loss_matches_the_plain_loss_and_keeps_no_full_logits(images: dict[str, list[list[int]]]) -> None:
+    config = Recipe(recognition_per_photo=1, qa_repeats=1, generation_per_photo=1)
+    assistant = _fresh()
+    data = ConceptData("bo", "pet", images["photos"], images["negatives"], facts="breed: corgi")
+    samples = build_samples(assistant.prompts, data, config)[:4]
+    model, params = assistant.loaded.model, assistant.slots.params("bo").requires_grad_(True)
+    ids, mask, labels = collate(samples, int(assistant.loaded.tokenizer.pad_token_id), torch.device("cpu"))
+    selected = labels != IGNORE
+    vocab, rows = model.config.vocab_size, int(selected.sum())
+    assert rows > 40
+    results = []
+    for chunk in (rows, 16):
+        params.zero_grad()
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[selected]
+        loss, largest = _largest_saved(chunked_cross_entropy, model.lm_head, hidden, labels[selected], chunk)
+        loss.backward()
+        results.append((loss.detach(), largest, params.embed.grad.clone(), params.head.grad.clone()))
+    (plain, plain_largest, *plain_grads), (chunked, chunked_largest, *chunked_grads) = results
+    assert plain_largest >= rows * vocab and chunked_largest < 16 * vocab
+    torch.testing.assert_close(chunked, plain, rtol=1e-6, atol=1e-6)
+    for got, want in zip(chunked_grads, plain_grads, strict=True):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
 def test_selection_scores_recognition(images: dict[str, list[list[int]]]) -> None:
