@@ -3,8 +3,8 @@
     python scripts/bench_decode.py                         # the demo model on CPU, printed only
     python scripts/bench_decode.py --guidance 3 --out docs/results/decode.json
 
-Both paths draw one image for the same prompt and seed, after one warm-up image each; the figure is the
-median over `--repeats` images. The script also checks that both drew the same tokens.
+Both paths draw one image for the same prompt and seed, after one warm-up image each, alternating; the
+figure is the median over `--repeats` images. The script also checks that both drew the same tokens.
 """
 
 from __future__ import annotations
@@ -24,19 +24,15 @@ from engine.inference.generation import Sampling, sample_image_tokens
 from engine.model.loading import load_model
 
 
-def _seconds(draw: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> tuple[float, torch.Tensor]:
-    """The median seconds of `repeats` calls after one warm-up, and the last call's tokens."""
+def _timed(draw: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
+    """Seconds for one call, and its tokens."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     tokens = draw()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        tokens = draw()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), tokens
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, tokens
 
 
 def main() -> None:
@@ -67,8 +63,15 @@ def main() -> None:
             reference=reference,
         )
 
-    reference_s, reference_tokens = _seconds(lambda: draw(True), device, args.repeats)
-    fast_s, fast_tokens = _seconds(lambda: draw(False), device, args.repeats)
+    paths = {"reference": lambda: draw(True), "fast": lambda: draw(False)}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    drawn = {name: path() for name, path in paths.items()}  # warm-up
+    for _ in range(args.repeats):  # interleaved, so both paths see the same load on a shared machine
+        for name, path in paths.items():
+            seconds, drawn[name] = _timed(path, device)
+            times[name].append(seconds)
+    reference_s, fast_s = (statistics.median(times[name]) for name in paths)
+    reference_tokens, fast_tokens = drawn["reference"], drawn["fast"]
     results = {
         "model": args.model,
         "device": str(device),

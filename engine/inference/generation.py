@@ -107,13 +107,13 @@ class _StaticKV:
     place at the slot `slot` (a device tensor) and returns the whole buffers; `mask` (additive, 0 where a
     slot holds a token, the dtype's minimum elsewhere) hides left padding and the slots not yet written."""
 
-    def __init__(self, caches: Sequence[DynamicCache], n_layers: int, extra: int) -> None:
+    def __init__(self, caches: Sequence[DynamicCache], extra: int) -> None:
         lengths = [cache.layers[0].keys.shape[2] for cache in caches]
         prefix = max(lengths)
         first = caches[0].layers[0].keys
         shape = (len(caches), first.shape[1], prefix + extra, first.shape[3])
-        self.keys = [first.new_zeros(shape) for _ in range(n_layers)]
-        self.values = [first.new_zeros(shape) for _ in range(n_layers)]
+        self.keys = [first.new_zeros(shape) for _ in caches[0].layers]
+        self.values = [first.new_zeros(shape) for _ in caches[0].layers]
         self.mask = torch.full(
             (len(caches), 1, 1, shape[2]), torch.finfo(first.dtype).min, dtype=first.dtype, device=first.device
         )
@@ -125,9 +125,7 @@ class _StaticKV:
         self.slot = torch.tensor([prefix], dtype=torch.long, device=first.device)
         self.positions = torch.tensor(lengths, dtype=torch.long, device=first.device).unsqueeze(-1)
 
-    def update(
-        self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: object
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.keys[layer_idx].index_copy_(2, self.slot, keys)
         self.values[layer_idx].index_copy_(2, self.slot, values)
         return self.keys[layer_idx], self.values[layer_idx]
@@ -219,7 +217,7 @@ def sample_image_tokens(
     prefilled = [_prefill(model, ids, device) for ids in streams]
     head = _head_rows(model, allowed)
     embeddings = model.get_input_embeddings()(allowed)
-    cache = _StaticKV([c for c, _ in prefilled], len(model.model.layers), n_tokens)
+    cache = _StaticKV([c for c, _ in prefilled], n_tokens)
     logits = functional.linear(torch.cat([h for _, h in prefilled]), head)
     step_fn = _compiled_decode_step() if device.type == "cuda" else _decode_step
     generator = _generator(sampling.seed, device)
