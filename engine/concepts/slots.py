@@ -113,6 +113,15 @@ class ConceptHead(_SlotWrapper):
         slot_logits = hidden @ self._bank.rows("head").to(hidden.dtype).T
         return logits.index_copy(-1, self._bank.ids, slot_logits.to(logits.dtype))
 
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The head's rows for vocabulary `ids`: an attached concept's own row where an id is in its slot."""
+        rows = self.base.weight[ids]
+        if not self._bank.params:
+            return rows
+        index = self._bank.lookup[ids]
+        slot_rows = self._bank.rows("head").to(rows.dtype)[index.clamp(min=0)]
+        return torch.where((index >= 0).unsqueeze(-1), slot_rows, rows)
+
 
 def free_reserved_ids(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> list[int]:
     """Reserved tokens the tokenizer does not use for anything (separator and other specials excluded)."""
