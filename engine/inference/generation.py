@@ -15,6 +15,7 @@ tokens (up to floating-point rounding of the batched kernels).
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -159,8 +160,22 @@ def _decode_step(model: FamiliarChameleon, embeds: torch.Tensor, cache: _StaticK
 
 @functools.cache
 def _compiled_decode_step() -> Callable[[FamiliarChameleon, torch.Tensor, _StaticKV, torch.Tensor], torch.Tensor]:
-    """The decode step for CUDA, compiled once per process (CPU decoding never compiles)."""
-    return torch.compile(_decode_step, dynamic=True)
+    """The decode step for CUDA, compiled once per process (CPU decoding never compiles). Where compiling fails
+    (no compiler toolchain, an unsupported layer), the step runs uncompiled from then on: slower, same tokens."""
+    compiled = torch.compile(_decode_step, dynamic=True)
+    eager_only = False
+
+    def step(model: FamiliarChameleon, embeds: torch.Tensor, cache: _StaticKV, head: torch.Tensor) -> torch.Tensor:
+        nonlocal eager_only
+        if not eager_only:
+            try:
+                return compiled(model, embeds, cache, head)
+            except Exception as exc:  # torch.compile raises many types; none of them means wrong tokens
+                eager_only = True
+                warnings.warn(f"compiling the image decoder failed, decoding uncompiled: {exc}", stacklevel=2)
+        return _decode_step(model, embeds, cache, head)
+
+    return step
 
 
 def _head_rows(model: FamiliarChameleon, ids: torch.Tensor) -> torch.Tensor:
