@@ -151,9 +151,9 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
         self.model.train(on)
         if self.checkpointing:
             if on:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
-                self.model.gradient_checkpointing_disable()
+                self.model.activation_checkpointing_disable()
 
     def _hand_over(self, checkpoint: CheckpointT, save: Callable[[CheckpointT], None]) -> None:
         """Give `checkpoint` to the caller with the model in eval mode and checkpointing off: checkpointed layers

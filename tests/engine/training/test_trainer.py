@@ -236,7 +236,7 @@ def test_checkpoints_are_handed_over_in_eval_mode_with_checkpointing_off(images:
     def score(checkpoint: Checkpoint) -> None:
         model = assistant.loaded.model
         picture = draw(assistant, "bo", seed=3).tobytes()
-        seen.append((model.training, model.is_gradient_checkpointing, checkpoint, picture))
+        seen.append((model.training, model.is_activation_checkpointing, checkpoint, picture))
 
     trainer.run(on_checkpoint=score)
     assert [(training, checkpointing) for training, checkpointing, _, _ in seen] == [(False, False)] * 2
