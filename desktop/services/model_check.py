@@ -24,12 +24,12 @@ def check_model(spec: str, device: str, four_bit: bool) -> ModelCheck:
         DEMO_NAME,
         check_model_dir,
         demo_notice,
-        estimate_memory,
         precision,
         read_config,
         resolve_device,
         resolve_model_dir,
     )
+    from engine.model.memory import estimate_memory
 
     if spec != DEMO_NAME and not Path(spec).expanduser().is_dir():
         raise EngineError(f"{spec} is not a folder; choose the folder that holds the model's config.json")

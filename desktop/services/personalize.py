@@ -265,7 +265,11 @@ def train_concept(
         from engine.model.loading import load_model
 
         report("loading the model")
-        assistant = Assistant(load_model(options.model, device=options.device))
+        assistant = Assistant(load_model(options.model, device=options.device, train_micro_batch=options.micro_batch))
+    else:
+        from engine.model.loading import check_training_memory
+
+        check_training_memory(assistant.loaded, options.micro_batch)
     if (
         run is not None
         and resume_from is not None
