@@ -194,17 +194,26 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
-def check_model_dir(path: Path) -> None:
-    """Raise ModelNotFoundError listing every file the folder lacks (including shards its index names)."""
-    weights = weight_files(path)
+def missing_model_files(path: Path) -> list[str]:
+    """What the folder lacks to be a complete model, one entry per missing part (shards its index names
+    included); empty when nothing is missing."""
     missing = [name for name in ("config.json", "tokenizer.json") if not (path / name).is_file()]
-    if not weights:
-        missing.append(f"model weights ({WEIGHTS_FILE}, or {WEIGHTS_INDEX} and its shards)")
+    try:
+        if not weight_files(path):
+            missing.append(f"model weights ({WEIGHTS_FILE}, or {WEIGHTS_INDEX} and its shards)")
+    except ModelNotFoundError as exc:
+        missing.append(str(exc))
     if not (path / DECODER_FILE).is_file() and not (path / "tokenizer" / "vqgan.ckpt").is_file():
         missing.append(
-            "tokenizer/vqgan.ckpt (the VQGAN decoder, dropped by the Hugging Face conversion: copy the "
-            "original release's tokenizer/ folder here)"
+            f"{DECODER_FILE} or tokenizer/vqgan.ckpt (the VQGAN decoder, dropped by the Hugging Face conversion: "
+            "`familiar model get` fetches it from the original release and converts it)"
         )
+    return missing
+
+
+def check_model_dir(path: Path) -> None:
+    """Raise ModelNotFoundError listing every file the folder lacks (including shards its index names)."""
+    missing = missing_model_files(path)
     if missing:
         raise ModelNotFoundError(f"model folder {path} is incomplete; missing: " + "; ".join(missing))
 
