@@ -185,7 +185,7 @@ def _repo_files(
     api: Any, repo_id: str, revision: str | None, wanted: Callable[[str], str | None]
 ) -> tuple[list[RemoteFile], Licence]:
     """The files of `repo_id` that `wanted` maps to a local path, at the commit `revision` resolves to now."""
-    info = _hub_call(lambda: api.model_info(repo_id, revision=revision, files_metadata=True), repo_id)
+    info = _hub_call(lambda: api.model_info(repo_id, revision=revision, files_metadata=True), repo_id, api.endpoint)
     if not info.sha:
         raise DownloadError(f"{repo_id}: the hub did not say which commit {revision or 'main'} is")
     files = []
@@ -218,7 +218,7 @@ def _repo_files(
     return files, Licence(repo_id, described, link, tuple(file.local for file in licence_files))
 
 
-def _hub_call(call: Callable[[], Any], repo_id: str) -> Any:
+def _hub_call(call: Callable[[], Any], repo_id: str, endpoint: str) -> Any:
     """Run a huggingface_hub request, turning its failures into one DownloadError sentence."""
     import httpx2
     from huggingface_hub.errors import (
@@ -236,7 +236,7 @@ def _hub_call(call: Callable[[], Any], repo_id: str) -> Any:
             f"{repo_id} is gated: accept its licence on the hub's page and log in (`hf auth login`), then retry"
         ) from None
     except RepositoryNotFoundError:
-        raise DownloadError(f"{repo_id} was not found on {_endpoint(None)} (or it is private)") from None
+        raise DownloadError(f"{repo_id} was not found on {endpoint} (or it is private)") from None
     except RevisionNotFoundError:
         raise DownloadError(f"{repo_id} has no such revision") from None
     except OfflineModeIsEnabled:
