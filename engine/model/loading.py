@@ -177,8 +177,8 @@ def resolve_model_dir(spec: str, allow_download: bool = False) -> Path:
         return _download(spec)
     raise ModelNotFoundError(
         f"model {spec!r} is neither a folder here{where} nor a hub model in the local Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}); Familiar downloads nothing on its own: fetch the model on a machine with "
-        f"network and pass its folder with --model"
+        f"({constants.HF_HUB_CACHE}); Familiar downloads nothing on its own: get it with `familiar model get "
+        f"{spec}` (it asks first), or fetch it on a machine with network and pass its folder with --model"
     )
 
 
