@@ -234,6 +234,7 @@ class MainWindow(QMainWindow):
             return
         self._closing = True
         self.engine.cancel()
+        self.settings_view.stop_download()
         for runner in (self.engine.runner, self.work, self.wizard.checker, self.training.runner):
             runner.wait()
         QCoreApplication.sendPostedEvents()

@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from desktop import __version__
-from desktop.cli import aligner, app, bench, chat, evaluate, index, library, train
+from desktop.cli import aligner, app, bench, chat, evaluate, index, library, model, train
 from engine.errors import EngineError
 from store.errors import StoreError
 
-COMMAND_MODULES = (chat, library, train, index, aligner, app, evaluate, bench)
+COMMAND_MODULES = (chat, library, train, index, aligner, app, evaluate, bench, model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    model.use_configured_model(parser)
     return parser
 
 

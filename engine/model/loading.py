@@ -161,8 +161,8 @@ def resolve_model_dir(spec: str, allow_download: bool = False) -> Path:
         return _download(spec)
     raise ModelNotFoundError(
         f"model {spec!r} is neither a folder here{where} nor a hub model in the local Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}); Familiar downloads nothing on its own: fetch the model on a machine with "
-        f"network and pass its folder with --model"
+        f"({constants.HF_HUB_CACHE}); Familiar downloads nothing on its own: get it with `familiar model get "
+        f"{spec}` (it asks first), or fetch it on a machine with network and pass its folder with --model"
     )
 
 
@@ -178,17 +178,26 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
-def check_model_dir(path: Path) -> None:
-    """Raise ModelNotFoundError listing every file the folder lacks (including shards its index names)."""
-    weights = weight_files(path)
+def missing_model_files(path: Path) -> list[str]:
+    """What the folder lacks to be a complete model, one entry per missing part (shards its index names
+    included); empty when nothing is missing."""
     missing = [name for name in ("config.json", "tokenizer.json") if not (path / name).is_file()]
-    if not weights:
-        missing.append(f"model weights ({WEIGHTS_FILE}, or {WEIGHTS_INDEX} and its shards)")
+    try:
+        if not weight_files(path):
+            missing.append(f"model weights ({WEIGHTS_FILE}, or {WEIGHTS_INDEX} and its shards)")
+    except ModelNotFoundError as exc:
+        missing.append(str(exc))
     if not (path / DECODER_FILE).is_file() and not (path / "tokenizer" / "vqgan.ckpt").is_file():
         missing.append(
-            "tokenizer/vqgan.ckpt (the VQGAN decoder, dropped by the Hugging Face conversion: copy the "
-            "original release's tokenizer/ folder here)"
+            f"{DECODER_FILE} or tokenizer/vqgan.ckpt (the VQGAN decoder, dropped by the Hugging Face conversion: "
+            "`familiar model get` fetches it from the original release and converts it)"
         )
+    return missing
+
+
+def check_model_dir(path: Path) -> None:
+    """Raise ModelNotFoundError listing every file the folder lacks (including shards its index names)."""
+    missing = missing_model_files(path)
     if missing:
         raise ModelNotFoundError(f"model folder {path} is incomplete; missing: " + "; ".join(missing))
 
