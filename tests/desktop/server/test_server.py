@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ from desktop.cli.main import main
 from desktop.server import discovery
 from desktop.server.client import probe
 from desktop.server.discovery import ServerInfo
+from desktop.server.handler import LocalServer
+from desktop.server.service import ServedModel
 from engine.errors import EngineError
 from engine.inference.assistant import SHOWN_SIZE, Assistant
 from engine.inference.generation import Sampling
@@ -348,3 +352,25 @@ def test_sigterm_stops_the_server_and_removes_its_file(server, library_dir: Path
     _out, err = process.communicate(timeout=30)
     assert process.returncode == 0 and "familiar: server stopped" in err
     assert not discovery.discovery_path(library_dir).exists()
+
+
+def test_an_in_process_server_replaces_a_stale_file_serves_requests_one_at_a_time_and_cleans_up(
+    tmp_path: Path, loaded: LoadedModel
+) -> None:
+    stale = ServerInfo(port=_free_port(), token="s" * 43, model="demo", pid=_dead_pid())
+    discovery.write(tmp_path, stale)
+    with LocalServer(ServedModel(Assistant(loaded), "demo", tmp_path), 0, tmp_path) as local:
+        local.announce()
+        assert discovery.read_running(tmp_path) == local.info != stale
+        thread = threading.Thread(target=local.serve_forever, daemon=True)
+        thread.start()
+        colours = ("red", "blue", "green", "yellow")
+        questions = [ask(f"What colour is the {c} striped circle?", seed=1, max_tokens=10) for c in colours]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda q: ok(local.info, "POST", CHAT, q), questions))
+        one_by_one = [ok(local.info, "POST", CHAT, q) for q in questions]
+        local.shutdown()
+        thread.join()
+    texts = [[r["choices"][0]["message"]["content"] for r in replies] for replies in (together, one_by_one)]
+    assert texts[0] == texts[1] and len(set(texts[0])) > 1
+    assert not discovery.discovery_path(tmp_path).exists()
