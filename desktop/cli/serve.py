@@ -55,9 +55,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise EngineError(
             f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}; pass --port N (0 picks a free port)"
         ) from None
+    _stop_on_sigterm()
     with server:
         path = server.announce()
-        _stop_on_sigterm()
         if served.assistant.notice:
             print(f"familiar: note: {served.assistant.notice}", file=sys.stderr)
         print(f"familiar: serving {served.model_id} at http://{server.info.address}/v1", flush=True)

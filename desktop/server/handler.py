@@ -14,6 +14,7 @@ import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from desktop.server import discovery
 from desktop.server.api import ApiError, ChatReply, ChatRequest, chat_request, image_request
@@ -67,7 +68,7 @@ class Handler(BaseHTTPRequestHandler):
             self._authorize()
             path = self.path.split("?", 1)[0]
             if path.startswith(CONCEPT_PREFIX) and method == "GET":
-                self._send_json(200, self.server.served.concept(path[len(CONCEPT_PREFIX) :]))
+                self._send_json(200, self.server.served.concept(unquote(path[len(CONCEPT_PREFIX) :])))
                 return
             if path not in ROUTES:
                 raise ApiError(404, f"no endpoint {path}")
