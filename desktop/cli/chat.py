@@ -48,6 +48,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="load a concept state file (.safetensors) directly; repeatable",
     )
+    parser.add_argument("--no-server", action="store_true", help="load the model here even when `familiar serve` runs")
 
 
 def _assistant(args: argparse.Namespace, text: str) -> Assistant:
@@ -86,6 +87,10 @@ def _save(picture: GeneratedImage, path: Path, source: str) -> None:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    from desktop.cli.serve import use_server
+
+    if use_server(args, "chat"):
+        return 0
     from engine.inference.generation import Sampling
     from engine.model.images import open_image
 
@@ -103,6 +108,10 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from desktop.cli.serve import use_server
+
+    if use_server(args, "generate"):
+        return 0
     from engine.inference.generation import Sampling
 
     assistant = _assistant(args, args.prompt)

@@ -11,11 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from desktop import __version__
-from desktop.cli import aligner, app, bench, chat, evaluate, index, library, model, train
+from desktop.cli import aligner, app, bench, chat, evaluate, index, library, model, serve, train
 from engine.errors import EngineError
 from store.errors import StoreError
 
-COMMAND_MODULES = (chat, library, train, index, aligner, app, evaluate, bench, model)
+COMMAND_MODULES = (chat, serve, library, train, index, aligner, app, evaluate, bench, model)
 
 
 def build_parser() -> argparse.ArgumentParser:
