@@ -40,6 +40,10 @@ class ArchiveError(StoreError):
     """A `.familiar` archive that is unsafe, damaged or inconsistent."""
 
 
+class TargetExistsError(StoreError):
+    """A file the library would write (an export) already exists and replacing it was not asked for."""
+
+
 class SchemaError(StoreError):
     """A library database this version cannot open (newer, or not a Familiar library)."""
 
