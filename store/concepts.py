@@ -345,6 +345,46 @@ class Concepts:
             change.discard("photos", sha256, extension(fmt))
             change.discard("thumbs", sha256, "jpg")
 
+    def edit(
+        self,
+        name: str,
+        *,
+        add: Sequence[str | Path] = (),
+        remove: Sequence[str] = (),
+        kind: str | None = None,
+        facts: str | None = None,
+        role: str = "train",
+    ) -> Concept:
+        """Change a concept's photos (add files, remove photos by sha256), kind and facts in one change: all
+        of it or, on any bad photo or missing one, none of it."""
+        check_role(role)
+        changes: dict[str, str] = {}
+        if kind is not None:
+            changes["kind"] = check_kind(kind)
+        if facts is not None:
+            changes["facts"] = check_facts(facts)
+        gone = set(remove)
+        kept = [p for p in self.photos(name) if p.sha256 not in gone]
+        cleaned = self._clean(add, existing=kept)
+        now = utc_now()
+        with self._lib.change() as change:
+            for photo in cleaned:
+                stage_photo(change, photo)
+            change.lock()
+            concept_id = self._lib.concept_id(name)
+            removed = [(sha, self._photo_id(concept_id, name, sha)) for sha in dict.fromkeys(remove)]
+            formats = {sha: self._lib.db["photos"].get(photo_id)["format"] for sha, photo_id in removed}
+            for _sha, photo_id in removed:
+                self._lib.db["photos"].delete(photo_id)
+            self._refuse_duplicates(cleaned, [p for p in self.photos(name) if p.sha256 not in gone])
+            for photo in cleaned:
+                insert_photo(self._lib, concept_id, photo_row(photo, role, now))
+            self._lib.db["concepts"].update(concept_id, {**changes, "updated_at": now})
+            for sha, fmt in formats.items():
+                change.discard("photos", sha, extension(fmt))
+                change.discard("thumbs", sha, "jpg")
+        return self.get(name)
+
     def _photo_id(self, concept_id: int, name: str, sha256: str) -> int:
         row = self._lib.db.execute(
             "SELECT id FROM photos WHERE concept_id = ? AND sha256 = ?", [concept_id, sha256]

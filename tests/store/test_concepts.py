@@ -152,3 +152,30 @@ def test_list_is_sorted_ignoring_case(library: Library) -> None:
     for name in ("zed", "Alpha", "beta"):
         library.concepts.add(name)
     assert [c.name for c in library.concepts.list()] == ["Alpha", "beta", "zed"]
+
+
+def test_edit_changes_photos_kind_and_facts_all_or_nothing(library: Library, tmp_path: Path) -> None:
+    library.concepts.add("bo", [write_image(tmp_path / f"{i}.jpg", seed=i) for i in range(3)], kind="pet")
+    first, *others = library.concepts.photos("bo")
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    before = stored_files(library.root)
+    with pytest.raises(PhotoError, match="notes"):
+        library.concepts.edit("bo", add=[bad], remove=[first.sha256], facts="changed")
+    with pytest.raises(NotFoundError, match="no photo"):
+        library.concepts.edit("bo", remove=[first.sha256, "0" * 64], facts="changed")
+    assert stored_files(library.root) == before and library.concepts.get("bo").facts == ""
+    with pytest.raises(DuplicatePhotoError):
+        library.concepts.edit("bo", add=[tmp_path / "1.jpg"])
+    edited = library.concepts.edit(
+        "BO",
+        add=[write_image(tmp_path / "new.png", seed=9, fmt="PNG")],
+        remove=[first.sha256],
+        kind="person",
+        facts="likes snow",
+    )
+    assert (edited.kind, edited.facts, edited.photo_count) == ("person", "likes snow", 3)
+    assert [p.original_name for p in library.concepts.photos("bo")] == ["1.jpg", "2.jpg", "new.png"]
+    assert not first.path.exists() and not first.thumbnail.exists()
+    again = library.concepts.edit("bo", add=[tmp_path / "0.jpg"], remove=[others[0].sha256])  # a removed photo back
+    assert again.photo_count == 3 and first.path.exists()

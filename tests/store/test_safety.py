@@ -75,6 +75,12 @@ ACTIONS: dict[str, Callable[[Library, Path], object]] = {
     "restore concept": lambda lib, tmp: lib.concepts.restore("rex"),
     "empty trash": lambda lib, tmp: lib.concepts.empty_trash(),
     "remove photo": lambda lib, tmp: lib.concepts.remove_photo("rex", lib.concepts.photos("rex")[0].sha256),
+    "edit concept": lambda lib, tmp: lib.concepts.edit(
+        "rex",
+        add=[write_image(tmp / "more.png", seed=51, fmt="PNG")],
+        remove=[lib.concepts.photos("rex")[0].sha256],
+        facts="edited",
+    ),
     "import": lambda lib, tmp: lib.import_concept(tmp / "rex.familiar", rename="rex2"),
     "generated image": lambda lib, tmp: lib.gallery.add(
         (tmp / "rex1.jpg").read_bytes(), prompt="x", seed=2, version_ids=[lib.tokens.active("rex").id]
