@@ -181,7 +181,8 @@ def _import(library: Library, archive: zipfile.ZipFile, source: Path, rename: st
         raise ConceptExistsError(
             f"a concept named {taken[1]!r} already exists; import with --rename NEW_NAME"
             if rename is None
-            else f"a concept named {taken[1]!r} already exists"
+            else f"a concept named {taken[1]!r} already exists",
+            name,
         )
     updated_at = concept["updated_at"] if rename is None else utc_now()
     with library.change() as change:
@@ -218,7 +219,7 @@ def _import(library: Library, archive: zipfile.ZipFile, source: Path, rename: st
                 raise ArchiveError(f"{source}: {entry['file']} does not match its manifest entry")
         change.lock()
         if library.find_concept(name) is not None:  # added by another process since the check above
-            raise ConceptExistsError(f"a concept named {name!r} already exists")
+            raise ConceptExistsError(f"a concept named {name!r} already exists", name)
         concept_id = insert_concept(library, name, concept["kind"], concept["facts"], concept["created_at"], updated_at)
         for row in photo_rows:
             library.db["photos"].insert({"concept_id": concept_id, **row})

@@ -17,7 +17,11 @@ class InvalidValueError(StoreError):
 
 
 class ConceptExistsError(StoreError):
-    """A concept with that name (ignoring case) is already in the library."""
+    """A concept with that name (ignoring case) is already in the library; `name` is the name asked for."""
+
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class NotFoundError(StoreError):
