@@ -491,7 +491,7 @@ class LibraryView(QWidget):
 
     def _show(self, dialog: QFileDialog | QMessageBox) -> None:
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        dialog.finished.connect(lambda _result: setattr(self, "dialog", None))
+        dialog.finished.connect(lambda _result: self.dialog is dialog and setattr(self, "dialog", None))
         self.dialog = dialog
         dialog.open()
 
