@@ -13,7 +13,7 @@ for a writer, writers take turns).
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -21,7 +21,7 @@ from sqlite_utils import Database
 
 from store import archive, files, schema
 from store.concepts import Concepts
-from store.errors import NotFoundError, StoreError, storage_errors
+from store.errors import LibraryBusyError, NotFoundError, StoreError, storage_errors
 from store.gallery import Gallery
 from store.models import Concept
 from store.paths import Layout, resolve_data_dir
@@ -61,7 +61,8 @@ class Library:
             schema.upgrade(db)
             files.recover(db, layout)
             library.runs.fail_interrupted()
-            library.concepts.empty_trash(expired_only=True)
+            with suppress(LibraryBusyError):  # another process is writing: the next open deletes them
+                library.concepts.empty_trash(expired_only=True)
         except BaseException:
             db.close()
             raise
