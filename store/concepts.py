@@ -250,8 +250,8 @@ class Concepts:
         gone = []
         rows = self._lib.db.execute(f"SELECT id, trashed_name FROM concepts WHERE {where}", params).fetchall()
         for concept_id, stored in rows:
-            self._delete(concept_id)
-            gone.append(stored)
+            if self._delete(concept_id):
+                gone.append(stored)
         return gone
 
     def purge(self, name: str) -> None:
@@ -259,15 +259,15 @@ class Concepts:
         halfway); a crash between the two steps leaves it in the trash."""
         self._delete(self.remove(name).id)
 
-    def _delete(self, concept_id: int) -> None:
+    def _delete(self, concept_id: int) -> bool:
         """Delete a trashed concept with its photos, learned tokens, runs and the generated images only it
-        made. Files shared with another concept stay, and so do images that also show another concept
-        (they lose the link to this concept's versions)."""
+        made; False when it is no longer in the trash. Files shared with another concept stay, and so do
+        images that also show another concept (they lose the link to this concept's versions)."""
         db = self._lib.db
         with self._lib.change(lock=True) as change:
             trashed = db.execute("SELECT 1 FROM concepts WHERE id = ? AND trashed_at IS NOT NULL", [concept_id])
             if trashed.fetchone() is None:
-                return  # restored or deleted by another process meanwhile
+                return False  # restored or deleted by another process meanwhile
             photos = db.execute("SELECT sha256, format FROM photos WHERE concept_id = ?", [concept_id]).fetchall()
             tokens = db.execute(
                 "SELECT sha256 FROM token_versions WHERE concept_id = ? UNION SELECT c.sha256 FROM checkpoints c"
@@ -293,6 +293,7 @@ class Concepts:
                 change.discard("thumbs", sha, "jpg")
             for folder in folders:
                 change.discard_run_folder(folder)
+        return True
 
     def photos(self, name: str, *, role: str | None = None) -> list[Photo]:
         """A concept's photos in the order they were added, optionally only one role's."""
