@@ -141,7 +141,7 @@ def export_concept(library: Library, name: str, target: Path, *, overwrite: bool
 
 def _refuse_existing(target: Path, overwrite: bool) -> None:
     if not overwrite and (target.exists() or target.is_symlink()):
-        raise TargetExistsError(f"{target} already exists; nothing was written (choose to replace it: --force)")
+        raise TargetExistsError(f"{target} already exists; nothing was written (replace it with --force)")
 
 
 def _add_member(archive: zipfile.ZipFile, name: str, data: bytes, compression: int) -> None:

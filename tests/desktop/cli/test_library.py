@@ -136,7 +136,7 @@ def test_remove_then_restore_brings_back_photos_versions_and_pictures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from store.library import Library
-    from tests.store.helpers import rows, stored_files, with_history
+    from tests.store.helpers import rows, stored_files, with_history, write_image
 
     data = tmp_path / "lib"
     with Library.open(data) as library:
@@ -155,10 +155,17 @@ def test_remove_then_restore_brings_back_photos_versions_and_pictures(
         assert [image.prompt for image in library.gallery.list("rex")] == ["<rex> at the beach"]
     code, _, err = familiar(capsys, data, "concept", "restore", "rex")
     assert code == 2 and "no concept named 'rex' in the trash" in err
-
     familiar(capsys, data, "concept", "remove", "rex")
+    familiar(capsys, data, "concept", "add", "rex", str(write_image(tmp_path / "new.jpg", seed=5)))
+    code, _, err = familiar(capsys, data, "concept", "restore", "rex")
+    assert code == 2 and "--as NEW" in err
+    code, out, _ = familiar(capsys, data, "concept", "restore", "rex", "--as", "rex-old")
+    assert code == 0 and "restored rex-old (pet, 3 photos, trained)" in out
+    familiar(capsys, data, "concept", "remove", "rex")
+
+    familiar(capsys, data, "concept", "remove", "rex-old")
     code, out, _ = familiar(capsys, data, "concept", "trash", "--empty")
-    assert code == 0 and "deleted 1 concept for good" in out and "rex" in out
+    assert code == 0 and "deleted 2 concepts for good" in out and "rex-old" in out
     assert stored_files(data) == {}
     assert "the trash is empty" in familiar(capsys, data, "concept", "trash")[1]
 
