@@ -177,7 +177,10 @@ class ConceptEditor(QWidget):
             changes.append(f"{len(self.removed)} to remove")
         text = f"{total} photo{'s' if total != 1 else ''}" + (f" ({', '.join(changes)})" if changes else "")
         advice = self.photo_problem() or photo_count_warning(total)
-        self.count.setText(f"{text}. Drop photos here to add them." + (f"\n{advice}" if advice else ""))
+        self.count.setText(
+            f"{text}. Drop photos here to add them." + (f"\n{advice[0].upper()}{advice[1:]}." if advice else "")
+        )
+        self.count.setStyleSheet("color: #a15c00;" if advice else "")
         self.save.setEnabled(self.photo_problem() is None and not self.busy)
 
     def _pick(self) -> None:

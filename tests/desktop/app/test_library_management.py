@@ -123,7 +123,7 @@ def test_edit_photos_and_facts_and_delete_a_picture(open_window, drop_files, qtb
     view.edit_action.trigger()
     for tile in [editor.tiles.itemAt(i).widget() for i in range(editor.tiles.count())]:
         qtbot.mouseClick(tile.remove, Qt.MouseButton.LeftButton)
-    assert not editor.save.isEnabled() and "at least 1 photo" in editor.count.text()
+    assert not editor.save.isEnabled() and "A concept needs at least 1 photo" in editor.count.text()
     qtbot.mouseClick(editor.cancel, Qt.MouseButton.LeftButton)
     assert library.concepts.get("rex").photo_count == 3 and window.stack.currentWidget() is view
 
