@@ -73,10 +73,10 @@ class Runs:
         return self._record(rows[0])
 
     def list(self, name: str | None = None) -> list[Run]:
-        """Runs, newest first; only one concept's when `name` is given."""
+        """Runs, newest first (not those of concepts in the trash); only one concept's when `name` is given."""
         with self._lib.reading() as db:
             if name is None:
-                rows = db.query(_RUN_SELECT + " ORDER BY r.id DESC")
+                rows = db.query(_RUN_SELECT + " WHERE c.trashed_at IS NULL ORDER BY r.id DESC")
             else:
                 rows = db.query(
                     _RUN_SELECT + " WHERE r.concept_id = ? ORDER BY r.id DESC", [self._lib.concept_id(name)]

@@ -105,6 +105,8 @@ def test_removing_a_concept_waits_for_its_running_run(library: Library) -> None:
         library.concepts.remove("bo")
     library.runs.finish(run.id, "cancelled")
     library.concepts.remove("bo")
+    assert library.runs.list() == [] and folder.exists()  # in the trash: kept, but not listed
+    library.concepts.empty_trash()
     assert not folder.exists()
     assert list((library.root / "tokens").rglob("*.safetensors")) == []
     assert library.runs.list() == []

@@ -67,7 +67,7 @@ def test_add_list_show_rename_export_import_remove(
     assert code == 0 and "imported buddy (pet, 3 photos, untrained)" in out
 
     code, out, _ = familiar(capsys, data, "concept", "remove", "buddy")
-    assert code == 0 and "removed buddy" in out
+    assert code == 0 and "moved buddy to the trash" in out and "familiar concept restore buddy" in out
     code, out, _ = familiar(capsys, data, "concept", "list", "--json")
     assert [c["name"] for c in json.loads(out)] == ["buddy2"]
 
@@ -130,3 +130,75 @@ def test_show_and_list_never_print_control_characters(tmp_path: Path, capsys: py
     assert json.loads(familiar(capsys, data, "concept", "show", "bo", "--json")[1])["facts"].endswith("\x9b31m")
     code, _, err = familiar(capsys, data, "concept", "add", "rex", str(photo), "--facts", "\x1b[2J")
     assert code == 2 and "control characters" in err
+
+
+def test_remove_then_restore_brings_back_photos_versions_and_pictures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from store.library import Library
+    from tests.store.helpers import rows, stored_files, with_history, write_image
+
+    data = tmp_path / "lib"
+    with Library.open(data) as library:
+        with_history(library, tmp_path)
+    before_rows, before_files = rows(data), stored_files(data)
+    code, out, _ = familiar(capsys, data, "concept", "remove", "rex")
+    assert code == 0 and "moved rex to the trash (3 photos, 2 versions)" in out
+    assert json.loads(familiar(capsys, data, "concept", "list", "--json")[1]) == []
+    code, out, _ = familiar(capsys, data, "concept", "trash")
+    assert code == 0 and out.splitlines()[1].split()[:4] == ["rex", "pet", "3", "2"]
+    code, out, _ = familiar(capsys, data, "concept", "restore", "rex")
+    assert code == 0 and "restored rex (pet, 3 photos, trained)" in out
+    assert rows(data) == before_rows and stored_files(data) == before_files
+    with Library.open(data) as library:
+        assert len(library.tokens.versions("rex")) == 2 and len(library.runs.list("rex")) == 1
+        assert [image.prompt for image in library.gallery.list("rex")] == ["<rex> at the beach"]
+    code, _, err = familiar(capsys, data, "concept", "restore", "rex")
+    assert code == 2 and "no concept named 'rex' in the trash" in err
+    familiar(capsys, data, "concept", "remove", "rex")
+    familiar(capsys, data, "concept", "add", "rex", str(write_image(tmp_path / "new.jpg", seed=5)))
+    code, _, err = familiar(capsys, data, "concept", "restore", "rex")
+    assert code == 2 and "--as NEW" in err
+    code, out, _ = familiar(capsys, data, "concept", "restore", "rex", "--as", "rex-old")
+    assert code == 0 and "restored rex-old (pet, 3 photos, trained)" in out
+    familiar(capsys, data, "concept", "remove", "rex")
+
+    familiar(capsys, data, "concept", "remove", "rex-old")
+    code, out, _ = familiar(capsys, data, "concept", "trash", "--empty")
+    assert code == 0 and "deleted 2 concepts for good" in out and "rex-old" in out
+    assert stored_files(data) == {}
+    assert "the trash is empty" in familiar(capsys, data, "concept", "trash")[1]
+
+
+def test_export_never_replaces_a_file_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.store.helpers import write_image
+
+    data = tmp_path / "lib"
+    assert familiar(capsys, data, "concept", "add", "bo", str(write_image(tmp_path / "a.jpg")))[0] == 0
+    existing = tmp_path / "mine.familiar"
+    existing.write_bytes(b"precious")
+    code, out, err = familiar(capsys, data, "export", "bo", "-o", str(existing))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "already exists" in err and "--force" in err
+    assert existing.read_bytes() == b"precious"
+    code, out, _ = familiar(capsys, data, "export", "bo", "-o", str(existing), "--force")
+    assert code == 0 and "holds its 1 photo:" in out and existing.read_bytes() != b"precious"
+
+
+def test_unicode_names_one_photo_warns_and_the_default_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from store.validation import DEFAULT_KIND, MAX_PHOTOS_PER_CONCEPT
+    from tests.store.helpers import write_image
+
+    data = tmp_path / "lib"
+    code, out, err = familiar(capsys, data, "concept", "add", "Böwie", str(write_image(tmp_path / "a.jpg")))
+    assert code == 0 and f"added Böwie ({DEFAULT_KIND}, 1 photo)" in out
+    assert err.startswith("familiar: warning: only 1 photo:") and "3-5 photos" in err
+    code, out, err = familiar(
+        capsys, data, "concept", "add", "rex", *(str(write_image(tmp_path / f"{i}.png", seed=i)) for i in range(3))
+    )
+    assert code == 0 and err == ""
+    assert familiar(capsys, data, "concept", "show", "BÖWIE")[1].startswith("Böwie (object)")
+    too_many = [str(tmp_path / f"{i}.jpg") for i in range(MAX_PHOTOS_PER_CONCEPT + 1)]
+    code, _, err = familiar(capsys, data, "concept", "add", "many", *too_many)
+    assert code == 2 and f"at most {MAX_PHOTOS_PER_CONCEPT} photos" in err
+    code, _, err = familiar(capsys, data, "concept", "add", "b o", str(tmp_path / "a.jpg"))
+    assert code == 2 and "one identifier token" in err and "any alphabet" in err
