@@ -43,11 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="results JSON file")
     p.add_argument("--docs", type=Path, default=Path("docs/personalization.md"), help="report to write ('' for none)")
     p.add_argument("--model", default="demo", help="a micro-world model (default: the embedded demo model)")
-    p.add_argument("--concepts", type=int, help="number of concepts")
-    p.add_argument("--epochs", type=int, help="training epochs per concept")
-    p.add_argument("--conditions", nargs="+", metavar="NAME", help="only these conditions")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    p.add_argument("--concepts", type=int, help="number of concepts (default: 3 with --quick, else 5)")
+    p.add_argument("--epochs", type=int, help="training epochs per concept (default 8)")
+    p.add_argument(
+        "--conditions",
+        nargs="+",
+        metavar="NAME",
+        help="only these conditions (default: all; the baselines with --quick)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="concepts, training and drawing seed")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.add_argument("--report-only", action="store_true", help="rewrite --docs from the results in -o; no training")
     p.set_defaults(handler=run_personalization)
 

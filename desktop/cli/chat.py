@@ -19,16 +19,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     chat.add_argument("--image", type=Path, help="a photo to ask about")
     chat.add_argument("--auto", action="store_true", help="let the model decide between answering and drawing")
     chat.add_argument("-o", "--output", type=Path, help="where --auto saves a picture (default: familiar-SEED.png)")
-    chat.add_argument("--max-tokens", type=int, default=200)
-    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--max-tokens", type=int, default=200, help="longest answer, in tokens")
+    chat.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     _common(chat)
     chat.set_defaults(handler=run_chat)
 
     generate = sub.add_parser("generate", help="draw a picture; mention concepts as <name>")
-    generate.add_argument("prompt")
-    generate.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top-k", type=int, default=None)
+    generate.add_argument("prompt", help="what to draw; mention concepts as <name>")
+    generate.add_argument(
+        "-o", "--output", type=Path, required=True, help="picture to write: .png, .jpg, .jpeg or .webp"
+    )
+    generate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    generate.add_argument(
+        "--top-k", type=int, default=None, help="sample only among the k likeliest image tokens (default: all)"
+    )
     generate.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     _common(generate)
     generate.set_defaults(handler=run_generate)
@@ -37,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="random seed, to repeat a result (default: a new one)")
     parser.add_argument(
         "--concept", action="append", default=[], help="load a library concept (mentions <name> load too); repeatable"
     )

@@ -27,14 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("-o", "--output", type=Path, required=True, help="report folder (created)")
     ev.add_argument("--concepts", nargs="+", default=(), metavar="NAME", help="only these concepts (default: all)")
     ev.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ev.add_argument("--clip", type=Path, help="open_clip model folder for CLIP-I and CLIP-T (skipped without)")
     ev.add_argument("--dino", type=Path, help="DINO ViT folder (e.g. dino-vits16) for the DINO score (skipped without)")
     ev.add_argument("--qa", type=Path, help="multiple-choice questions (JSON; see docs/evaluation.md)")
-    ev.add_argument("--recipe", choices=("quick", "full"), default="quick", help="training data mix (default quick)")
+    ev.add_argument("--recipe", choices=("quick", "full"), default="quick", help="training data mix")
     ev.add_argument("--epochs", type=int, help="training epochs (default: 2 quick, 15 full)")
-    ev.add_argument("--images", type=int, default=2, help="pictures generated per concept (default 2)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--images", type=int, default=2, help="pictures generated per concept")
+    ev.add_argument("--seed", type=int, default=0, help="training and drawing seed")
     ev.set_defaults(handler=run_eval)
 
 

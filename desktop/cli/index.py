@@ -25,20 +25,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--vq", action="store_true", help="also store each image's VQ tokens for --model")
     build.add_argument("--model", default="demo", help="base model for --vq: 'demo' or a model folder")
     build.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument("--batch-size", type=int, default=32, help="images embedded at once")
     build.add_argument("--chunk-size", type=int, default=256, help="images per committed chunk")
     build.set_defaults(handler=run_build)
 
     info = commands.add_parser("info", help="describe an index")
-    info.add_argument("index", type=Path, metavar="INDEX")
+    info.add_argument("index", type=Path, metavar="INDEX", help="index folder")
     info.set_defaults(handler=run_info)
 
     search = commands.add_parser("search", help="find the images nearest to the mean of some photos")
-    search.add_argument("index", type=Path, metavar="INDEX")
-    search.add_argument("photos", type=Path, nargs="+", metavar="PHOTO")
-    search.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("index", type=Path, metavar="INDEX", help="index folder")
+    search.add_argument("photos", type=Path, nargs="+", metavar="PHOTO", help="photos of the concept")
+    search.add_argument("-k", type=int, default=10, help="number of results")
     search.add_argument("--weights", type=Path, help="the index's embedder weights file (not needed for demo)")
-    search.add_argument("--backend", choices=("auto", "numpy", "faiss"), default="auto")
+    search.add_argument(
+        "--backend", choices=("auto", "numpy", "faiss"), default="auto", help="search code (auto: faiss when installed)"
+    )
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.set_defaults(handler=run_search)
 

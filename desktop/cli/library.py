@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add = actions.add_parser("add", help="add a concept from its photos (3-5 is best)")
     add.add_argument("name", help="how you will write it in prompts, as <name>")
     add.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="JPEG, PNG, WebP or HEIC files")
-    add.add_argument("--kind", choices=KINDS, default="object")
+    add.add_argument("--kind", choices=KINDS, default="object", help="what the concept is")
     add.add_argument("--facts", default="", help="what you want the model to know about it")
     add.add_argument(
         "--instant",
@@ -46,26 +46,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=run_list)
 
     show = actions.add_parser("show", help="show a concept, its photos and learned-token versions")
-    show.add_argument("name")
+    show.add_argument("name", help="the concept")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=run_show)
 
     rename = actions.add_parser("rename", help="rename a concept")
-    rename.add_argument("old")
-    rename.add_argument("new")
+    rename.add_argument("old", help="its current name")
+    rename.add_argument("new", help="the new name")
     rename.set_defaults(handler=run_rename)
 
     remove = actions.add_parser("remove", help="remove a concept with its photos, tokens, runs and images")
-    remove.add_argument("name")
+    remove.add_argument("name", help="the concept")
     remove.set_defaults(handler=run_remove)
 
     export = sub.add_parser("export", help="write a concept to one .familiar file")
-    export.add_argument("name")
-    export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    export.add_argument("name", help="the concept")
+    export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="the .familiar file to write")
     export.set_defaults(handler=run_export)
 
     importing = sub.add_parser("import", help="add a concept from a .familiar file")
-    importing.add_argument("file", type=Path)
+    importing.add_argument("file", type=Path, help="a .familiar file")
     importing.add_argument("--rename", metavar="NEW", help="import under this name (when the name is taken)")
     importing.set_defaults(handler=run_import)
 

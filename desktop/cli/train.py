@@ -14,23 +14,21 @@ from engine.training.recipe import DEFAULT
 
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="teach the model a concept from its photos")
-    train.add_argument("name")
-    train.add_argument("--epochs", type=int, default=DEFAULT.epochs, help="passes over the samples (%(default)s)")
+    train.add_argument("name", help="the library concept to train")
+    train.add_argument("--epochs", type=int, default=DEFAULT.epochs, help="passes over the samples")
     train.add_argument("--index", type=Path, help="an offline embedding index for soft positives and negatives")
     train.add_argument(
         "--soft-positives",
         type=int,
         default=DEFAULT.soft_positives,
-        help="look-alike images to retrieve, with --index (%(default)s)",
+        help="look-alike images to retrieve, with --index",
     )
     train.add_argument("--embedder-weights", type=Path, help="the index's embedder weights (not needed for demo)")
     train.add_argument("--resume", action="store_true", help="continue the last interrupted or cancelled run")
-    train.add_argument(
-        "--learning-rate", type=float, default=DEFAULT.learning_rate, help="AdamW's learning rate (%(default)s)"
-    )
+    train.add_argument("--learning-rate", type=float, default=DEFAULT.learning_rate, help="AdamW's learning rate")
     train.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")
-    train.add_argument("--device", default="auto")
-    train.add_argument("--seed", type=int, default=DEFAULT.seed, help="sample order and scoring seed (%(default)s)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--seed", type=int, default=DEFAULT.seed, help="sample order and scoring seed")
     train.set_defaults(handler=run_train)
 
 
