@@ -24,7 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="look-alike images to retrieve, with --index",
     )
     train.add_argument("--embedder-weights", type=Path, help="the index's embedder weights (not needed for demo)")
-    train.add_argument("--resume", action="store_true", help="continue the last interrupted or cancelled run")
+    train.add_argument(
+        "--remote-knn",
+        metavar="URL",
+        help="also ask this clip-retrieval kNN service for look-alikes, sending only the mean photo embedding; "
+        "needs --index, used when the service fails (default: off, nothing leaves this machine)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the last interrupted or cancelled run (one stopped before its first checkpoint starts again)",
+    )
     train.add_argument("--learning-rate", type=float, default=DEFAULT.learning_rate, help="AdamW's learning rate")
     train.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -39,8 +49,17 @@ def _print_status(message: str | Notice) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from desktop.services.personalize import TrainOptions, train_concept
+    from engine.errors import EngineError
     from store.library import Library
 
+    if args.remote_knn is not None:
+        from urllib.parse import urlsplit
+
+        from engine.retrieval.remote_knn import check_url
+
+        if args.index is None:
+            raise EngineError("--remote-knn needs --index: the offline index gives the embedder and the fallback")
+        check_url(args.remote_knn, urlsplit(args.remote_knn).hostname)
     options = TrainOptions(
         model=args.model,
         device=args.device,
@@ -50,6 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
         soft_positives=args.soft_positives,
         index=str(args.index) if args.index else None,
         embedder_weights=str(args.embedder_weights) if args.embedder_weights else None,
+        remote_knn_url=args.remote_knn,
     )
     with stop_on_ctrl_c() as cancelled, Library.open(args.data_dir) as library:
         run = train_concept(

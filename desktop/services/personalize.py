@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use 
     from engine.training.trainer import Checkpoint
 
 REPORT_EVERY_S = 1.0
+RESTARTED = "run {run} stopped before its first checkpoint"
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,9 @@ def gather(
     return photos, [*sources, *notices]
 
 
-def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint, list[Scored]]:
-    """The concept's latest interrupted or cancelled run, its last checkpoint and its scored checkpoints."""
+def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint | None, list[Scored]]:
+    """The concept's latest interrupted or cancelled run, its last checkpoint and its scored checkpoints; a run
+    stopped before its first checkpoint comes with no checkpoint (it starts again from the beginning)."""
     from engine.concepts.state import ConceptState
     from engine.training.personalization import Scored
     from engine.training.trainer import Checkpoint
@@ -207,7 +209,9 @@ def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint, list[Score
     for run in library.runs.list(name):
         if run.status in ("failed", "cancelled"):
             saved = library.runs.checkpoints(run.id)
-            if not saved or saved[-1].optimizer_state is None:
+            if not saved:
+                return run, None, []
+            if saved[-1].optimizer_state is None:
                 break
             last = saved[-1]
             earlier = [
@@ -248,7 +252,8 @@ def train_concept(
     """Train `name` and make the best checkpoint its active version; returns the finished run.
 
     Cancelling saves a checkpoint and returns the run marked cancelled; `resume=True` continues the
-    latest interrupted or cancelled run from its last checkpoint, with that run's options. With `assistant`
+    latest interrupted or cancelled run from its last checkpoint, with that run's options (a run stopped before
+    its first checkpoint starts again from the beginning, and `status` says so). With `assistant`
     (a model already loaded) no model is loaded (`options.model` and `device` are only recorded); every concept
     is detached from it before training and none is left attached afterwards. The caller must not use the
     model for anything else until this returns.
@@ -258,6 +263,8 @@ def train_concept(
     if resume:
         run, resume_from, earlier = _resumable(library, name)
         options = TrainOptions.from_config({**asdict(options), **run.config})
+        if resume_from is None:
+            report(f"{RESTARTED.format(run=run.id)}; starting it again from the beginning")
     if options.layout != DEFAULT_LAYOUT:
         raise EngineError("library concepts use the default prompt layout; other layouts are for the benchmark")
     if assistant is None:
@@ -303,11 +310,13 @@ def _train(
     concept, notes = gather(library, name, options, report, assistant)
     if similarity is not None:
         concept.similarity = similarity
-    if run is None or resume_from is None:
+    if run is None:
         run = library.runs.create(name, asdict(options))
         library.runs.start(run.id)
     else:
         library.runs.resume(run.id)
+        if resume_from is None:
+            library.runs.log(run.id, f"{RESTARTED.format(run=run.id)}: started again from the beginning")
 
     def log(line: str | Notice) -> None:
         if isinstance(line, Notice):
