@@ -111,7 +111,7 @@ def _train(args: argparse.Namespace, cancelled: Callable[[], bool]) -> int:
             architecture,
             AlignerTrainConfig(**_given(args, TRAIN_OPTIONS)),
             resume=args.resume,
-            progress=progress_bar(),
+            progress=progress_bar(lines_when_piped=True),
             cancelled=cancelled,
             status=status,
         )

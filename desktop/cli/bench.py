@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image
 
 from desktop.cli.charts import bar_chart
-from desktop.cli.progress import progress_bar
+from desktop.cli.progress import Bar, progress_bar
 
 SHOWN = (
     ("recognition_weighted", "recognition (weighted)"),
@@ -98,10 +98,16 @@ def run_personalization(args: argparse.Namespace) -> int:
         )
     started = time.monotonic()
 
-    def say(message: str) -> None:
-        print(f"[{time.monotonic() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+    progress = progress_bar(lines_when_piped=True)
 
-    bench = Benchmark(Assistant(loaded), load_reader(), settings, say)
+    def say(message: str) -> None:
+        line = f"[{time.monotonic() - started:6.0f} s] {message}"
+        if isinstance(progress, Bar):
+            progress.above(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    bench = Benchmark(Assistant(loaded), load_reader(), settings, say, progress)
     results = bench.run()
     results["command"] = "familiar bench personalization" + (" --quick" if args.quick else "") + _extra(args)
     results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}"

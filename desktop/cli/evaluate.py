@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from desktop.cli.progress import show_progress
+    from desktop.cli.progress import progress_bar
     from desktop.services.evaluate import QUICK, EvalOptions, evaluate
     from desktop.services.personalize import TrainOptions
     from engine.errors import EngineError
@@ -61,7 +61,7 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     args.output.mkdir(parents=True, exist_ok=True)
-    results = evaluate(args.dataset, args.output, options, progress=show_progress)
+    results = evaluate(args.dataset, args.output, options, progress=progress_bar(lines_when_piped=True))
     write_report(results, args.output)
     means = ", ".join(f"{k} {v:.3f}" for k, v in results["mean"].items())
     print(f"wrote {args.output / 'report.md'} ({means})")

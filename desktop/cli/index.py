@@ -83,7 +83,7 @@ def run_build(args: argparse.Namespace) -> int:
         tokens,
         chunk_size=args.chunk_size,
         batch_size=args.batch_size,
-        progress=progress_bar(),
+        progress=progress_bar(lines_when_piped=True),
     )
     for path, reason in report.failed:
         print(f"familiar: skipped {path}: {reason}", file=sys.stderr)

@@ -76,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
             library,
             args.name,
             options,
-            progress=progress_bar(),
+            progress=progress_bar(lines_when_piped=True),
             cancelled=cancelled,
             status=_print_status,
             resume=args.resume,
