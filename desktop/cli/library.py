@@ -18,6 +18,7 @@ from store.validation import CONTROL_CHARACTERS, KINDS
 
 if TYPE_CHECKING:
     from store.library import Library
+    from store.models import Run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -144,22 +145,48 @@ def _add_instant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_cell(run: Run | None) -> str:
+    """A run in a few words: `done`, `running 12/40`, `interrupted at 12/40`."""
+    if run is None:
+        return "-"
+    steps = f"{run.step}/{run.total_steps}" if run.total_steps else f"step {run.step}"
+    if run.status in ("failed", "cancelled"):
+        stopped = "interrupted" if (run.error or "").startswith("interrupted") else run.status
+        return f"{stopped} at {steps}"
+    return run.status if run.status in ("done", "queued") else f"{run.status} {steps}"
+
+
+def _resume_hint(run: Run) -> str:
+    return (
+        f"<{_shown(run.concept)}>: training run {run.id} stopped ({_run_cell(run)}); "
+        f"continue it with: familiar train {_shown(run.concept)} --resume"
+    )
+
+
 def run_list(args: argparse.Namespace) -> int:
     from store.models import as_dict
 
-    with _open(args) as library:
+    with _open(args) as library, library.reading():
         concepts = library.concepts.list()
+        runs = {c.name: library.runs.list(c.name) for c in concepts}
+        stopped = [r for c in concepts if (r := library.runs.interrupted(c.name)) is not None]
     if args.json:
-        print(_json([as_dict(c) for c in concepts]))
+        latest = {name: as_dict(found[0]) if found else None for name, found in runs.items()}
+        print(_json([{**as_dict(c), "last_run": latest[c.name]} for c in concepts]))
         return 0
     if not concepts:
         print("no concepts yet; add one with: familiar concept add NAME PHOTO...")
         return 0
-    rows = [("NAME", "KIND", "STATE", "PHOTOS", "UPDATED")]
-    rows += [(c.name, c.kind, c.state, str(c.photo_count), c.updated_at) for c in concepts]
+    rows = [("NAME", "KIND", "STATE", "PHOTOS", "LAST RUN", "UPDATED")]
+    rows += [
+        (_shown(c.name), c.kind, c.state, str(c.photo_count), _run_cell(next(iter(runs[c.name]), None)), c.updated_at)
+        for c in concepts
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for run in stopped:
+        print(_resume_hint(run))
     return 0
 
 
@@ -170,9 +197,12 @@ def run_show(args: argparse.Namespace) -> int:
         concept = library.concepts.get(args.name)
         photos = library.concepts.photos(args.name)
         versions = library.tokens.versions(args.name)
+        runs = library.runs.list(args.name)
+        stopped = library.runs.interrupted(args.name)
     if args.json:
         shown = {**as_dict(concept), "photos": [as_dict(p) for p in photos]}
         shown["token_versions"] = [as_dict(v) for v in versions]
+        shown["runs"] = [as_dict(r) for r in runs]
         print(_json(shown))
         return 0
     print(f"{concept.name} ({concept.kind}): {concept.state}")
@@ -186,6 +216,14 @@ def run_show(args: argparse.Namespace) -> int:
         mark = "*" if v.active else " "
         metrics = json.dumps(v.metrics, sort_keys=True) if v.metrics else ""
         print(f"  {mark} v{v.number} {v.kind:<7} {v.created_at}  base {v.base_fingerprint[:12]}  {metrics}".rstrip())
+    print(f"training runs ({len(runs)}):")
+    for r in runs:
+        epochs = r.config.get("epochs")
+        detail = f"{epochs} epochs" if epochs is not None else ""
+        why = f"  {_shown(r.error)}" if r.error else ""
+        print(f"  run {r.id:<3} {_run_cell(r):<24} {r.created_at}  {detail}{why}".rstrip())
+    if stopped is not None:
+        print(_resume_hint(stopped))
     return 0
 
 

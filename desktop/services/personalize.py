@@ -206,31 +206,30 @@ def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint | None, lis
     from engine.training.personalization import Scored
     from engine.training.trainer import Checkpoint
 
-    for run in library.runs.list(name):
-        if run.status in ("failed", "cancelled"):
-            saved = library.runs.checkpoints(run.id)
-            if not saved:
-                return run, None, []
-            if saved[-1].optimizer_state is None:
-                break
-            last = saved[-1]
-            earlier = [
-                Scored(
-                    Checkpoint(state=ConceptState.load(c.path), optimizer=b"", step=c.step, epoch=c.epoch),
-                    dict(c.metrics),
-                )
-                for c in saved
-            ]
-            checkpoint = Checkpoint(
-                state=earlier[-1].checkpoint.state,
-                optimizer=last.optimizer_state.read_bytes(),
-                step=last.step,
-                epoch=last.epoch,
-            )
-            return run, checkpoint, earlier
-        if run.status == "done":
-            break
-    raise EngineError(f"<{name}> has no interrupted training run with a checkpoint to resume")
+    run = library.runs.interrupted(name)
+    saved = library.runs.checkpoints(run.id) if run is not None else []
+    if run is not None and not saved:
+        return run, None, []
+    if run is None:
+        raise EngineError(f"<{name}> has no interrupted training run to resume")
+    if saved[-1].optimizer_state is None:
+        raise EngineError(f"run {run.id} of <{name}> kept no optimizer state to resume from; train <{name}> again")
+    last = saved[-1]
+    earlier = [
+        Scored(
+            Checkpoint(state=ConceptState.load(c.path), optimizer=b"", step=c.step, epoch=c.epoch),
+            dict(c.metrics),
+        )
+        for c in saved
+    ]
+    assert last.optimizer_state is not None
+    checkpoint = Checkpoint(
+        state=earlier[-1].checkpoint.state,
+        optimizer=last.optimizer_state.read_bytes(),
+        step=last.step,
+        epoch=last.epoch,
+    )
+    return run, checkpoint, earlier
 
 
 def _detach_all(assistant: Assistant) -> None:
