@@ -224,16 +224,19 @@ def write_report(results: dict[str, Any], docs: Path, output: Path, bench: Any |
     folder = docs.parent
     folder.mkdir(parents=True, exist_ok=True)
     stem = docs.stem
+    labels = dict(SHOWN)
     keys = ("recognition_weighted", "qa_accuracy", "generation_attribute_accuracy", "generation_similarity")
-    charts = []
+    charts: dict[str, Path] = {}
     for title, names in (("baselines", BASELINES), ("ablations", ABLATIONS)):
         present = [n for n in names if n in conditions]
         if len(present) < 2:
             continue
         chart = folder / f"{stem}-{title}.png"
-        series = {key: [conditions[n][key] for n in present] for key in keys}
-        bar_chart(chart, f"Micro-world personalization: {title} (mean over concepts)", present, series)
-        charts.append((title, chart))
+        series = {labels[key]: [conditions[n].get(key) for n in present] for key in keys}
+        errors = {labels[key]: [conditions[n].get(f"{key}_stderr") for n in present] for key in keys}
+        title_text = f"Micro-world personalization: {title} (mean over concepts ± standard error)"
+        if bar_chart(chart, title_text, present, series, errors):
+            charts[title] = chart
     settings = results["settings"]
     lines = [
         "# Personalization benchmark (micro-world)",
@@ -259,12 +262,12 @@ def write_report(results: dict[str, Any], docs: Path, output: Path, bench: Any |
         f"Hard negatives score {reference['hard_negative_similarity']:.3f} similarity.",
         "",
     ]
-    lines += [f"![{title}]({chart.name})" for title, chart in charts[:1]] + [""]
+    lines += [f"![baselines]({charts['baselines'].name})" if "baselines" in charts else "", ""]
     lines += ["## Claims", "", "Paired over concepts: the mean of (trained - other) per concept.", ""]
     lines += _claims(results)
     if any(n in conditions for n in ABLATIONS[1:]):
         lines += ["## Ablations", "", *_table(conditions, ABLATIONS)]
-        lines += [f"![{title}]({chart.name})" for title, chart in charts[1:]] + [""]
+        lines += [f"![ablations]({charts['ablations'].name})" if "ablations" in charts else "", ""]
     lines += ["## Conditions", ""]
     lines += [f"- `{name}`: {summary['what']}" for name, summary in conditions.items()] + [""]
     lines += ["## Pictures", "", *_examples(results, bench, folder / f"{stem}-examples.png")]

@@ -119,6 +119,9 @@ def test_benchmark_trains_measures_and_reports_and_leaves_the_base_model_untouch
     docs = tmp_path / "docs" / "personalization.md"
     write_report(results, docs, tmp_path / "results.json", bench)
     assert "| trained |" in docs.read_text() and (docs.parent / "personalization-examples.png").is_file()
+    assert "![baselines](personalization-baselines.png)" in docs.read_text()
+    assert (docs.parent / "personalization-baselines.png").is_file()
+    assert "![ablations]" not in docs.read_text() and not (docs.parent / "personalization-ablations.png").exists()
 
 
 def test_bench_command_refuses_unknown_conditions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
