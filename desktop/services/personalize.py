@@ -207,14 +207,14 @@ def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint | None, lis
     from engine.training.trainer import Checkpoint
 
     run = library.runs.interrupted(name)
-    saved = library.runs.checkpoints(run.id) if run is not None else []
-    if run is not None and not saved:
-        return run, None, []
     if run is None:
         raise EngineError(f"<{name}> has no interrupted training run to resume")
-    if saved[-1].optimizer_state is None:
-        raise EngineError(f"run {run.id} of <{name}> kept no optimizer state to resume from; train <{name}> again")
+    saved = library.runs.checkpoints(run.id)
+    if not saved:
+        return run, None, []
     last = saved[-1]
+    if last.optimizer_state is None:
+        raise EngineError(f"run {run.id} of <{name}> kept no optimizer state to resume from; train <{name}> again")
     earlier = [
         Scored(
             Checkpoint(state=ConceptState.load(c.path), optimizer=b"", step=c.step, epoch=c.epoch),
@@ -222,7 +222,6 @@ def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint | None, lis
         )
         for c in saved
     ]
-    assert last.optimizer_state is not None
     checkpoint = Checkpoint(
         state=earlier[-1].checkpoint.state,
         optimizer=last.optimizer_state.read_bytes(),
