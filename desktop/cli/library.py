@@ -219,7 +219,7 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"training runs ({len(runs)}):")
     for r in runs:
         epochs = r.config.get("epochs")
-        detail = f"{epochs} epochs" if epochs is not None else ""
+        detail = f"{epochs} epoch{'' if epochs == 1 else 's'}" if epochs is not None else ""
         why = f"  {_shown(r.error)}" if r.error else ""
         print(f"  run {r.id:<3} {_run_cell(r):<24} {r.created_at}  {detail}{why}".rstrip())
     if stopped is not None:

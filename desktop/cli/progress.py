@@ -40,10 +40,12 @@ class _Rate:
         return True
 
     def eta(self, update: Progress) -> float | None:
+        if update.step >= update.total:
+            return None
         if update.eta_seconds is not None:
             return update.eta_seconds
         done = update.step - self.first_step
-        if done <= 0 or update.step >= update.total:
+        if done <= 0:
             return None
         return (self.clock() - self.started) / done * (update.total - update.step)
 

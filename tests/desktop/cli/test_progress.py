@@ -50,7 +50,7 @@ def test_piped_progress_is_a_line_per_tenth_of_each_phase(capsys: pytest.Capture
     lines = Lines(clock)
     for step in range(0, 201):
         clock.now = step / 2
-        lines(Progress("training", step, 200, loss=1.0))
+        lines(Progress("training", step, 200, loss=1.0, eta_seconds=(200 - step) / 2 if step else None))
     lines(Progress("saving", 1, 1))
     for step in range(1, 3):
         lines(Progress("training", step, 2))  # the same phase again, after its end
