@@ -52,6 +52,10 @@ def run_train(args: argparse.Namespace) -> int:
     from engine.errors import EngineError
     from store.library import Library
 
+    if args.index is not None and not args.index.is_dir():
+        raise EngineError(f"--index {args.index} is not a folder")
+    if args.embedder_weights is not None and not args.embedder_weights.is_file():
+        raise EngineError(f"--embedder-weights {args.embedder_weights} is not a file")
     if args.remote_knn is not None:
         from urllib.parse import urlsplit
 

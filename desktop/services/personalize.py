@@ -29,7 +29,7 @@ from engine.errors import EngineError
 from engine.progress import Notice, Status
 from engine.training.recipe import Recipe
 from store.library import Library
-from store.models import Photo, Run
+from store.models import Concept, Photo, Run
 
 if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use them
     from PIL import Image
@@ -154,6 +154,16 @@ def split_photos(photos: Sequence[Photo]) -> tuple[list[Photo], list[Photo]]:
     return train, test
 
 
+def _photos(library: Library, name: str) -> tuple[Concept, list[Photo], list[Photo]]:
+    """The concept, its training and held-out photos; an unknown concept or one without training photos is a
+    clear error (checked before any model loads)."""
+    concept = library.concepts.get(name)
+    train, test = split_photos(library.concepts.photos(name))
+    if not train:
+        raise EngineError(f"<{concept.name}> has no training photos: add 3-5 photos first")
+    return concept, train, test
+
+
 def gather(
     library: Library, name: str, options: TrainOptions, report: Status, assistant: Assistant
 ) -> tuple[ConceptPhotos, list[str | Notice]]:
@@ -163,11 +173,8 @@ def gather(
     from engine.model.images import open_image
     from engine.training.personalization import ConceptPhotos, encode
 
-    concept = library.concepts.get(name)
+    concept, train, test = _photos(library, name)
     key = concept.name.lower()
-    train, test = split_photos(library.concepts.photos(name))
-    if not train:
-        raise EngineError(f"<{concept.name}> has no training photos: add 3-5 photos first")
     others = [
         p for other in library.concepts.list() if other.id != concept.id for p in library.concepts.photos(other.name)
     ]
@@ -265,6 +272,7 @@ def train_concept(
             report(f"{RESTARTED.format(run=run.id)}; starting it again from the beginning")
     if options.layout != DEFAULT_LAYOUT:
         raise EngineError("library concepts use the default prompt layout; other layouts are for the benchmark")
+    _photos(library, name)
     if assistant is None:
         from engine.inference.assistant import Assistant
         from engine.model.loading import load_model

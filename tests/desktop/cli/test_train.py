@@ -97,3 +97,33 @@ def test_remote_knn_mistakes_are_refused_before_training(
     argv = ["--data-dir", str(data), "train", "bo", *(arg.format(tmp=tmp_path) for arg in extra)]
     assert main(argv) == 2
     assert message in capsys.readouterr().err and not seen
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "nobody"], "no concept named 'nobody'"),
+        (["train", "nobody", "--resume"], "no concept named 'nobody'"),
+        (["train", "empty"], "<empty> has no training photos"),
+        (["train", "bo", "--index", "{tmp}/missing"], "is not a folder"),
+        (["train", "bo", "--index", "{tmp}", "--embedder-weights", "{tmp}/none.pt"], "is not a file"),
+    ],
+)
+def test_mistakes_are_refused_before_the_model_loads(
+    data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    from engine.model import loading
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+    with Library.open(data) as library:
+        library.concepts.add("empty", kind="pet")
+    assert main(["--data-dir", str(data), *(arg.format(tmp=tmp_path) for arg in argv)]) == 2
+    assert message in capsys.readouterr().err
