@@ -113,6 +113,7 @@ def _add_instant(args: argparse.Namespace) -> int:
     from engine.aligner.model import demo_aligner_path, instant_state, load_aligner
     from engine.errors import EngineError
     from engine.model.loading import DEMO_NAME, load_model
+    from store.photos import clean_photo, read_photo_file
 
     model = args.model or DEMO_NAME
     if args.aligner is None and model != DEMO_NAME:
@@ -120,6 +121,8 @@ def _add_instant(args: argparse.Namespace) -> int:
             f"--instant with --model {model} needs --aligner PATH: an Aligner trained for that model "
             "(familiar aligner train)"
         )
+    for photo in args.photos:  # the checks `concepts.add` makes, before the model loads
+        clean_photo(read_photo_file(photo), str(photo))
     loaded = load_model(model, device=args.device or "auto")
     if loaded.is_demo:
         print(
