@@ -55,6 +55,7 @@ from engine.microworld.world import (
     sample_pose,
     sample_scene,
 )
+from engine.progress import Progress, ProgressCallback
 from engine.retrieval.index import Neighbour, Neighbours
 from engine.retrieval.plan import ConceptPhoto, PlanSettings, concept_query, plan_from_neighbours
 from engine.training import personalization
@@ -233,13 +234,21 @@ class Benchmark:
     """Runs the conditions on one loaded micro-world model; `run` returns the results as a JSON-ready dict."""
 
     def __init__(
-        self, assistant: Assistant, reader: AttributeReader, settings: BenchSettings, report: Report | None = None
+        self,
+        assistant: Assistant,
+        reader: AttributeReader,
+        settings: BenchSettings,
+        report: Report | None = None,
+        progress: ProgressCallback | None = None,
     ) -> None:
+        """`report` gets a line per concept and condition; `progress` a "benchmark" event after each condition
+        of each concept, with the time left at the pace so far."""
         settings.validate()
         self.assistant = assistant
         self.reader = reader
         self.settings = settings
         self.report = report or (lambda _m: None)
+        self.progress = progress or (lambda _p: None)
         self.base_prompts = assistant.prompts
         self.pool = make_pool(settings)
         self.pool_embeddings = reader.embed([render(s) for s in self.pool])
@@ -400,6 +409,8 @@ class Benchmark:
         settings = self.settings
         concepts = make_concepts(settings)
         per_concept = []
+        total, done = len(concepts) * len(settings.conditions), 0
+        self.progress(Progress("benchmark", 0, total))
         for index, concept in enumerate(concepts, 1):
             words = concept.identity.describe()
             article = "an" if words[0] in "aeiou" else "a"
@@ -411,6 +422,9 @@ class Benchmark:
                 results[name] = self.run_condition(concept, CONDITIONS[name], descriptions)
                 line = ", ".join(f"{k} {results[name][k]:.2f}" for k in METRICS if k != "recognition_negative_random")
                 self.report(f"  {name}: {line} ({time.monotonic() - condition_started:.0f} s)")
+                done += 1
+                left = (time.monotonic() - started) / done * (total - done)
+                self.progress(Progress("benchmark", done, total, eta_seconds=left))
             per_concept.append(
                 {
                     "name": concept.name,

@@ -125,3 +125,18 @@ def test_a_cancelled_or_interrupted_run_resumes(library: Library) -> None:
     library.runs.finish(run.id, "done")
     with pytest.raises(RunStateError, match="done"):
         library.runs.resume(run.id)
+
+
+def test_the_interrupted_run_is_the_latest_stopped_one_unless_a_later_one_finished(library: Library) -> None:
+    library.concepts.add("bo")
+    assert library.runs.interrupted("bo") is None
+    first = library.runs.start(library.runs.create("bo", {}).id)
+    library.runs.finish(first.id, "cancelled")
+    assert library.runs.interrupted("bo").id == first.id
+    second = library.runs.start(library.runs.create("bo", {}).id)
+    assert library.runs.interrupted("bo").id == first.id  # a running run is skipped
+    library.runs.finish(second.id, "failed", error="interrupted")
+    assert library.runs.interrupted("bo").id == second.id
+    library.runs.resume(second.id)
+    library.runs.finish(second.id, "done")
+    assert library.runs.interrupted("bo") is None
