@@ -51,17 +51,30 @@ def png_bytes(picture: GeneratedImage, model_source: str) -> bytes:
 def picture_bytes(picture: GeneratedImage, model_source: str, fmt: str) -> bytes:
     """The picture as PNG, JPEG (quality 95) or WebP (lossless), naming its prompt, seed, model (and the demo
     warning): in PNG text chunks, or as JSON in the EXIF ImageDescription of a JPEG or WebP."""
-    about, out = _about(picture, model_source), io.BytesIO()
+    return _encode(picture.image, _about(picture, model_source), fmt)
+
+
+def converted_png(png: bytes, fmt: str) -> bytes:
+    """A picture from `png_bytes` (the server's) in `fmt`, with what its text chunks say about it kept."""
+    if fmt == "PNG":
+        return png
+    image = Image.open(io.BytesIO(png))
+    about = {key: value for key, value in getattr(image, "text", {}).items() if key.startswith("familiar:")}
+    return _encode(image, about, fmt)
+
+
+def _encode(image: Image.Image, about: dict[str, str], fmt: str) -> bytes:
+    out = io.BytesIO()
     if fmt == "PNG":
         info = PngInfo()
         for key, value in about.items():
             info.add_text(key, value)
-        picture.image.save(out, format="PNG", pnginfo=info)
+        image.save(out, format="PNG", pnginfo=info)
         return out.getvalue()
     exif = Image.Exif()
     exif[EXIF_DESCRIPTION] = json.dumps(about)  # ASCII, as EXIF text must be
     options = {"quality": JPEG_QUALITY} if fmt == "JPEG" else {"lossless": True}
-    picture.image.convert("RGB").save(out, format=fmt, exif=exif.tobytes(), **options)
+    image.convert("RGB").save(out, format=fmt, exif=exif.tobytes(), **options)
     return out.getvalue()
 
 

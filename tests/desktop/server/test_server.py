@@ -304,6 +304,12 @@ def test_familiar_generate_draws_through_the_server(
     assert "using the server" in captured.err and captured.out == f"saved {out} (seed 5)\n"
     with Image.open(out) as image:
         assert image.text["familiar:seed"] == "5" and image.size == (SHOWN_SIZE, SHOWN_SIZE)
+    jpeg = tmp_path / "drawn.jpg"
+    assert main(["--data-dir", str(library_dir), "generate", DRAWN, "-o", str(jpeg), "--seed", "5"]) == 0
+    with Image.open(jpeg) as image:
+        assert image.format == "JPEG" and '"familiar:seed": "5"' in image.getexif()[0x010E]
+    assert main(["--data-dir", str(library_dir), "generate", DRAWN, "-o", str(tmp_path / "drawn.gif")]) == 2
+    assert "the name must end in" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [["--no-server"], ["--model", str(loading.demo_model_dir())]])
