@@ -15,8 +15,9 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-# What PySide6's libqxcb.so and libQt6XcbQpa.so.6 link against (`readelf -d`), beyond Qt's own libraries and
-# the C/C++ runtime: soname -> (Debian/Ubuntu package, Fedora package).
+# What PySide6's libqxcb.so, libQt6XcbQpa.so.6 and the Qt libraries they load (Gui, DBus) link against
+# (`readelf -d`), beyond the libraries PySide6 carries and the C/C++ runtime:
+# soname -> (Debian/Ubuntu package, Fedora package).
 XCB_PLUGIN_LIBRARIES: dict[str, tuple[str, str]] = {
     "libxcb-cursor.so.0": ("libxcb-cursor0", "xcb-util-cursor"),
     "libxcb-icccm.so.4": ("libxcb-icccm4", "xcb-util-wm"),
@@ -37,6 +38,10 @@ XCB_PLUGIN_LIBRARIES: dict[str, tuple[str, str]] = {
     "libX11-xcb.so.1": ("libx11-xcb1", "libX11-xcb"),
     "libX11.so.6": ("libx11-6", "libX11"),
     "libGL.so.1": ("libgl1", "libglvnd-glx"),
+    "libEGL.so.1": ("libegl1", "libglvnd-egl"),
+    "libfontconfig.so.1": ("libfontconfig1", "fontconfig"),
+    "libfreetype.so.6": ("libfreetype6", "freetype"),
+    "libdbus-1.so.3": ("libdbus-1-3", "dbus-libs"),
     "libglib-2.0.so.0": ("libglib2.0-0", "glib2"),
     "libgthread-2.0.so.0": ("libglib2.0-0", "glib2"),
 }
