@@ -7,55 +7,46 @@ and the libraries Qt's xcb plugin needs)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from PIL import Image, ImageStat
 
 ROOT = Path(__file__).resolve().parents[3]
 VIEWS = ("Library", "Add concept", "Chat", "Training", "Gallery", "Settings")
-SCREEN = (1280, 900)
 MIN_STD = 4.0  # grey-level standard deviation below which a grab counts as blank
 
 pytestmark = [pytest.mark.xvfb, pytest.mark.slow]
 
 
+def _load_xvfb_display() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("xvfb_display", ROOT / "scripts" / "xvfb_display.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+xvfb_display = _load_xvfb_display()
+x_env = xvfb_display.x_env
+
+
 @pytest.fixture
 def x_display() -> Iterator[str]:
-    """A fresh Xvfb server on a free display number (Xvfb picks it: -displayfd); its name, e.g. ":3"."""
-    missing = [tool for tool in ("Xvfb", "xwininfo") if shutil.which(tool) is None]
+    """A fresh Xvfb server on a free display number; its name, e.g. ":3"."""
+    missing = xvfb_display.missing_tools()
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed (Debian/Ubuntu: apt install xvfb x11-utils)")
-    read, write = os.pipe()
-    server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
-        pass_fds=(write,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        number = pipe.readline().strip()  # written once the server accepts connections; "" if it died
-    try:
-        assert number, "Xvfb did not start"
-        yield f":{number}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def x_env(display: str) -> dict[str, str]:
-    """This environment on `display`, with nothing that would steer Qt away from xcb."""
-    env = {k: v for k, v in os.environ.items() if k not in ("QT_QPA_PLATFORM", "WAYLAND_DISPLAY", "XDG_SESSION_TYPE")}
-    return {**env, "DISPLAY": display}
+    with xvfb_display.xvfb() as display:
+        yield display
 
 
 def familiar(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -92,20 +83,6 @@ def grey_std(image: Image.Image) -> float:
     return float(ImageStat.Stat(image.convert("L")).stddev[0])
 
 
-def top_level_windows(display: str, title: str) -> list[str]:
-    """Ids of the root window's children called `title`."""
-    tree = subprocess.run(
-        ["xwininfo", "-root", "-children"], capture_output=True, text=True, env=x_env(display), timeout=30
-    ).stdout
-    return re.findall(rf'^\s*(0x[0-9a-f]+) "{re.escape(title)}"', tree, flags=re.MULTILINE)
-
-
-def map_state(display: str, window: str) -> str:
-    info = subprocess.run(["xwininfo", "-id", window], capture_output=True, text=True, env=x_env(display), timeout=30)
-    found = re.search(r"Map State: (\w+)", info.stdout)
-    return found.group(1) if found else info.stderr.strip()
-
-
 def grab_screen(display: str, target: Path) -> None:
     """The X server's whole screen, read by a separate Qt client on the display (xcb's GetImage on the root)."""
     script = (
@@ -125,7 +102,7 @@ def test_familiar_app_maps_a_real_window(x_display: str, populated_library: Path
         viewable: list[str] = []
         while not viewable and time.monotonic() < deadline and app.poll() is None:
             time.sleep(0.5)
-            viewable = [w for w in top_level_windows(x_display, "Familiar") if map_state(x_display, w) == "IsViewable"]
+            viewable = xvfb_display.viewable_windows(x_display, "Familiar")
         log.seek(0)
         assert viewable, f"no Familiar window mapped (status {app.poll()}): {log.read()[-2000:]}"
         time.sleep(3)  # let the demo model load and the cards paint
@@ -136,7 +113,7 @@ def test_familiar_app_maps_a_real_window(x_display: str, populated_library: Path
         app.wait(timeout=30)
         log.close()
     with Image.open(tmp_path / "screen.png") as screen:
-        assert screen.size == SCREEN
+        assert screen.size == xvfb_display.SCREEN
         assert grey_std(screen.crop((0, 0, 1120, 780))) > MIN_STD  # the window's pixels, not the black root
 
 
@@ -175,7 +152,7 @@ def shoot_views(data_dir: str, out: str) -> None:
         frame = window.frameGeometry()
         grab = window.screen().grabWindow(0, frame.x(), frame.y(), frame.width(), frame.height())
         grab.save(str(folder / f"{view}.png"))
-        state = map_state(os.environ["DISPLAY"], hex(int(window.winId())))
+        state = xvfb_display.map_state(os.environ["DISPLAY"], hex(int(window.winId())))
         report[view] = {"exposed": window.windowHandle().isExposed(), "map_state": state}
     (folder / "report.json").write_text(json.dumps(report))
     window.close()
