@@ -8,8 +8,9 @@ the X server's screen, as a user's desktop shows it.
 
 Builds a fresh library in a temporary folder: <bo> (the DreamBooth dog) trained briefly, <teddy> (the bear
 plushie) whose run is cancelled part-way, <mimi> (the cat) untrained; then walks the window through the
-add-concept wizard (with one bad file), a training run, a chat with a photo and a drawing, the gallery and
-the settings, saving one PNG per view (two for training: during the run and after it)."""
+add-concept wizard (with one bad file), the edit page (one new photo, not saved), a training run, a chat with
+a photo and a drawing, the gallery and the settings, saving one PNG per view (two for training: during the run
+and after it)."""
 
 from __future__ import annotations
 
@@ -169,6 +170,12 @@ def walk(out: Path, photos_dir: Path) -> int:
     window.wizard.facts.setPlainText("class: backpack\ncolour: red\nMy hiking backpack, always by the door.")
     shoot(window, out, "wizard")
     window.wizard.reset()
+
+    window.editor.open("mimi")
+    window.show_page("Edit concept")
+    window.editor.add_files(photos("cat", photos_dir, 4)[3:])
+    shoot(window, out, "editor")
+    window.editor.cancel.click()
 
     window.show_page("Chat")
     ask(window, "What is <bo> doing in this photo?", "answer", photos("dog", photos_dir, 5)[4])

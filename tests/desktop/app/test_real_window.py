@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageStat
 
 ROOT = Path(__file__).resolve().parents[3]
-VIEWS = ("Library", "Add concept", "Chat", "Training", "Gallery", "Settings")
+VIEWS = ("Library", "Add concept", "Edit concept", "Chat", "Training", "Gallery", "Settings")
 MIN_STD = 4.0  # grey-level standard deviation below which a grab counts as blank
 
 pytestmark = [pytest.mark.xvfb, pytest.mark.slow]
@@ -119,8 +119,8 @@ def test_familiar_app_maps_a_real_window(x_display: str, populated_library: Path
 
 def shoot_views(data_dir: str, out: str) -> None:
     """Run in a process on an X display: open the main window on `data_dir`, draw a picture in the chat, then
-    show each view and grab it from the screen into `out/<view>.png`; `out/report.json` says whether the window
-    was exposed and mapped (xwininfo) on each."""
+    show each view (the editor on <bo>) and grab it from the screen into `out/<view>.png`; `out/report.json` says
+    whether the window was exposed and mapped (xwininfo) on each."""
     from PySide6.QtCore import QEventLoop
     from PySide6.QtWidgets import QApplication
 
@@ -145,6 +145,7 @@ def shoot_views(data_dir: str, out: str) -> None:
     chat.send()
     wait_until(lambda: not chat.busy)
     report: dict[str, object] = {"platform": app.platformName()}
+    window.editor.open("bo")
     for view in VIEWS:
         window.show_page(view)
         settled = time.monotonic() + 0.5
