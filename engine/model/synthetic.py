@@ -61,11 +61,16 @@ def chameleon_7b_config(max_position_embeddings: int = 4096) -> ChameleonConfig:
     )
 
 
+def image_token_name(index: int) -> str:
+    """Chameleon's name for image token `index`: its digits as letters (0 -> A), e.g. 12 -> IMGIMGBCZ."""
+    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(index)) + "Z"
+
+
 def vocabulary(vocab_size: int, image_tokens: int) -> dict[str, int]:
     """Chameleon's layout: `<s> <pad> </s> <unk>`, the image tokens from id 4, the image markers, then reserved
     tokens (free for concept slots) and the byte-level alphabet at the end."""
     names = ["<s>", "<pad>", "</s>", "<unk>"]
-    names += ["IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(i)) + "Z" for i in range(image_tokens)]
+    names += [image_token_name(i) for i in range(image_tokens)]
     names += list(MARKERS)
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     reserved = vocab_size - len(names) - len(alphabet)
