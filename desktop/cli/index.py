@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("folder", type=Path, metavar="DIR", help="folder of images, searched recursively")
     build.add_argument("-o", "--output", type=Path, required=True, metavar="INDEX", help="index folder")
     build.add_argument("--embedder", default="ViT-L-14",
-                       help="open_clip model name (default ViT-L-14), or 'demo' for an untrained test model")
+                       help="open_clip model name (default ViT-L-14), 'microworld-reader' (the micro-world's "
+                       "attribute reader), or 'demo' for an untrained test model")
     build.add_argument("--weights", type=Path, help="local weights file for the embedder (never downloaded)")
     build.add_argument("--tag", default="openai",
                        help="open_clip release the weights come from, for preprocessing (default openai; 'none')")
