@@ -72,7 +72,9 @@ def test_add_train_close_reopen_and_resume(open_window, drop_files, qtbot, dream
     assert again.gallery_view.grid.count() == 1
     card = again.library_view.cards["bo"]
     assert card.badge.text() == "trained" and "recognition" in card.scores.text()
-    assert view.notice.isHidden() and not view.resume_button.isEnabled()
+    # the only notice left is why selection fell back to a loss; the resume notice is gone
+    assert "recognition is not measured" in view.notice.text() and "Resume" not in view.notice.text()
+    assert not view.resume_button.isEnabled()
 
 
 def test_loss_curve_smooths_and_draws(qtbot) -> None:

@@ -117,3 +117,35 @@ def test_familiar_train_reports_real_negative_scores_and_not_measured_without_th
     captured = capsys.readouterr()
     assert "recognition_negative not measured" in captured.out and "score not measured" in captured.out
     assert "familiar: note: no negatives" in captured.err
+
+
+def test_a_subset_for_another_demo_build_is_skipped_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import shutil
+
+    from desktop.services.personalize import index_to_use
+    from engine.inference.assistant import Assistant
+    from engine.microworld import subset
+    from engine.model.loading import load_model
+
+    assistant = Assistant(load_model("demo", device="cpu"))
+    assert index_to_use(SMALL, assistant) == (subset.bundled_subset_path(), [])
+    assert index_to_use(TrainOptions(**{**vars(SMALL), "bundled_index": False}), assistant) == (None, [])
+    assert index_to_use(TrainOptions(**{**vars(SMALL), "index": str(tmp_path)}), assistant) == (tmp_path, [])
+    stale = tmp_path / "demo-subset"
+    shutil.copytree(subset.bundled_subset_path(), stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["vq"]["model_fingerprint"] = "0" * 64
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(subset, "bundled_subset_path", lambda: stale)
+    index, warnings = index_to_use(SMALL, assistant)
+    assert index is None and "built for another build of the demo model" in warnings[0]
+
+
+def test_runs_from_before_the_subset_resume_without_it() -> None:
+    from dataclasses import asdict
+
+    assert TrainOptions.from_config({"epochs": 2}).bundled_index is False
+    assert TrainOptions.from_config(asdict(SMALL)).bundled_index is True
