@@ -117,8 +117,13 @@ def child_search(path: Path, backend: str) -> dict:
     queries = rng.standard_normal((16, DIM), dtype=np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     rss_before = psutil.Process().memory_info().rss / 2**20
-    result = {"vectors": index.count, "dim": DIM, "backend": backend, "k": K,
-              "index_mib": round(index.embeddings.nbytes / 2**20, 1)}
+    result = {
+        "vectors": index.count,
+        "dim": DIM,
+        "backend": backend,
+        "k": K,
+        "index_mib": round(index.embeddings.nbytes / 2**20, 1),
+    }
     for label, batch in (("one_query", queries[:1]), ("16_queries", queries)):
         index.search(batch, K, backend)
         times = []
@@ -145,8 +150,9 @@ def bench_search(workdir: Path, sizes: list[int]) -> list[dict]:
         make_synthetic_index(path, rows)
         print(f"wrote {rows} synthetic vectors in {time.perf_counter() - started:.1f} s", flush=True)
         for backend in backends:
-            out = subprocess.run([sys.executable, __file__, "--child", str(path), backend],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", str(path), backend], capture_output=True, text=True, check=True
+            )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             print(json.dumps(result), flush=True)
             results.append(result)
@@ -172,9 +178,14 @@ def main() -> None:
 
     results: dict = {
         "command": "python " + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-                    "faiss": faiss.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "faiss": faiss.__version__,
+        },
     }
     with tempfile.TemporaryDirectory(prefix="bench-retrieval-") as tmp:
         if not args.skip_build:

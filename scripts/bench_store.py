@@ -123,7 +123,7 @@ def main() -> int:
             archive = work / "one.familiar"
 
             def export_one() -> None:
-                library.export_concept(rng.choice(names), archive)
+                library.export_concept(rng.choice(names), archive, overwrite=True)
 
             # Export, remove and import back the same concepts, so that removal deletes files and
             # import writes them (an import of files the library already holds would be cheaper).
@@ -134,7 +134,7 @@ def main() -> int:
                 name = next(victims)
                 library.export_concept(name, work / f"{name}.familiar")
                 started = time.perf_counter()
-                library.concepts.remove(name)
+                library.concepts.purge(name)  # deleted for good, past the trash: the work a removal does
                 timings["remove"].append((time.perf_counter() - started) * 1000)
                 removed.append(name)
 

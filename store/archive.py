@@ -21,15 +21,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from store import faults
-from store.concepts import MAX_PHOTOS_PER_CONCEPT, insert_concept
-from store.errors import ArchiveError, ConceptExistsError, PhotoError, StoreError, TokenFileError, storage_errors
+from store.concepts import insert_concept
+from store.errors import (
+    ArchiveError,
+    ConceptExistsError,
+    PhotoError,
+    StoreError,
+    TargetExistsError,
+    TokenFileError,
+    storage_errors,
+)
 from store.files import fsync_dir, read_verified, remove_dead_parts, sha256_hex, temporary_name
 from store.models import Concept, utc_now
 from store.photos import MAX_FILE_BYTES, carries_profile, check_clean_photo, extension, strip_profile
 from store.schema import SCHEMA_VERSION
 from store.state_files import MAX_STATE_BYTES, read_state_header
 from store.tokens import check_version_kind, insert_version
-from store.validation import check_facts, check_kind, check_name, check_role, to_json
+from store.validation import MAX_PHOTOS_PER_CONCEPT, check_facts, check_kind, check_name, check_role, to_json
 
 if TYPE_CHECKING:
     from store.library import Library
@@ -45,10 +53,13 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f-\x9f]")  # folders, or control characters a terminal would obey
 
 
-def export_concept(library: Library, name: str, target: Path) -> Path:
-    """Write `name` to `target` (".familiar" is appended when it has no suffix); returns the path."""
+def export_concept(library: Library, name: str, target: Path, *, overwrite: bool = False) -> Path:
+    """Write `name` to `target` (".familiar" is appended when it has no suffix); returns the path. The file
+    holds the concept's photos. An existing `target` is refused unless `overwrite` (checked before writing
+    and again just before the finished file is moved into place)."""
     if not target.suffix:
         target = target.with_suffix(SUFFIX)
+    _refuse_existing(target, overwrite)
     with library.reading():
         concept = library.concepts.get(name)
         photos = library.concepts.photos(name)
@@ -118,6 +129,7 @@ def export_concept(library: Library, name: str, target: Path) -> Path:
                     faults.reach("archive member")
             with open(part, "rb+") as written:
                 os.fsync(written.fileno())
+            _refuse_existing(target, overwrite)
             os.replace(part, target)
             fsync_dir(target.parent)
     except FileNotFoundError as exc:
@@ -125,6 +137,11 @@ def export_concept(library: Library, name: str, target: Path) -> Path:
     finally:
         part.unlink(missing_ok=True)
     return target
+
+
+def _refuse_existing(target: Path, overwrite: bool) -> None:
+    if not overwrite and (target.exists() or target.is_symlink()):
+        raise TargetExistsError(f"{target} already exists; nothing was written (replace it with --force)")
 
 
 def _add_member(archive: zipfile.ZipFile, name: str, data: bytes, compression: int) -> None:
@@ -158,13 +175,14 @@ def _import(library: Library, archive: zipfile.ZipFile, source: Path, rename: st
         extra = sorted(set(members) - set(listed) - {"manifest.json"})
         raise ArchiveError(f"{source}: files and manifest disagree (missing {missing}, unlisted {extra})")
     concept = manifest["concept"]
-    name = check_name(rename) if rename is not None else concept["name"]
-    taken = library.db.execute("SELECT name FROM concepts WHERE name = ?", [name]).fetchone()
+    name = check_name(rename if rename is not None else concept["name"])
+    taken = library.find_concept(name)
     if taken:
         raise ConceptExistsError(
-            f"a concept named {taken[0]!r} already exists; import with --rename NEW_NAME"
+            f"a concept named {taken[1]!r} already exists; import with --rename NEW_NAME"
             if rename is None
-            else f"a concept named {taken[0]!r} already exists"
+            else f"a concept named {taken[1]!r} already exists",
+            name,
         )
     updated_at = concept["updated_at"] if rename is None else utc_now()
     with library.change() as change:
@@ -200,6 +218,8 @@ def _import(library: Library, archive: zipfile.ZipFile, source: Path, rename: st
             if (header.base_fingerprint, header.hidden_size) != (entry["base_fingerprint"], entry["hidden_size"]):
                 raise ArchiveError(f"{source}: {entry['file']} does not match its manifest entry")
         change.lock()
+        if library.find_concept(name) is not None:  # added by another process since the check above
+            raise ConceptExistsError(f"a concept named {name!r} already exists", name)
         concept_id = insert_concept(library, name, concept["kind"], concept["facts"], concept["created_at"], updated_at)
         for row in photo_rows:
             library.db["photos"].insert({"concept_id": concept_id, **row})

@@ -1,25 +1,39 @@
-"""Concepts and their photos: add (all or nothing), list, show, rename, edit, remove."""
+"""Concepts and their photos: add (all or nothing), list, show, rename, edit, remove to the trash, restore.
+
+Removing a concept moves it to the trash: its rows and files stay as they are (so `restore` brings back its
+photos, learned-token versions, runs and gallery pictures), it leaves every listing and lookup, and its name
+is free for a new concept. The trash is emptied after TRASH_DAYS (when a library opens) or on demand; only
+then are the rows and files deleted.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from store import faults
 from store.errors import ConceptExistsError, DuplicatePhotoError, InvalidValueError, NotFoundError, RunStateError
 from store.files import Change
-from store.models import Concept, Photo, utc_now
+from store.models import Concept, Photo, TrashedConcept, utc_now
 from store.paths import Layout
 from store.photos import CleanPhoto, clean_photo, extension, read_photo_file
 from store.tokens import version_from_row
-from store.validation import check_facts, check_kind, check_name, check_role
+from store.validation import (
+    DEFAULT_KIND,
+    MAX_PHOTOS_PER_CONCEPT,
+    TRASH_DAYS,
+    check_facts,
+    check_kind,
+    check_name,
+    check_role,
+    name_key,
+)
 
 if TYPE_CHECKING:
     from store.library import Library
-
-MAX_PHOTOS_PER_CONCEPT = 200
 
 
 def photo_from_row(layout: Layout, row: dict[str, Any], concept: str) -> Photo:
@@ -91,12 +105,12 @@ class Concepts:
         name: str,
         photos: Sequence[str | Path] = (),
         *,
-        kind: str = "object",
+        kind: str = DEFAULT_KIND,
         facts: str = "",
         role: str = "train",
     ) -> Concept:
         """Add a concept with its photos, all or nothing: any bad photo and nothing is stored."""
-        check_name(name)
+        name = check_name(name)
         check_kind(kind)
         facts = check_facts(facts)
         check_role(role)
@@ -107,6 +121,7 @@ class Concepts:
             for photo in cleaned:
                 stage_photo(change, photo)
             change.lock()
+            self._refuse_taken(name)
             concept_id = insert_concept(self._lib, name, kind, facts, now, now)
             for photo in cleaned:
                 insert_photo(self._lib, concept_id, photo_row(photo, role, now))
@@ -114,22 +129,26 @@ class Concepts:
 
     def get(self, name: str) -> Concept:
         with self._lib.reading() as db:
-            rows = list(db.query(_CONCEPT_SELECT + " WHERE c.name = ? GROUP BY c.id", [name]))
-            if not rows:
-                raise NotFoundError(f"no concept named {name!r} in the library")
+            concept_id = self._lib.concept_id(name)
+            rows = list(db.query(_CONCEPT_SELECT + " WHERE c.id = ? GROUP BY c.id", [concept_id]))
             return self._records(db, rows)[0]
 
     def list(self) -> list[Concept]:
-        """Every concept, by name (ignoring case)."""
+        """Every concept not in the trash, by name (ignoring case)."""
         with self._lib.reading() as db:
-            rows = list(db.query(_CONCEPT_SELECT + " GROUP BY c.id ORDER BY c.name COLLATE NOCASE"))
+            rows = list(
+                db.query(_CONCEPT_SELECT + " WHERE c.trashed_at IS NULL GROUP BY c.id ORDER BY c.name COLLATE NOCASE")
+            )
             return self._records(db, rows)
 
     def rename(self, old: str, new: str) -> Concept:
         """Rename; only the case may change to a name that is taken by this same concept."""
-        check_name(new)
+        new = check_name(new)
         with self._lib.change(lock=True):
             concept_id = self._lib.concept_id(old)
+            taken = self._lib.find_concept(new)
+            if taken is not None and taken[0] != concept_id:
+                raise ConceptExistsError(f"a concept named {taken[1]!r} already exists")
             try:
                 self._lib.db["concepts"].update(concept_id, {"name": new, "updated_at": utc_now()})
             except sqlite3.IntegrityError as exc:
@@ -148,17 +167,107 @@ class Concepts:
             self._lib.db["concepts"].update(concept_id, {**changes, "updated_at": utc_now()})
         return self.get(name)
 
-    def remove(self, name: str) -> None:
-        """Remove a concept with its photos, learned tokens, runs and the generated images only it made.
-
-        Files shared with another concept stay, and so do images that also show another concept (they lose
-        the link to this concept's versions). Refused while one of its training runs is running.
-        """
+    def remove(self, name: str) -> TrashedConcept:
+        """Move a concept to the trash, whole (photos, versions, runs, gallery pictures): `restore` brings
+        it back until it is deleted for good by `empty_trash`. Refused while one of its runs is running."""
         db = self._lib.db
-        with self._lib.change(lock=True) as change:
-            concept_id = self._lib.concept_id(name)
+        with self._lib.change(lock=True):
+            found = self._lib.find_concept(name)
+            if found is None:
+                raise NotFoundError(f"no concept named {name!r} in the library")
+            concept_id, stored = found
             if db.execute("SELECT 1 FROM runs WHERE concept_id = ? AND status = 'running'", [concept_id]).fetchone():
                 raise RunStateError(f"{name!r} has a training run in progress; cancel it before removing")
+            db.execute(
+                "UPDATE concepts SET name = ?, trashed_name = ?, trashed_at = ? WHERE id = ?",
+                [f"~{concept_id}", stored, utc_now(), concept_id],
+            )
+            faults.reach("concept trashed")
+        return next(t for t in self.trashed() if t.id == concept_id)
+
+    def trashed(self) -> list[TrashedConcept]:
+        """The concepts in the trash, most recently removed first."""
+        rows = self._lib.db.execute(
+            "SELECT c.id, c.trashed_name, c.kind, c.trashed_at,"
+            " (SELECT COUNT(*) FROM photos p WHERE p.concept_id = c.id),"
+            " (SELECT COUNT(*) FROM token_versions v WHERE v.concept_id = c.id)"
+            " FROM concepts c WHERE c.trashed_at IS NOT NULL ORDER BY c.trashed_at DESC, c.id DESC"
+        ).fetchall()
+        return [
+            TrashedConcept(
+                id=row[0],
+                name=row[1],
+                kind=row[2],
+                photo_count=row[4],
+                version_count=row[5],
+                trashed_at=row[3],
+                expires_at=_later(row[3], TRASH_DAYS),
+            )
+            for row in rows
+        ]
+
+    def restore(self, name: str, *, as_name: str | None = None, trashed_id: int | None = None) -> Concept:
+        """Bring a concept back from the trash (the one removed last of that name, or `trashed_id`), under
+        its name or `as_name`; refused when a concept of that name was added since."""
+        new = check_name(as_name) if as_name is not None else None
+        with self._lib.change(lock=True):
+            rows = self._lib.db.execute(
+                "SELECT id, trashed_name FROM concepts WHERE trashed_at IS NOT NULL ORDER BY trashed_at DESC, id DESC"
+            ).fetchall()
+            found = next(
+                (
+                    (cid, stored)
+                    for cid, stored in rows
+                    if (cid == trashed_id if trashed_id is not None else name_key(stored) == name_key(name))
+                ),
+                None,
+            )
+            if found is None:
+                raise NotFoundError(f"no concept named {name!r} in the trash")
+            concept_id, stored = found
+            target = new or stored
+            taken = self._lib.find_concept(target)
+            if taken is not None:
+                raise ConceptExistsError(
+                    f"a concept named {taken[1]!r} already exists; restore under another name"
+                    " (familiar concept restore NAME --as NEW)"
+                )
+            self._lib.db.execute(
+                "UPDATE concepts SET name = ?, trashed_name = NULL, trashed_at = NULL WHERE id = ?",
+                [target, concept_id],
+            )
+            faults.reach("concept restored")
+        return self.get(target)
+
+    def empty_trash(self, *, expired_only: bool = False, now: datetime | None = None) -> list[str]:
+        """Delete for good the concepts in the trash (only those trashed over TRASH_DAYS ago when
+        `expired_only`); returns their names. Each goes in its own change."""
+        where = "trashed_at IS NOT NULL"
+        params: list[str] = []
+        if expired_only:
+            where += " AND trashed_at < ?"
+            params.append(_later((now or datetime.now(UTC)).isoformat(), -TRASH_DAYS))
+        gone = []
+        rows = self._lib.db.execute(f"SELECT id, trashed_name FROM concepts WHERE {where}", params).fetchall()
+        for concept_id, stored in rows:
+            if self._delete(concept_id):
+                gone.append(stored)
+        return gone
+
+    def purge(self, name: str) -> None:
+        """Remove a concept and delete it for good at once, skipping the trash (for an add that failed
+        halfway); a crash between the two steps leaves it in the trash."""
+        self._delete(self.remove(name).id)
+
+    def _delete(self, concept_id: int) -> bool:
+        """Delete a trashed concept with its photos, learned tokens, runs and the generated images only it
+        made; False when it is no longer in the trash. Files shared with another concept stay, and so do
+        images that also show another concept (they lose the link to this concept's versions)."""
+        db = self._lib.db
+        with self._lib.change(lock=True) as change:
+            trashed = db.execute("SELECT 1 FROM concepts WHERE id = ? AND trashed_at IS NOT NULL", [concept_id])
+            if trashed.fetchone() is None:
+                return False  # restored or deleted by another process meanwhile
             photos = db.execute("SELECT sha256, format FROM photos WHERE concept_id = ?", [concept_id]).fetchall()
             tokens = db.execute(
                 "SELECT sha256 FROM token_versions WHERE concept_id = ? UNION SELECT c.sha256 FROM checkpoints c"
@@ -184,6 +293,7 @@ class Concepts:
                 change.discard("thumbs", sha, "jpg")
             for folder in folders:
                 change.discard_run_folder(folder)
+        return True
 
     def photos(self, name: str, *, role: str | None = None) -> list[Photo]:
         """A concept's photos in the order they were added, optionally only one role's."""
@@ -236,6 +346,46 @@ class Concepts:
             change.discard("photos", sha256, extension(fmt))
             change.discard("thumbs", sha256, "jpg")
 
+    def edit(
+        self,
+        name: str,
+        *,
+        add: Sequence[str | Path] = (),
+        remove: Sequence[str] = (),
+        kind: str | None = None,
+        facts: str | None = None,
+        role: str = "train",
+    ) -> Concept:
+        """Change a concept's photos (add files, remove photos by sha256), kind and facts in one change: all
+        of it or, on any bad photo or missing one, none of it."""
+        check_role(role)
+        changes: dict[str, str] = {}
+        if kind is not None:
+            changes["kind"] = check_kind(kind)
+        if facts is not None:
+            changes["facts"] = check_facts(facts)
+        gone = set(remove)
+        kept = [p for p in self.photos(name) if p.sha256 not in gone]
+        cleaned = self._clean(add, existing=kept)
+        now = utc_now()
+        with self._lib.change() as change:
+            for photo in cleaned:
+                stage_photo(change, photo)
+            change.lock()
+            concept_id = self._lib.concept_id(name)
+            removed = [(sha, self._photo_id(concept_id, name, sha)) for sha in dict.fromkeys(remove)]
+            formats = {sha: self._lib.db["photos"].get(photo_id)["format"] for sha, photo_id in removed}
+            for _sha, photo_id in removed:
+                self._lib.db["photos"].delete(photo_id)
+            self._refuse_duplicates(cleaned, [p for p in self.photos(name) if p.sha256 not in gone])
+            for photo in cleaned:
+                insert_photo(self._lib, concept_id, photo_row(photo, role, now))
+            self._lib.db["concepts"].update(concept_id, {**changes, "updated_at": now})
+            for sha, fmt in formats.items():
+                change.discard("photos", sha, extension(fmt))
+                change.discard("thumbs", sha, "jpg")
+        return self.get(name)
+
     def _photo_id(self, concept_id: int, name: str, sha256: str) -> int:
         row = self._lib.db.execute(
             "SELECT id FROM photos WHERE concept_id = ? AND sha256 = ?", [concept_id, sha256]
@@ -248,9 +398,9 @@ class Concepts:
         self._lib.db["concepts"].update(concept_id, {"updated_at": now})
 
     def _refuse_taken(self, name: str) -> None:
-        row = self._lib.db.execute("SELECT name FROM concepts WHERE name = ?", [name]).fetchone()
-        if row is not None:
-            raise ConceptExistsError(f"a concept named {row[0]!r} already exists")
+        taken = self._lib.find_concept(name)
+        if taken is not None:
+            raise ConceptExistsError(f"a concept named {taken[1]!r} already exists")
 
     def _clean(self, paths: Sequence[str | Path], existing: Sequence[Photo]) -> list[CleanPhoto]:
         if isinstance(paths, str | Path):
@@ -304,6 +454,12 @@ class Concepts:
             )
             for row in rows
         ]
+
+
+def _later(timestamp: str, days: float) -> str:
+    """An ISO UTC timestamp `days` after another (before, when negative), in `utc_now`'s format."""
+    moment = datetime.fromisoformat(timestamp.replace("Z", "+00:00")) + timedelta(days=days)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # The generated images made with a concept's versions and no other concept's.

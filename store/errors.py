@@ -17,7 +17,11 @@ class InvalidValueError(StoreError):
 
 
 class ConceptExistsError(StoreError):
-    """A concept with that name (ignoring case) is already in the library."""
+    """A concept with that name (ignoring case) is already in the library; `name` is the name asked for."""
+
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name
 
 
 class NotFoundError(StoreError):
@@ -38,6 +42,10 @@ class TokenFileError(StoreError):
 
 class ArchiveError(StoreError):
     """A `.familiar` archive that is unsafe, damaged or inconsistent."""
+
+
+class TargetExistsError(StoreError):
+    """A file the library would write (an export) already exists and replacing it was not asked for."""
 
 
 class SchemaError(StoreError):

@@ -17,6 +17,14 @@ if TYPE_CHECKING:
 MAX_PROMPT_CHARS = 10_000
 
 
+# Images with no concept, or with at least one concept that is not in the trash.
+_SHOWN = (
+    "WHERE NOT EXISTS (SELECT 1 FROM generated_image_versions gv WHERE gv.image_id = generated_images.id)"
+    " OR EXISTS (SELECT 1 FROM generated_image_versions gv JOIN token_versions v ON v.id = gv.version_id"
+    " JOIN concepts c ON c.id = v.concept_id WHERE gv.image_id = generated_images.id AND c.trashed_at IS NULL)"
+)
+
+
 class Gallery:
     """Generated images; reach it as `library.gallery`."""
 
@@ -75,10 +83,12 @@ class Gallery:
         return images[0]
 
     def list(self, name: str | None = None) -> list[GeneratedImage]:
-        """Generated images, newest first; only those made with a concept's versions when `name` is given."""
+        """Generated images, newest first; only those made with a concept's versions when `name` is given.
+
+        Images made only with concepts in the trash are left out (they come back when one is restored)."""
         with self._lib.reading():
             if name is None:
-                return self._select("ORDER BY id DESC", [])
+                return self._select(_SHOWN + " ORDER BY id DESC", [])
             concept_id = self._lib.concept_id(name)
             return self._select(
                 "WHERE id IN (SELECT gv.image_id FROM generated_image_versions gv JOIN token_versions v"

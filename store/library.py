@@ -13,7 +13,7 @@ for a writer, writers take turns).
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -21,12 +21,13 @@ from sqlite_utils import Database
 
 from store import archive, files, schema
 from store.concepts import Concepts
-from store.errors import NotFoundError, StoreError, storage_errors
+from store.errors import LibraryBusyError, NotFoundError, StoreError, storage_errors
 from store.gallery import Gallery
 from store.models import Concept
 from store.paths import Layout, resolve_data_dir
 from store.runs import Runs
 from store.tokens import Tokens
+from store.validation import name_key
 
 
 class Library:
@@ -44,8 +45,9 @@ class Library:
     def open(cls, data_dir: str | os.PathLike[str] | None = None) -> Library:
         """Open the library in `data_dir` (else $FAMILIAR_DATA, else the platform's user data folder).
 
-        Creates it if absent, migrates an older schema, finishes any change a crash interrupted, and
-        marks runs whose process is gone as failed.
+        Creates it if absent, migrates an older schema, finishes any change a crash interrupted, marks
+        runs whose process is gone as failed, and deletes concepts that have been in the trash for
+        TRASH_DAYS.
         """
         layout = Layout(resolve_data_dir(data_dir))
         try:
@@ -59,6 +61,8 @@ class Library:
             schema.upgrade(db)
             files.recover(db, layout)
             library.runs.fail_interrupted()
+            with suppress(LibraryBusyError):  # another process is writing: the next open deletes them
+                library.concepts.empty_trash(expired_only=True)
         except BaseException:
             db.close()
             raise
@@ -87,16 +91,29 @@ class Library:
         """A consistent snapshot for several queries."""
         return files.reading(self.db)
 
+    def find_concept(self, name: str) -> tuple[int, str] | None:
+        """The id and stored name of the concept called `name` ignoring case in any alphabet (`böwie` finds
+        `Böwie`), or None; trashed concepts are not found."""
+        row = self.db.execute("SELECT id, name FROM concepts WHERE name = ? AND trashed_at IS NULL", [name]).fetchone()
+        if row is not None:
+            return int(row[0]), str(row[1])
+        key = name_key(name)  # SQLite's NOCASE folds only ASCII letters
+        for concept_id, stored in self.db.execute("SELECT id, name FROM concepts WHERE trashed_at IS NULL"):
+            if name_key(stored) == key:
+                return int(concept_id), str(stored)
+        return None
+
     def concept_id(self, name: str) -> int:
         """The id of the concept called `name` (any case), or NotFoundError."""
-        row = self.db.execute("SELECT id FROM concepts WHERE name = ?", [name]).fetchone()
-        if row is None:
+        found = self.find_concept(name)
+        if found is None:
             raise NotFoundError(f"no concept named {name!r} in the library")
-        return int(row[0])
+        return found[0]
 
-    def export_concept(self, name: str, target: str | os.PathLike[str]) -> Path:
-        """Write one concept (photos, learned tokens, facts) to a `.familiar` file."""
-        return archive.export_concept(self, name, Path(target))
+    def export_concept(self, name: str, target: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write one concept (photos, learned tokens, facts) to a `.familiar` file; an existing file is
+        refused (TargetExistsError) unless `overwrite`."""
+        return archive.export_concept(self, name, Path(target), overwrite=overwrite)
 
     def import_concept(self, source: str | os.PathLike[str], *, rename: str | None = None) -> Concept:
         """Add a concept from a `.familiar` file after validating all of it; `rename` on a name clash."""

@@ -93,6 +93,19 @@ class Concept:
 
 
 @dataclass(frozen=True)
+class TrashedConcept:
+    """A removed concept waiting in the trash: `restore` brings it back whole until `expires_at`."""
+
+    id: int
+    name: str
+    kind: str
+    photo_count: int
+    version_count: int
+    trashed_at: str
+    expires_at: str
+
+
+@dataclass(frozen=True)
 class Run:
     id: int
     uid: str

@@ -73,15 +73,24 @@ class Runs:
         return self._record(rows[0])
 
     def list(self, name: str | None = None) -> list[Run]:
-        """Runs, newest first; only one concept's when `name` is given."""
+        """Runs, newest first (not those of concepts in the trash); only one concept's when `name` is given."""
         with self._lib.reading() as db:
             if name is None:
-                rows = db.query(_RUN_SELECT + " ORDER BY r.id DESC")
+                rows = db.query(_RUN_SELECT + " WHERE c.trashed_at IS NULL ORDER BY r.id DESC")
             else:
                 rows = db.query(
                     _RUN_SELECT + " WHERE r.concept_id = ? ORDER BY r.id DESC", [self._lib.concept_id(name)]
                 )
             return [self._record(row) for row in rows]
+
+    def interrupted(self, name: str) -> Run | None:
+        """The concept's latest run that is not queued or running, when it was interrupted, failed or cancelled
+        (training can resume it); None when it finished or there is none."""
+        for run in self.list(name):
+            if run.status in ("queued", "running"):
+                continue
+            return run if run.status in ("failed", "cancelled") else None
+        return None
 
     def start(self, run_id: int) -> Run:
         """queued -> running, owned by this process."""

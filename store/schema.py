@@ -15,7 +15,7 @@ from sqlite_utils import Database
 
 from store.errors import SchemaError, StoreError, storage_errors
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x46414D49  # "FAMI": marks the file as a Familiar library
 BUSY_TIMEOUT_S = 10.0
 
@@ -157,7 +157,21 @@ def _add_log_warnings(db: Database) -> None:
     db.execute("UPDATE run_logs SET warning = 1, message = substr(message, 7) WHERE message LIKE 'note: %'")
 
 
-STEPS: dict[int, Callable[[Database], None]] = {0: _create_v1, 1: _add_photo_roles, 2: _add_log_warnings}
+def _add_concept_trash(db: Database) -> None:
+    """Version 4: a removed concept goes to the trash first. A trashed concept keeps its rows and files; its
+    `name` becomes `~<id>` (no valid name starts with `~`, so it frees the name and no lookup finds it) and
+    `trashed_name` keeps the name to restore it under."""
+    db.execute("ALTER TABLE concepts ADD COLUMN trashed_at TEXT")
+    db.execute("ALTER TABLE concepts ADD COLUMN trashed_name TEXT")
+    db.execute("CREATE INDEX concepts_trashed ON concepts(trashed_at) WHERE trashed_at IS NOT NULL")
+
+
+STEPS: dict[int, Callable[[Database], None]] = {
+    0: _create_v1,
+    1: _add_photo_roles,
+    2: _add_log_warnings,
+    3: _add_concept_trash,
+}
 
 
 def schema_version(db: Database) -> int:

@@ -5,30 +5,69 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
 from store.errors import InvalidValueError
 
-NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+# A letter of any alphabet, then letters, digits, '_' or '-': the engine's `<name>` mention pattern.
+NAME_PATTERN = re.compile(r"[^\W\d_][\w-]{0,31}")
+NAME_RULES = (
+    "a name becomes one identifier token that you write as <name> in prompts: use 1-32 letters (any alphabet,"
+    " e.g. Böwie), digits, '_' or '-', starting with a letter; no spaces, no '<' or '>'"
+)
 # Names that would read as the model's own special tokens once written as <name>.
 _RESERVED_NAME = re.compile(r"(image|img|pad|unk|s|bos|eos|sep|mask|reserved\d*|[gu]\d+)", re.IGNORECASE)
 KINDS = ("pet", "person", "object", "place")
+DEFAULT_KIND = "object"  # the CLI's and the app's default alike: the one that assumes least about the concept
 ROLES = ("train", "test", "reference")
 MAX_FACTS_CHARS = 10_000
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and newline, DEL, C1
 MAX_JSON_BYTES = 1 * 2**20
+MAX_PHOTOS_PER_CONCEPT = 200  # the most a concept holds, and the most a new one starts from (CLI and app alike)
+ADVISED_PHOTOS = 3  # fewer is allowed, with a warning
+TRASH_DAYS = 30  # a removed concept can be restored for this long, then it is deleted when a library opens
 
 
 def check_name(name: str) -> str:
-    """A concept name usable as `<name>` in prompts: 1-32 letters, digits, `_` or `-`, starting with a letter."""
+    """A concept name usable as `<name>` in prompts, returned in Unicode NFC form (so `Böwie` typed with a
+    combining accent and with a precomposed one are the same name): 1-32 letters of any alphabet, digits,
+    `_` or `-`, starting with a letter."""
+    if isinstance(name, str):
+        name = unicodedata.normalize("NFC", name)
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise InvalidValueError(
-            f"invalid concept name {name!r}: use 1-32 letters, digits, '_' or '-', starting with a letter"
-        )
+        raise InvalidValueError(f"invalid concept name {name!r}: {NAME_RULES}")
     if _RESERVED_NAME.fullmatch(name):
-        raise InvalidValueError(f"the concept name {name!r} is reserved by the model's prompt format")
+        raise InvalidValueError(
+            f"the concept name {name!r} is reserved: <{name}> is one of the model's own special tokens"
+        )
     return name
+
+
+def name_key(name: str) -> str:
+    """What makes two names the same concept: NFC form, lower case (as the engine keys its slots)."""
+    return unicodedata.normalize("NFC", name).lower()
+
+
+def check_photo_count(count: int) -> int:
+    """How many photos a new concept starts from: 1 to MAX_PHOTOS_PER_CONCEPT (see `photo_count_warning`)."""
+    if count < 1:
+        raise InvalidValueError("a concept needs at least 1 photo (3-5 from different angles work best)")
+    if count > MAX_PHOTOS_PER_CONCEPT:
+        raise InvalidValueError(f"a concept holds at most {MAX_PHOTOS_PER_CONCEPT} photos; {count} were given")
+    return count
+
+
+def photo_count_warning(count: int) -> str | None:
+    """The advice for a concept with `count` photos, when below ADVISED_PHOTOS; None otherwise."""
+    if count >= ADVISED_PHOTOS:
+        return None
+    photos = "1 photo" if count == 1 else f"{count} photos"
+    return (
+        f"only {photos}: the concept may learn just that view and its background; 3-5 photos from different"
+        " angles work best (you can add more later)"
+    )
 
 
 def check_kind(kind: str) -> str:

@@ -1,6 +1,8 @@
 """The main window: a navigation list, the views in a stack, the demo banner and the model status.
 
-Construction is cheap (no torch): the model loads on the engine's thread after the window is built."""
+Construction is cheap (no torch): the model loads on the engine's thread after the window is built. Ctrl+Z
+takes back the last library change (remove, rename, delete a picture), Ctrl+I imports `.familiar` files, and
+`.familiar` files dropped anywhere on the window are imported."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QCoreApplication, QSize, QTimer
-from PySide6.QtGui import QCloseEvent
+from PySide6.QtCore import QCoreApplication, QSize, Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -22,15 +24,17 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.app.chat_view import ChatView
+from desktop.app.concept_editor import ConceptEditor
 from desktop.app.engine_host import HOW_TO_SET_A_MODEL, EngineHost, ModelInfo
 from desktop.app.gallery_view import GalleryView
 from desktop.app.history import resumable_run
-from desktop.app.library_view import LibraryView
+from desktop.app.library_view import LibraryView, dropped_paths, is_archive
 from desktop.app.settings import AppSettings
 from desktop.app.settings_view import SettingsView
 from desktop.app.tasks import Runner
 from desktop.app.training import TrainingController
 from desktop.app.training_view import TrainingView
+from desktop.app.undo import UndoHistory
 from desktop.app.widgets import Banner
 from desktop.app.wizard import ConceptWizard
 from store.library import Library
@@ -66,11 +70,13 @@ class MainWindow(QMainWindow):
         self.settings_view = SettingsView(
             context.settings, context.settings_path, context.data_dir, context.folder_override, self.work
         )
-        self.library_view = LibraryView(self.library)
+        self.history = UndoHistory(self)
+        self.library_view = LibraryView(self.library, self.history, self.work)
         self.chat_view = ChatView(self.library, self.engine)
         self.training_view = TrainingView(self.library, self.training, self.engine, lambda: self.settings_view.settings)
-        self.gallery_view = GalleryView(self.library)
+        self.gallery_view = GalleryView(self.library, self.history)
         self.wizard = ConceptWizard(self.library, self.work, self.engine)
+        self.editor = ConceptEditor(self.library, self.work)
         self.views: dict[str, QWidget] = {
             "Library": self.library_view,
             "Chat": self.chat_view,
@@ -78,6 +84,7 @@ class MainWindow(QMainWindow):
             "Gallery": self.gallery_view,
             "Settings": self.settings_view,
             "Add concept": self.wizard,
+            "Edit concept": self.editor,
         }
         self._build()
         self._connect()
@@ -116,6 +123,20 @@ class MainWindow(QMainWindow):
         self.statusBar().addWidget(self.model_status, 1)
         self.statusBar().addPermanentWidget(self.busy)
         self.nav.setCurrentRow(0)
+        self.setAcceptDrops(True)
+        self.undo_action = self._shortcut("Undo", QKeySequence.StandardKey.Undo, self.history.undo)
+        self.import_action = self._shortcut(
+            "Import\u2026", QKeySequence("Ctrl+I"), lambda: (self.show_page("Library"), self.library_view.ask_import())
+        )
+
+    def _shortcut(self, text: str, keys: QKeySequence | QKeySequence.StandardKey, slot: object) -> QAction:
+        """A window-wide shortcut (a text field that has the focus keeps its own Ctrl+Z)."""
+        action = QAction(text, self)
+        action.setShortcut(QKeySequence(keys))
+        action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        action.triggered.connect(slot)
+        self.addAction(action)
+        return action
 
     def _connect(self) -> None:
         self.nav.currentTextChanged.connect(lambda page: page and self.stack.setCurrentWidget(self.views[page]))
@@ -125,6 +146,13 @@ class MainWindow(QMainWindow):
         self.engine.ready.connect(self._model_ready)
         self.engine.failed.connect(self._model_failed)
         self.library_view.add.connect(lambda: self.show_page("Add concept"))
+        self.library_view.add_with.connect(self._add_with)
+        self.library_view.edit.connect(self._edit)
+        self.library_view.changed.connect(self._library_changed)
+        self.gallery_view.changed.connect(self._library_changed)
+        self.history.undone.connect(self._undone)
+        self.editor.saved.connect(self._edited)
+        self.editor.cancelled.connect(lambda: self.show_page("Library"))
         self.library_view.train.connect(lambda name: self.train(name))
         self.library_view.resume.connect(lambda name: self.train(name, resume=True))
         self.library_view.chat.connect(self._chat_about)
@@ -183,6 +211,45 @@ class MainWindow(QMainWindow):
             and not self.wizard.checker.busy
         )
 
+    def _library_changed(self) -> None:
+        """A view changed the library: the others read it again (the library view already has)."""
+        if self._closing:
+            return
+        self.chat_view.refresh()
+        self.gallery_view.refresh()
+        self.training_view.refresh()
+
+    def _undone(self, text: str) -> None:
+        self.refresh()
+        self.training_view.refresh()
+        self.model_status.setText(f"Undone: {text}")
+
+    def _add_with(self, paths: list[Path]) -> None:
+        self.show_page("Add concept")
+        self.wizard.add_files(paths)
+
+    def _edit(self, name: str) -> None:
+        self.editor.open(name)
+        self.show_page("Edit concept")
+
+    def _edited(self, name: str) -> None:
+        self.library_view.show_notice(f"Saved the changes to <{name}>.")
+        self.refresh()
+        self.training_view.refresh()
+        self.show_page("Library")
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if any(is_archive(p) for p in dropped_paths(event)):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        """`.familiar` files dropped anywhere on the window are imported (the library view shows them)."""
+        archives = [p for p in dropped_paths(event) if is_archive(p)]
+        if archives:
+            event.acceptProposedAction()
+            self.show_page("Library")
+            self.library_view.import_files(archives)
+
     def _concept_added(self, name: str, train: bool) -> None:
         self.refresh()
         self.training_view.refresh()
@@ -234,6 +301,7 @@ class MainWindow(QMainWindow):
             return
         self._closing = True
         self.engine.cancel()
+        self.settings_view.stop_download()
         for runner in (self.engine.runner, self.work, self.wizard.checker, self.training.runner):
             runner.wait()
         QCoreApplication.sendPostedEvents()

@@ -1,9 +1,10 @@
-"""Settings: the model (with its memory estimate, refused when it will not fit), device, 4-bit, the Aligner for
-instant concepts, the offline index, the opt-in remote kNN service, and the library folder. Saved to the
-settings file at once."""
+"""Settings: the model (with its memory estimate, refused when it will not fit, and "Get a model..." to download a
+real one), device, 4-bit, the Aligner for instant concepts, the offline index, the opt-in remote kNN service, and
+the library folder. Saved to the settings file at once."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,8 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
+    QProgressBar,
     QPushButton,
     QScrollArea,
     QVBoxLayout,
@@ -27,9 +30,12 @@ from PySide6.QtWidgets import (
 from desktop.app.settings import DEVICES, REMOTE_KNN_STATEMENT, AppSettings, save_settings
 from desktop.app.tasks import Report, Runner
 from desktop.app.widgets import heading
+from desktop.services.model_download import DEFAULT_REPO, RELEASE_REPO
 
 if TYPE_CHECKING:
     from desktop.services.model_check import ModelCheck
+    from desktop.services.model_download import DownloadPlan
+    from engine.progress import Progress
 
 NOTE_WIDTH = 560
 OK_STYLE, BAD_STYLE = "color: #1e6b34;", "color: #9b1c1c;"
@@ -85,6 +91,10 @@ class SettingsView(QWidget):
         self.settings = settings
         self.path = path
         self.runner = runner
+        self.library_dir = library_dir
+        self.release_repo = RELEASE_REPO
+        """The original release the VQGAN checkpoint comes from (tests point it at their stand-in hub)."""
+        self._stop_download = threading.Event()
         outer = QVBoxLayout(self)
         outer.addWidget(heading("Settings"))
         body = QWidget()
@@ -114,9 +124,32 @@ class SettingsView(QWidget):
             "",
             _note(
                 "A model folder is in the Hugging Face layout (e.g. Anole-7b-v0.1-hf) with the original release's "
-                "tokenizer/ folder copied into it. About 7 GiB in 4-bit on a GPU; 17 GiB in bf16."
+                "VQGAN decoder. About 7 GiB in 4-bit on a GPU; 17 GiB in bf16."
             ),
         )
+        self.hub_repo = QLineEdit(DEFAULT_REPO)
+        self.hub_repo.setPlaceholderText(DEFAULT_REPO)
+        get_row = QHBoxLayout()
+        get_row.addWidget(self.hub_repo, 1)
+        self.get_button = QPushButton("Get a model\u2026")
+        self.get_button.setToolTip("Download the model from the Hugging Face hub after showing its size and licence")
+        self.get_button.clicked.connect(self.get_model)
+        get_row.addWidget(self.get_button)
+        form.addRow("Hub model", get_row)
+        download_row = QHBoxLayout()
+        self.download_bar = QProgressBar()
+        self.download_bar.hide()
+        download_row.addWidget(self.download_bar, 1)
+        self.cancel_download = QPushButton("Cancel")
+        self.cancel_download.hide()
+        self.cancel_download.clicked.connect(self._stop_download.set)
+        download_row.addWidget(self.cancel_download)
+        form.addRow("", download_row)
+        self.download_status = _note(
+            "Nothing is downloaded until you click Get a model\u2026 and agree; an interrupted download resumes."
+        )
+        self.download_status.setTextFormat(Qt.TextFormat.PlainText)
+        form.addRow("", self.download_status)
         self.aligner = QLineEdit(settings.aligner)
         self.aligner.setPlaceholderText("the demo model's own; for another model, one made by familiar aligner train")
         form.addRow("Aligner file", _file_row(self.aligner, "Aligner file", "Aligner (*.safetensors)", self))
@@ -241,3 +274,70 @@ class SettingsView(QWidget):
         self.load_button.setEnabled(True)
         self.estimate.setStyleSheet(BAD_STYLE)
         self.estimate.setText(message)
+
+    def get_model(self) -> None:
+        """Ask the hub for the model's files off the UI thread; `_planned` then asks the user before downloading."""
+        from desktop.services.model_download import default_destination, plan_download
+
+        repo = self.hub_repo.text().strip() or DEFAULT_REPO
+        destination = default_destination(self.library_dir, repo)
+        release = self.release_repo
+        self._downloading(True)
+        self._status("Asking the hub for the model's files, sizes and licence\u2026", "")
+
+        def work(_report: Report) -> DownloadPlan:
+            return plan_download(destination, repo, release_repo=release)
+
+        self.runner.submit(work, done=self._planned, failed=self._download_failed)
+
+    def _planned(self, plan: DownloadPlan) -> None:
+        summary = "\n".join(plan.describe())
+        if not plan.fits:
+            self._download_failed(f"Nothing downloaded: {plan.disk_problem()}.")
+            return
+        asked = QMessageBox.question(self, "Get a model", summary + "\n\nDownload it now?")
+        if asked != QMessageBox.StandardButton.Yes:
+            self._downloading(False)
+            self._status("Nothing downloaded.", "")
+            return
+        from desktop.services.model_download import download
+
+        self._stop_download.clear()
+        self.cancel_download.show()
+        self.download_bar.show()
+        self._status(f"Downloading into {plan.destination}\u2026", "")
+
+        def work(report: Report) -> Path:
+            return download(plan, progress=report, cancelled=self._stop_download.is_set)
+
+        self.runner.submit(work, done=self._downloaded, failed=self._download_failed, progress=self._progress)
+
+    def _progress(self, update: Progress) -> None:
+        self.download_bar.setMaximum(update.total)
+        self.download_bar.setValue(update.step)
+        left = f", about {update.eta_seconds / 60:.0f} min left" if update.eta_seconds is not None else ""
+        self._status(f"{update.step} of {update.total} MiB{left}", "")
+
+    def _downloaded(self, folder: Path) -> None:
+        self._downloading(False)
+        self._status(f"Downloaded and verified into {folder}.", OK_STYLE)
+        self.model.setText(str(folder))
+        self.check_and_load()
+
+    def _download_failed(self, message: str) -> None:
+        self._downloading(False)
+        self._status(message, BAD_STYLE)
+
+    def _downloading(self, busy: bool) -> None:
+        self.get_button.setEnabled(not busy)
+        if not busy:
+            self.cancel_download.hide()
+            self.download_bar.hide()
+
+    def _status(self, text: str, style: str) -> None:
+        self.download_status.setStyleSheet(style or "color: #555;")
+        self.download_status.setText(text)
+
+    def stop_download(self) -> None:
+        """Cancel a download in progress (what was fetched is kept for the next one)."""
+        self._stop_download.set()

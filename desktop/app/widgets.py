@@ -90,10 +90,11 @@ class Banner(QFrame):
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         layout.addWidget(self.label, 1)
+        self.button: QPushButton | None = None
         if action:
-            button = QPushButton(action)
-            button.clicked.connect(self.action.emit)
-            layout.addWidget(button)
+            self.button = QPushButton(action)
+            self.button.clicked.connect(self.action.emit)
+            layout.addWidget(self.button)
         close = QPushButton("\u2715")
         close.setFlat(True)
         close.setFixedWidth(28)

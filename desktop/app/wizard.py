@@ -1,6 +1,7 @@
-"""Add a concept: 3-5 photos (dropped or picked, each checked by the store as it arrives, refusals
-explained in place), a name validated as it is typed, a kind and facts; then add it, add and train, or add it
-instantly (the Aligner predicts its tokens from the first photo on the model's thread, no training)."""
+"""Add a concept: 1 to 200 photos, 3-5 advised, as the CLI takes them (dropped or picked, each checked by the
+store as it arrives, refusals explained in place), a name validated as it is typed, a kind (object unless
+chosen, as in the CLI) and facts; then add it, add and train, or add it instantly (the Aligner predicts its
+tokens from the first photo on the model's thread, no training)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,21 @@ from desktop.app.widgets import FlowLayout, heading
 from store.errors import InvalidValueError, NotFoundError
 from store.library import Library
 from store.photos import clean_photo, read_photo_file
-from store.validation import KINDS, check_facts, check_name
+from store.validation import (
+    ADVISED_PHOTOS,
+    DEFAULT_KIND,
+    KINDS,
+    MAX_PHOTOS_PER_CONCEPT,
+    check_facts,
+    check_name,
+    photo_count_warning,
+)
 
 if TYPE_CHECKING:
     from engine.inference.assistant import Assistant
     from store.models import TokenVersion
 
-MIN_PHOTOS, MAX_PHOTOS = 3, 5
+MIN_PHOTOS, MAX_PHOTOS = 1, MAX_PHOTOS_PER_CONCEPT  # the store's rules, the CLI's too (a warning below 3)
 PHOTO_SIDE = 104
 FACTS_HINT = "class: dog\nbreed: corgi\ncolour: red and white\nHe loves the beach and chasing gulls."
 
@@ -149,7 +158,8 @@ class ConceptWizard(QWidget):
         layout.addWidget(heading("Add a concept"))
         intro = QLabel(
             "Drop 3-5 photos of your concept (or pick them): clear, different views, the concept large in the "
-            "frame. Each photo is checked as it arrives; photos are stored without their metadata (GPS, camera)."
+            "frame (1 works, with less to learn from). Each photo is checked as it arrives; photos are stored "
+            "without their metadata (GPS, camera)."
         )
         intro.setWordWrap(True)
         layout.addWidget(intro)
@@ -187,6 +197,7 @@ class ConceptWizard(QWidget):
         form.addRow("Name", name_box)
         self.kind = QComboBox()
         self.kind.addItems(KINDS)
+        self.kind.setCurrentText(DEFAULT_KIND)
         form.addRow("Kind", self.kind)
         self.facts = QPlainTextEdit()
         self.facts.setPlaceholderText(FACTS_HINT)
@@ -239,7 +250,7 @@ class ConceptWizard(QWidget):
         if twin is not None:
             self._refuse(photo.path, f"the same photo as {twin.path.name}")
         elif len(self.photos) >= MAX_PHOTOS:
-            self._refuse(photo.path, f"a concept starts from at most {MAX_PHOTOS} photos; remove one to add this")
+            self._refuse(photo.path, f"a concept holds at most {MAX_PHOTOS} photos; remove one to add this")
         else:
             self.photos.append(photo)
             tile = PhotoTile(photo)
@@ -290,7 +301,13 @@ class ConceptWizard(QWidget):
             self.name_message.setText(problem)
             self.name_message.setStyleSheet("color: #9b1c1c;" if self.name.text() else "color: #666;")
         waiting = f", checking {len(self.pending)}\u2026" if self.pending else ""
-        self.count.setText(f"{len(self.photos)} of {MIN_PHOTOS}-{MAX_PHOTOS} photos{waiting}. Drop photos here.")
+        warning = photo_count_warning(len(self.photos)) if self.photos else None
+        advice = f"\n{warning[0].upper()}{warning[1:]}." if warning else ""
+        self.count.setText(
+            f"{len(self.photos)} photo{'s' if len(self.photos) != 1 else ''}{waiting}. Drop photos here; "
+            f"{ADVISED_PHOTOS}-5 from different angles work best.{advice}"
+        )
+        self.count.setStyleSheet("color: #a15c00;" if warning else "")
         ready = problem is None and MIN_PHOTOS <= len(self.photos) <= MAX_PHOTOS and not self.pending
         self.add_only.setEnabled(ready and not self._busy)
         self.add_train.setEnabled(ready and not self._busy)
@@ -304,7 +321,10 @@ class ConceptWizard(QWidget):
 
     def _pick(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
-            self, "Choose 3-5 photos", str(Path.home()), "Photos (*.jpg *.jpeg *.png *.webp *.heic);;All files (*)"
+            self,
+            "Choose photos (3-5 work best)",
+            str(Path.home()),
+            "Photos (*.jpg *.jpeg *.png *.webp *.heic);;All files (*)",
         )
         self.add_files([Path(f) for f in files])
 
@@ -378,7 +398,7 @@ class ConceptWizard(QWidget):
         self.error.clear()
         self.name.clear()
         self.facts.clear()
-        self.kind.setCurrentIndex(0)
+        self.kind.setCurrentText(DEFAULT_KIND)
         self._update()
 
 

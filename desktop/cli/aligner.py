@@ -44,20 +44,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="DATASET holds one folder per identity with a reference photo (reference.*, else the first "
         "by name), query photos, and optionally facts.txt. Unset options take the defaults in docs/aligner.md.",
     )
-    train.add_argument("dataset", type=Path, metavar="DATASET")
+    train.add_argument("dataset", type=Path, metavar="DATASET", help="folder of identity folders")
     train.add_argument("-o", "--output", type=Path, required=True, metavar="PATH", help="the Aligner file to write")
     train.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")
-    train.add_argument("--device", default="auto")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     train.add_argument("--dino", help="local DINOv2 folder (default for the demo model: the shipped tiny one)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run writing PATH")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--micro-batch", type=int, help="samples per forward pass (accumulates gradients)")
-    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--epochs", type=int, help="passes over the identities (default 10)")
+    train.add_argument("--batch-size", type=int, help="samples per optimizer step (default 4)")
+    train.add_argument(
+        "--micro-batch", type=int, help="samples per forward pass (accumulates gradients; default 0: the whole batch)"
+    )
+    train.add_argument("--learning-rate", type=float, help="AdamW's learning rate (default 0.0001)")
     train.add_argument("--answer-weight", type=float, help="loss weight of the Yes/No token (default 10)")
     train.add_argument("--positive-share", type=float, help="share of questions answered yes (default 0.6)")
-    train.add_argument("--samples-per-identity", type=int, help="samples per identity and epoch")
-    train.add_argument("--seed", type=int)
+    train.add_argument("--samples-per-identity", type=int, help="samples per identity and epoch (default 8)")
+    train.add_argument("--seed", type=int, help="sample order seed (default 0)")
     train.add_argument("--queries", type=int, help="learnable queries (default 16; must divide 32)")
     train.add_argument("--blocks", type=int, help="resampler blocks (default 4)")
     train.add_argument("--hidden", type=int, help="resampler width (default 1024)")
@@ -109,7 +111,7 @@ def _train(args: argparse.Namespace, cancelled: Callable[[], bool]) -> int:
             architecture,
             AlignerTrainConfig(**_given(args, TRAIN_OPTIONS)),
             resume=args.resume,
-            progress=progress_bar(),
+            progress=progress_bar(lines_when_piped=True),
             cancelled=cancelled,
             status=status,
         )

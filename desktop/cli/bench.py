@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from desktop.cli.charts import bar_chart
-from desktop.cli.progress import progress_bar
+from desktop.cli.progress import Bar, progress_bar
 
 SHOWN = (
     ("recognition_weighted", "recognition (weighted)"),
@@ -44,12 +44,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", type=Path, help="results JSON file to write (none unless given)")
     p.add_argument("--docs", type=Path, help="Markdown report to write, charts beside it (none unless given)")
     p.add_argument("--model", default="demo", help="a micro-world model (default: the embedded demo model)")
-    p.add_argument("--concepts", type=int, help="number of concepts per seed")
-    p.add_argument("--seeds", type=int, default=1, help="seeds to run, from --seed on, each with its own concepts (1)")
-    p.add_argument("--epochs", type=int, help="training epochs per concept")
-    p.add_argument("--conditions", nargs="+", metavar="NAME", help="only these conditions")
-    p.add_argument("--seed", type=int, default=0, help="the first seed (0)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
+    p.add_argument("--concepts", type=int, help="concepts per seed (default: 3 with --quick, else 5)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds to run, from --seed on, each with its own concepts")
+    p.add_argument("--epochs", type=int, help="training epochs per concept (default 8)")
+    p.add_argument(
+        "--conditions",
+        nargs="+",
+        metavar="NAME",
+        help="only these conditions (default: all; the baselines with --quick)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the first seed: concepts, training and drawing")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.add_argument("--report-only", action="store_true", help="write --docs from the results in -o; no training")
     p.set_defaults(handler=run_personalization)
 
@@ -99,10 +104,16 @@ def run_personalization(args: argparse.Namespace) -> int:
         )
     started = time.monotonic()
 
-    def say(message: str) -> None:
-        print(f"[{time.monotonic() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+    progress = progress_bar(lines_when_piped=True)
 
-    results, bench = run_seeds(Assistant(loaded), load_reader(), settings, args.seeds, say)
+    def say(message: str) -> None:
+        line = f"[{time.monotonic() - started:6.0f} s] {message}"
+        if isinstance(progress, Bar):
+            progress.above(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    results, bench = run_seeds(Assistant(loaded), load_reader(), settings, args.seeds, say, progress)
     results["command"] = "familiar bench personalization" + (" --quick" if args.quick else "") + _extra(args)
     results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}"
     results["model"] = {"source": loaded.source, "fingerprint": loaded.fingerprint, "demo": loaded.is_demo}
@@ -220,16 +231,19 @@ def write_report(results: dict[str, Any], docs: Path, output: Path | None, bench
     folder = docs.parent
     folder.mkdir(parents=True, exist_ok=True)
     stem = docs.stem
+    labels = dict(SHOWN)
     keys = ("recognition_weighted", "qa_accuracy", "generation_attribute_accuracy", "generation_similarity")
-    charts = []
+    charts: dict[str, Path] = {}
     for title, names in (("baselines", BASELINES), ("ablations", ABLATIONS)):
         present = [n for n in names if n in conditions]
         if len(present) < 2:
             continue
         chart = folder / f"{stem}-{title}.png"
-        series = {key: [conditions[n][key] for n in present] for key in keys}
-        bar_chart(chart, f"Micro-world personalization: {title} (mean over concepts)", present, series)
-        charts.append((title, chart))
+        series = {labels[key]: [conditions[n].get(key) for n in present] for key in keys}
+        errors = {labels[key]: [conditions[n].get(f"{key}_stderr") for n in present] for key in keys}
+        title_text = f"Micro-world personalization: {title} (mean over concepts ± standard error)"
+        if bar_chart(chart, title_text, present, series, errors):
+            charts[title] = chart
     settings = results["settings"]
     lines = [
         "# Personalization benchmark (micro-world)",
@@ -257,12 +271,12 @@ def write_report(results: dict[str, Any], docs: Path, output: Path | None, bench
         f"Hard negatives score {reference['hard_negative_similarity']:.3f} similarity.",
         "",
     ]
-    lines += [f"![{title}]({chart.name})" for title, chart in charts[:1]] + [""]
+    lines += [f"![baselines]({charts['baselines'].name})" if "baselines" in charts else "", ""]
     lines += ["## Claims", "", "Paired over concepts (of every seed): the mean of (trained - other) per concept.", ""]
     lines += _claims(results)
     if any(n in conditions for n in ABLATIONS[1:]):
         lines += ["## Ablations", "", *_table(conditions, ABLATIONS)]
-        lines += [f"![{title}]({chart.name})" for title, chart in charts[1:]] + [""]
+        lines += [f"![ablations]({charts['ablations'].name})" if "ablations" in charts else "", ""]
     lines += ["## Conditions", ""]
     lines += [f"- `{name}`: {summary['what']}" for name, summary in conditions.items()] + [""]
     lines += ["## Pictures", "", *_examples(results, bench, folder / f"{stem}-examples.png")]

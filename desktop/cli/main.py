@@ -11,17 +11,20 @@ import sys
 from collections.abc import Sequence
 
 from desktop import __version__
-from desktop.cli import aligner, app, bench, chat, evaluate, index, library, train
+from desktop.cli import aligner, app, bench, chat, evaluate, index, library, model, serve, train
+from desktop.cli.help import DefaultsHelpFormatter, use_defaults_formatter
 from engine.errors import EngineError
 from store.errors import StoreError
 
-COMMAND_MODULES = (chat, library, train, index, aligner, app, evaluate, bench)
+COMMAND_MODULES = (chat, serve, library, train, index, aligner, app, evaluate, bench, model)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
-        prog="familiar", description="Teach a local model your own concepts, then talk about them and draw them."
+        prog="familiar",
+        description="Teach a local model your own concepts, then talk about them and draw them.",
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"familiar {__version__}")
     parser.add_argument(
@@ -32,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(sub)
+    model.use_configured_model(parser)
+    use_defaults_formatter(parser)
     return parser
 
 

@@ -32,7 +32,7 @@ from engine.progress import Notice, Status
 from engine.training.metrics_text import shown
 from engine.training.recipe import Recipe
 from store.library import Library
-from store.models import Photo, Run
+from store.models import Concept, Photo, Run
 
 if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use them
     from PIL import Image
@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use 
     from engine.training.trainer import Checkpoint
 
 REPORT_EVERY_S = 1.0
+RESTARTED = "run {run} stopped before its first checkpoint"
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,16 @@ def split_photos(photos: Sequence[Photo]) -> tuple[list[Photo], list[Photo]]:
     return train, test
 
 
+def _photos(library: Library, name: str) -> tuple[Concept, list[Photo], list[Photo]]:
+    """The concept, its training and held-out photos; an unknown concept or one without training photos is a
+    clear error (checked before any model loads)."""
+    concept = library.concepts.get(name)
+    train, test = split_photos(library.concepts.photos(name))
+    if not train:
+        raise EngineError(f"<{concept.name}> has no training photos: add 3-5 photos first")
+    return concept, train, test
+
+
 def gather(
     library: Library, name: str, options: TrainOptions, report: Status, assistant: Assistant
 ) -> tuple[ConceptPhotos, list[str | Notice]]:
@@ -198,11 +209,8 @@ def gather(
     from engine.model.images import open_image
     from engine.training.personalization import ConceptPhotos, encode
 
-    concept = library.concepts.get(name)
+    concept, train, test = _photos(library, name)
     key = concept.name.lower()
-    train, test = split_photos(library.concepts.photos(name))
-    if not train:
-        raise EngineError(f"<{concept.name}> has no training photos: add 3-5 photos first")
     others = [
         p for other in library.concepts.list() if other.id != concept.id for p in library.concepts.photos(other.name)
     ]
@@ -234,35 +242,36 @@ def gather(
     return photos, [*sources, *notices]
 
 
-def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint, list[Scored]]:
-    """The concept's latest interrupted or cancelled run, its last checkpoint and its scored checkpoints."""
+def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint | None, list[Scored]]:
+    """The concept's latest interrupted or cancelled run, its last checkpoint and its scored checkpoints; a run
+    stopped before its first checkpoint comes with no checkpoint (it starts again from the beginning)."""
     from engine.concepts.state import ConceptState
     from engine.training.personalization import Scored
     from engine.training.trainer import Checkpoint
 
-    for run in library.runs.list(name):
-        if run.status in ("failed", "cancelled"):
-            saved = library.runs.checkpoints(run.id)
-            if not saved or saved[-1].optimizer_state is None:
-                break
-            last = saved[-1]
-            earlier = [
-                Scored(
-                    Checkpoint(state=ConceptState.load(c.path), optimizer=b"", step=c.step, epoch=c.epoch),
-                    dict(c.metrics),
-                )
-                for c in saved
-            ]
-            checkpoint = Checkpoint(
-                state=earlier[-1].checkpoint.state,
-                optimizer=last.optimizer_state.read_bytes(),
-                step=last.step,
-                epoch=last.epoch,
-            )
-            return run, checkpoint, earlier
-        if run.status == "done":
-            break
-    raise EngineError(f"<{name}> has no interrupted training run with a checkpoint to resume")
+    run = library.runs.interrupted(name)
+    if run is None:
+        raise EngineError(f"<{name}> has no interrupted training run to resume")
+    saved = library.runs.checkpoints(run.id)
+    if not saved:
+        return run, None, []
+    last = saved[-1]
+    if last.optimizer_state is None:
+        raise EngineError(f"run {run.id} of <{name}> kept no optimizer state to resume from; train <{name}> again")
+    earlier = [
+        Scored(
+            Checkpoint(state=ConceptState.load(c.path), optimizer=b"", step=c.step, epoch=c.epoch),
+            dict(c.metrics),
+        )
+        for c in saved
+    ]
+    checkpoint = Checkpoint(
+        state=earlier[-1].checkpoint.state,
+        optimizer=last.optimizer_state.read_bytes(),
+        step=last.step,
+        epoch=last.epoch,
+    )
+    return run, checkpoint, earlier
 
 
 def _detach_all(assistant: Assistant) -> None:
@@ -284,7 +293,8 @@ def train_concept(
     """Train `name` and make the best checkpoint its active version; returns the finished run.
 
     Cancelling saves a checkpoint and returns the run marked cancelled; `resume=True` continues the
-    latest interrupted or cancelled run from its last checkpoint, with that run's options. With `assistant`
+    latest interrupted or cancelled run from its last checkpoint, with that run's options (a run stopped before
+    its first checkpoint starts again from the beginning, and `status` says so). With `assistant`
     (a model already loaded) no model is loaded (`options.model` and `device` are only recorded); every concept
     is detached from it before training and none is left attached afterwards. The caller must not use the
     model for anything else until this returns.
@@ -294,14 +304,21 @@ def train_concept(
     if resume:
         run, resume_from, earlier = _resumable(library, name)
         options = TrainOptions.from_config({**asdict(options), **run.config})
+        if resume_from is None:
+            report(f"{RESTARTED.format(run=run.id)}; starting it again from the beginning")
     if options.layout != DEFAULT_LAYOUT:
         raise EngineError("library concepts use the default prompt layout; other layouts are for the benchmark")
+    _photos(library, name)
     if assistant is None:
         from engine.inference.assistant import Assistant
         from engine.model.loading import load_model
 
         report("loading the model")
-        assistant = Assistant(load_model(options.model, device=options.device))
+        assistant = Assistant(load_model(options.model, device=options.device, train_micro_batch=options.micro_batch))
+    else:
+        from engine.model.loading import check_training_memory
+
+        check_training_memory(assistant.loaded, options.micro_batch)
     if (
         run is not None
         and resume_from is not None
@@ -339,11 +356,13 @@ def _train(
     concept, notes = gather(library, name, options, report, assistant)
     if similarity is not None:
         concept.similarity = similarity
-    if run is None or resume_from is None:
+    if run is None:
         run = library.runs.create(name, asdict(options))
         library.runs.start(run.id)
     else:
         library.runs.resume(run.id)
+        if resume_from is None:
+            library.runs.log(run.id, f"{RESTARTED.format(run=run.id)}: started again from the beginning")
 
     def log(line: str | Notice) -> None:
         if isinstance(line, Notice):

@@ -26,7 +26,9 @@ from transformers import PreTrainedTokenizerBase
 from engine.concepts.layout import DEFAULT_LAYOUT, N_GENERATION, PromptLayout
 from engine.concepts.slots import ConceptSlots
 
-MENTION = re.compile(r"<([A-Za-z][A-Za-z0-9_-]{0,31})>")
+# A concept name as the library accepts it (store/validation.py NAME_PATTERN): a letter of any alphabet,
+# then up to 31 letters, digits, '_' or '-'.
+MENTION = re.compile(r"<([^\W\d_][\w-]{0,31})>")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 IGNORE = -100
 USER = "User: "

@@ -58,6 +58,7 @@ from engine.microworld.world import (
     sample_pose,
     sample_scene,
 )
+from engine.progress import Progress, ProgressCallback
 from engine.retrieval.index import Neighbour, Neighbours
 from engine.retrieval.plan import ConceptPhoto, PlanSettings, concept_query, plan_from_neighbours
 from engine.training import personalization
@@ -236,13 +237,21 @@ class Benchmark:
     """Runs the conditions on one loaded micro-world model; `run` returns the results as a JSON-ready dict."""
 
     def __init__(
-        self, assistant: Assistant, reader: AttributeReader, settings: BenchSettings, report: Report | None = None
+        self,
+        assistant: Assistant,
+        reader: AttributeReader,
+        settings: BenchSettings,
+        report: Report | None = None,
+        progress: ProgressCallback | None = None,
     ) -> None:
+        """`report` gets a line per concept and condition; `progress` a "benchmark" event after each condition
+        of each concept, with the time left at the pace so far."""
         settings.validate()
         self.assistant = assistant
         self.reader = reader
         self.settings = settings
         self.report = report or (lambda _m: None)
+        self.progress = progress or (lambda _p: None)
         self.base_prompts = assistant.prompts
         self.pool = make_pool(settings)
         self.pool_embeddings = reader.embed([render(s) for s in self.pool])
@@ -404,9 +413,12 @@ class Benchmark:
 
     def concept_results(self) -> list[dict[str, Any]]:
         """Every condition's metrics for each of this seed's concepts."""
+        started = time.monotonic()
         settings = self.settings
         concepts = make_concepts(settings)
         per_concept = []
+        total, done = len(concepts) * len(settings.conditions), 0
+        self.progress(Progress("benchmark", 0, total))
         for index, concept in enumerate(concepts, 1):
             words = concept.identity.describe()
             article = "an" if words[0] in "aeiou" else "a"
@@ -418,6 +430,9 @@ class Benchmark:
                 results[name] = self.run_condition(concept, CONDITIONS[name], descriptions)
                 line = ", ".join(f"{k} {results[name][k]:.2f}" for k in METRICS if k != "recognition_negative_random")
                 self.report(f"  {name}: {line} ({time.monotonic() - condition_started:.0f} s)")
+                done += 1
+                left = (time.monotonic() - started) / done * (total - done)
+                self.progress(Progress("benchmark", done, total, eta_seconds=left))
             per_concept.append(
                 {
                     "name": concept.name,
@@ -434,17 +449,23 @@ class Benchmark:
 
 
 def run_seeds(
-    assistant: Assistant, reader: AttributeReader, settings: BenchSettings, seeds: int, report: Report | None = None
+    assistant: Assistant,
+    reader: AttributeReader,
+    settings: BenchSettings,
+    seeds: int,
+    report: Report | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[dict[str, Any], Benchmark]:
     """The benchmark for seeds `settings.seed .. settings.seed + seeds - 1`, summarized over every concept of every
-    seed; also the first seed's `Benchmark` (its pictures illustrate the report)."""
+    seed; also the first seed's `Benchmark` (its pictures illustrate the report). `progress` counts each seed's
+    conditions anew."""
     if seeds < 1:
         raise ValueError("seeds must be at least 1")
     started = time.monotonic()
     per_concept: list[dict[str, Any]] = []
     first: Benchmark | None = None
     for seed in range(settings.seed, settings.seed + seeds):
-        bench = Benchmark(assistant, reader, replace(settings, seed=seed), report)
+        bench = Benchmark(assistant, reader, replace(settings, seed=seed), report, progress)
         first = first or bench
         per_concept += bench.concept_results()
     assert first is not None

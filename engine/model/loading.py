@@ -13,7 +13,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import torch
 from transformers import AutoTokenizer, BitsAndBytesConfig, ChameleonConfig, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
@@ -26,12 +25,12 @@ from engine.model.folder_checks import (
     WEIGHTS_INDEX,
     check_config_values,
     check_model_files,
-    one_layer_model,
     one_line,
     read_json,
     weight_files,
 )
 from engine.model.image_tokens import ImageTokenizer
+from engine.model.memory import TrainingShape, estimate_memory, gradient_checkpointing, training_estimate
 from engine.model.vqgan import DECODER_FILE, load_decoder
 from engine.progress import Progress, ProgressCallback
 
@@ -40,6 +39,7 @@ DEMO_NAME = "demo"
 DEMO_BUILDER = "scripts/train_microworld.py"
 UNQUANTIZED_MODULES = ["lm_head", "embed_tokens", "vqmodel"]
 RESOURCES_PACKAGE = "familiar_resources"
+
 
 def resources_dir() -> Path:
     """The shipped resources: `resources/` in a PyInstaller bundle; the `familiar_resources` package beside `engine`
@@ -115,22 +115,6 @@ class LoadedModel:
         return self.demo is not None
 
 
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Bytes the model needs on `device` versus bytes free there."""
-
-    needed: int
-    available: int
-    device: str
-
-    @property
-    def fits(self) -> bool:
-        return self.needed <= self.available
-
-    def describe(self) -> str:
-        return f"needs about {self.needed / 2**30:.1f} GiB, {self.available / 2**30:.1f} GiB free on {self.device}"
-
-
 def _is_hub_id(spec: str) -> bool:
     """Whether ``spec`` reads as a hub id (``owner/name``) rather than a path: one slash, no backslash, not
     starting with ``.``, ``~`` or a root, valid as a repository id, and its first part not a folder here."""
@@ -177,8 +161,8 @@ def resolve_model_dir(spec: str, allow_download: bool = False) -> Path:
         return _download(spec)
     raise ModelNotFoundError(
         f"model {spec!r} is neither a folder here{where} nor a hub model in the local Hugging Face cache "
-        f"({constants.HF_HUB_CACHE}); Familiar downloads nothing on its own: fetch the model on a machine with "
-        f"network and pass its folder with --model"
+        f"({constants.HF_HUB_CACHE}); Familiar downloads nothing on its own: get it with `familiar model get "
+        f"{spec}` (it asks first), or fetch it on a machine with network and pass its folder with --model"
     )
 
 
@@ -194,17 +178,26 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
-def check_model_dir(path: Path) -> None:
-    """Raise ModelNotFoundError listing every file the folder lacks (including shards its index names)."""
-    weights = weight_files(path)
+def missing_model_files(path: Path) -> list[str]:
+    """What the folder lacks to be a complete model, one entry per missing part (shards its index names
+    included); empty when nothing is missing."""
     missing = [name for name in ("config.json", "tokenizer.json") if not (path / name).is_file()]
-    if not weights:
-        missing.append(f"model weights ({WEIGHTS_FILE}, or {WEIGHTS_INDEX} and its shards)")
+    try:
+        if not weight_files(path):
+            missing.append(f"model weights ({WEIGHTS_FILE}, or {WEIGHTS_INDEX} and its shards)")
+    except ModelNotFoundError as exc:
+        missing.append(str(exc))
     if not (path / DECODER_FILE).is_file() and not (path / "tokenizer" / "vqgan.ckpt").is_file():
         missing.append(
-            "tokenizer/vqgan.ckpt (the VQGAN decoder, dropped by the Hugging Face conversion: copy the "
-            "original release's tokenizer/ folder here)"
+            f"{DECODER_FILE} or tokenizer/vqgan.ckpt (the VQGAN decoder, dropped by the Hugging Face conversion: "
+            "`familiar model get` fetches it from the original release and converts it)"
         )
+    return missing
+
+
+def check_model_dir(path: Path) -> None:
+    """Raise ModelNotFoundError listing every file the folder lacks (including shards its index names)."""
+    missing = missing_model_files(path)
     if missing:
         raise ModelNotFoundError(f"model folder {path} is incomplete; missing: " + "; ".join(missing))
 
@@ -238,42 +231,6 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def parameter_counts(config: ChameleonConfig) -> tuple[int, int]:
-    """(parameters in quantizable decoder-layer Linear weights, all other parameters): one decoder layer and
-    the rest are counted on the meta device and the layer is multiplied out, so the cost does not grow with
-    the number of layers."""
-    model = one_layer_model(config)
-    layer = model.model.layers[0]
-    quantizable = sum(m.weight.numel() for m in layer.modules() if isinstance(m, torch.nn.Linear))
-    in_layer = sum(p.numel() for p in layer.parameters())
-    rest = sum(p.numel() for p in model.parameters()) - in_layer
-    layers = config.num_hidden_layers
-    return layers * quantizable, rest + layers * (in_layer - quantizable)
-
-
-def weight_bytes(config: ChameleonConfig, dtype: torch.dtype, quantize: bool) -> float:
-    """Bytes of the model's weights: `dtype` throughout, except 4-bit NF4 decoder-layer Linear weights when
-    `quantize` (~0.52 bytes a weight with double quantization)."""
-    quantizable, other = parameter_counts(config)
-    element = torch.finfo(dtype).bits // 8
-    return quantizable * (0.52 if quantize else element) + other * element
-
-
-def estimate_memory(
-    config: ChameleonConfig, device: torch.device, dtype: torch.dtype, quantize: bool
-) -> MemoryEstimate:
-    """Weights (`weight_bytes`), a 4096-token KV cache, 15% slack."""
-    element = torch.finfo(dtype).bits // 8
-    weights = weight_bytes(config, dtype, quantize)
-    kv_cache = 2 * config.num_hidden_layers * config.max_position_embeddings * config.hidden_size * element
-    needed = int((weights + kv_cache) * 1.15)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = psutil.virtual_memory().available
-    return MemoryEstimate(needed=needed, available=int(free), device=str(device))
-
-
 def precision(
     device: torch.device, is_demo: bool, quantize: bool | None = None, dtype: torch.dtype | None = None
 ) -> tuple[bool, torch.dtype]:
@@ -301,11 +258,14 @@ def load_model(
     dtype: torch.dtype | None = None,
     check_memory: bool = True,
     progress: ProgressCallback | None = None,
+    train_micro_batch: int | None = None,
 ) -> LoadedModel:
     """Load `spec` (`demo`, a folder, or a hub id) ready for chat, generation and training.
 
-    `quantize=None` means 4-bit on CUDA for real checkpoints and no quantization otherwise. Progress: "loading
-    weights" (0 of 2), "loading tokenizers" (1 of 2), "loaded" (2 of 2).
+    `quantize=None` means 4-bit on CUDA for real checkpoints and no quantization otherwise. The memory check
+    (`engine.model.memory`) covers chat and guided drawing, and training at `train_micro_batch` where given; it
+    refuses before anything loads. Progress: "loading weights" (0 of 2), "loading tokenizers" (1 of 2), "loaded"
+    (2 of 2).
     """
     report = progress or (lambda _p: None)
     path = resolve_model_dir(spec)
@@ -317,10 +277,16 @@ def load_model(
     target = resolve_device(device)
     quantize, dtype = precision(target, is_demo, quantize, dtype)
     if check_memory:
-        estimate = estimate_memory(config, target, dtype, quantize)
+        training = (
+            None if train_micro_batch is None else TrainingShape(train_micro_batch, gradient_checkpointing(target))
+        )
+        estimate = estimate_memory(config, target, dtype, quantize, training)
         if not estimate.fits:
+            what = "will not fit" + ("" if training is None else f" for training at micro-batch {train_micro_batch}")
             hint = "" if quantize else "; try 4-bit quantization on a CUDA GPU"
-            raise InsufficientMemoryError(f"the model at {path} will not fit: it {estimate.describe()}{hint}")
+            if training is not None and train_micro_batch > 1:
+                hint += "; a smaller --micro-batch needs less"
+            raise InsufficientMemoryError(f"the model at {path} {what}: it {estimate.describe()}{hint}")
     report(Progress("loading weights", 0, 2))
     hf_logging.disable_progress_bar()
     kwargs: dict[str, object] = {"dtype": dtype}
@@ -360,6 +326,18 @@ def load_model(
     )
     report(Progress("loaded", 2, 2))
     return loaded
+
+
+def check_training_memory(loaded: LoadedModel, micro_batch: int) -> None:
+    """Refuse, with the numbers, to train on `loaded` when a micro-batch will not fit beside it now."""
+    shape = TrainingShape(micro_batch, gradient_checkpointing(loaded.device))
+    estimate = training_estimate(loaded.config, loaded.device, loaded.dtype, loaded.quantized, shape)
+    if not estimate.fits:
+        hint = "; a smaller micro-batch needs less" if micro_batch > 1 else ""
+        raise InsufficientMemoryError(
+            f"training will not fit beside the loaded model at micro-batch {micro_batch}: it {estimate.describe()}"
+            f"{hint}"
+        )
 
 
 def _quantize_decoder_layers(model: FamiliarChameleon, device: torch.device, dtype: torch.dtype) -> None:

@@ -307,8 +307,8 @@ def load_decoder(model_dir: Path, vq_config: ChameleonVQVAEConfig) -> VQGANDecod
         raise ModelNotFoundError(
             f"No VQGAN decoder weights in {model_dir}: expected {ckpt} (or a converted {converted}). "
             "The Hugging Face conversion of Chameleon dropped the image decoder, so drawing needs the "
-            "original Chameleon/Anole release's tokenizer/ folder (vqgan.ckpt, vqgan.yaml); copy "
-            f"vqgan.ckpt to {ckpt}."
+            "original Chameleon/Anole release's tokenizer/vqgan.ckpt: `familiar model get` fetches and converts "
+            f"it, or copy vqgan.ckpt to {ckpt}."
         )
     _load_checked(decoder, state, source)
     return decoder.eval()

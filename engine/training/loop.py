@@ -26,6 +26,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
+from engine.model.memory import gradient_checkpointing
 from engine.progress import Progress, ProgressCallback
 
 ItemT = TypeVar("ItemT")
@@ -110,7 +111,7 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
         self.optimizer = torch.optim.AdamW(self.trained, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.steps_per_epoch = math.ceil(items_per_epoch / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.checkpointing = device.type == "cuda"
+        self.checkpointing = gradient_checkpointing(device)
         """Gradient checkpointing while training (recompute activations in the backward pass): on CUDA, to save
         memory; off for everything the caller does with a handed-over checkpoint (scoring draws and asks)."""
 

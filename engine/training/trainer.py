@@ -16,13 +16,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from engine.concepts.prompts import IGNORE, Sample
+from engine.concepts.slots import ConceptHead
 from engine.concepts.state import ConceptState
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
+from engine.model.memory import LOSS_CHUNK_ROWS
 from engine.training.loop import TrainingCheckpoint, TrainingLoop
 from engine.training.recipe import Recipe
-
-LOSS_CHUNK_ROWS = 256
 
 
 @dataclass(kw_only=True)
@@ -47,16 +47,19 @@ def collate(samples: Sequence[Sample], pad_id: int, device: torch.device) -> tup
 
 
 def chunked_cross_entropy(
-    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int = LOSS_CHUNK_ROWS
+    head: Callable[[torch.Tensor], torch.Tensor],
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    chunk: int = LOSS_CHUNK_ROWS,
 ) -> torch.Tensor:
-    """Mean cross-entropy of `head(hidden)` (float32 logits) against `labels`, one row per labelled position.
+    """Summed cross-entropy of `head(hidden)` (float32 logits) against `labels`, one row per labelled position.
 
-    At most `chunk` rows of full-vocabulary logits exist at a time, in the forward pass and in the backward pass:
-    each chunk's logits are recomputed for its backward (activation checkpointing) instead of being kept. Up to
-    `chunk` rows it is exactly the plain computation; above, the same loss and gradients up to rounding.
+    At most `chunk` rows of logits exist at a time, in the forward pass and in the backward pass: each chunk's
+    logits are recomputed for its backward (activation checkpointing) instead of being kept. Up to `chunk` rows it
+    is exactly the plain computation; above, the same loss and gradients up to rounding.
     """
     if hidden.shape[0] <= chunk:
-        return nn.functional.cross_entropy(head(hidden).float(), labels)
+        return nn.functional.cross_entropy(head(hidden).float(), labels, reduction="sum")
 
     def summed(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(head(rows).float(), targets, reduction="sum")
@@ -65,7 +68,30 @@ def chunked_cross_entropy(
     for i in range(0, hidden.shape[0], chunk):
         rows, targets = hidden[i : i + chunk], labels[i : i + chunk]
         total = total + checkpoint(summed, rows, targets, use_reentrant=False, preserve_rng_state=False)
-    return total / hidden.shape[0]
+    return total
+
+
+def target_loss(head: ConceptHead, hidden: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over labelled positions: a position whose target is an image token over the image-token
+    rows only (the distribution drawing samples from inside a picture), any other over the full vocabulary (where
+    the concept's own head rows take part)."""
+    is_image = torch.isin(labels, image_ids)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    if bool(is_image.any()):
+        image_head = _image_rows(head, image_ids)
+        position = torch.searchsorted(image_ids, labels[is_image])
+        total = total + chunked_cross_entropy(lambda rows: rows @ image_head.T, hidden[is_image], position)
+    if not bool(is_image.all()):
+        total = total + chunked_cross_entropy(head, hidden[~is_image], labels[~is_image])
+    return total / labels.shape[0]
+
+
+def _image_rows(head: ConceptHead, ids: torch.Tensor) -> torch.Tensor:
+    """The head's rows for the sorted image-token `ids`: base rows (concept slots are reserved tokens, never image
+    tokens), as a view without a copy where the ids are one run (as Chameleon's are)."""
+    weight = head.base.weight
+    first, last = int(ids[0]), int(ids[-1])
+    return weight[first : last + 1] if last - first + 1 == len(ids) else weight[ids]
 
 
 class Trainer(TrainingLoop[Sample, Checkpoint]):
@@ -81,6 +107,7 @@ class Trainer(TrainingLoop[Sample, Checkpoint]):
         self.samples = list(samples)
         self.params = assistant.slots.params(name)
         loaded = assistant.loaded
+        self.image_ids = loaded.image_tokenizer.image_token_ids.sort().values.to(loaded.device)
         super().__init__(loaded.model, loaded.device, self.params.parameters(), config, len(self.samples))
 
     def epoch_items(self, epoch: int) -> list[Sample]:
@@ -94,7 +121,7 @@ class Trainer(TrainingLoop[Sample, Checkpoint]):
         with autocast:
             hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
             selected = labels != IGNORE
-            return chunked_cross_entropy(self.model.lm_head, hidden[selected], labels[selected])
+            return target_loss(self.model.lm_head, hidden[selected], labels[selected], self.image_ids)
 
     def batch_loss(self, batch: Sequence[Sample]) -> Callable[[slice], torch.Tensor]:
         return lambda part: self.loss(batch[part]) * (len(batch[part]) / len(batch))

@@ -9,10 +9,14 @@ import sqlite3
 import struct
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageCms
 from safetensors.numpy import save
+
+if TYPE_CHECKING:
+    from store.library import Library
 
 DREAMBOOTH = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dreambooth"
 FINGERPRINT = "ab" * 32
@@ -115,3 +119,15 @@ def big_png(path: Path, width: int, height: int) -> Path:
         + b"".join(struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d)) for k, d in chunks)
     )
     return path
+
+
+def with_history(library: Library, tmp_path: Path) -> None:
+    """rex with photos, an instant and a trained version, a finished run with a checkpoint and a picture."""
+    library.concepts.add("rex", [write_image(tmp_path / f"rex{i}.jpg", seed=10 + i) for i in range(3)], kind="pet")
+    library.tokens.add("rex", state_bytes(seed=1), kind="instant")
+    run = library.runs.start(library.runs.create("rex", {"epochs": 1}).id)
+    (library.runs.folder(run.id) / "optimizer.bin").write_bytes(b"adam")
+    library.tokens.add_from_checkpoint(library.runs.add_checkpoint(run.id, state_bytes(seed=2), step=5, epoch=1).id)
+    library.runs.finish(run.id, "done")
+    picture = (tmp_path / "rex0.jpg").read_bytes()
+    library.gallery.add(picture, prompt="<rex> at the beach", seed=1, version_ids=[library.tokens.active("rex").id])

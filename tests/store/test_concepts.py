@@ -32,16 +32,31 @@ def test_add_with_real_photos(library: Library, dog_photos: list[Path]) -> None:
         assert max(Image.open(photo.thumbnail).size) == 256
 
 
-@pytest.mark.parametrize("name", ["", "1bo", "b o", "bo!", "<bo>", "x" * 33, "é", "image", "IMAGE", "g1", "u16", "s"])
+@pytest.mark.parametrize(
+    "name", ["", "1bo", "b o", "bo!", "<bo>", "x" * 33, "_bo", "~1", "é!", "image", "IMAGE", "g1", "u16", "s"]
+)
 def test_invalid_names_are_refused(library: Library, name: str) -> None:
-    with pytest.raises(InvalidValueError):
+    with pytest.raises(InvalidValueError, match=r"identifier token|special tokens"):
         library.concepts.add(name)
     assert library.concepts.list() == []
 
 
-@pytest.mark.parametrize("name", ["b", "Bo", "grandma_rose", "red-bike", "x" * 32, "g1x", "images"])
+@pytest.mark.parametrize(
+    "name", ["b", "Bo", "grandma_rose", "red-bike", "x" * 32, "g1x", "images", "é", "Böwie", "Зоя", "小白"]
+)
 def test_valid_names(library: Library, name: str) -> None:
     assert library.concepts.add(name).name == name
+
+
+def test_unicode_names_match_ignoring_case_and_accent_encoding(library: Library) -> None:
+    library.concepts.add("Böwie")
+    assert library.concepts.get("BÖWIE").name == "Böwie"
+    assert library.concepts.get("Bo\u0308wie").name == "Böwie"  # o + combining diaeresis is the same name
+    for taken in ("böwie", "Bo\u0308wie"):
+        with pytest.raises(ConceptExistsError, match="'Böwie' already exists"):
+            library.concepts.add(taken)
+    assert library.concepts.add("Bowie").name == "Bowie"  # without the accent it is another name
+    assert library.concepts.rename("böwie", "ÉCLAIR").name == "ÉCLAIR"
 
 
 def test_duplicate_name_ignores_case_and_changes_nothing(library: Library, tmp_path: Path) -> None:
@@ -88,6 +103,7 @@ def test_shared_photo_is_stored_once_and_kept_while_used(library: Library, tmp_p
     library.concepts.add("rex", [shared])
     assert len(list((library.root / "photos").rglob("*.jpg"))) == 2
     library.concepts.remove("bo")
+    library.concepts.empty_trash()
     (rex_photo,) = library.concepts.photos("rex")
     assert rex_photo.path.exists() and rex_photo.thumbnail.exists()
     assert len(list((library.root / "photos").rglob("*.jpg"))) == 1
@@ -126,6 +142,7 @@ def test_rename_update_and_remove(library: Library, tmp_path: Path) -> None:
         library.concepts.update("buddy", facts="x" * 10_001)
     library.concepts.remove("buddy")
     assert [c.name for c in library.concepts.list()] == ["rex"]
+    assert library.concepts.empty_trash() == ["buddy"]
     assert stored_files(library.root) == {}
     with pytest.raises(NotFoundError, match="no concept named 'buddy'"):
         library.concepts.get("buddy")
@@ -135,3 +152,30 @@ def test_list_is_sorted_ignoring_case(library: Library) -> None:
     for name in ("zed", "Alpha", "beta"):
         library.concepts.add(name)
     assert [c.name for c in library.concepts.list()] == ["Alpha", "beta", "zed"]
+
+
+def test_edit_changes_photos_kind_and_facts_all_or_nothing(library: Library, tmp_path: Path) -> None:
+    library.concepts.add("bo", [write_image(tmp_path / f"{i}.jpg", seed=i) for i in range(3)], kind="pet")
+    first, *others = library.concepts.photos("bo")
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    before = stored_files(library.root)
+    with pytest.raises(PhotoError, match="notes"):
+        library.concepts.edit("bo", add=[bad], remove=[first.sha256], facts="changed")
+    with pytest.raises(NotFoundError, match="no photo"):
+        library.concepts.edit("bo", remove=[first.sha256, "0" * 64], facts="changed")
+    assert stored_files(library.root) == before and library.concepts.get("bo").facts == ""
+    with pytest.raises(DuplicatePhotoError):
+        library.concepts.edit("bo", add=[tmp_path / "1.jpg"])
+    edited = library.concepts.edit(
+        "BO",
+        add=[write_image(tmp_path / "new.png", seed=9, fmt="PNG")],
+        remove=[first.sha256],
+        kind="person",
+        facts="likes snow",
+    )
+    assert (edited.kind, edited.facts, edited.photo_count) == ("person", "likes snow", 3)
+    assert [p.original_name for p in library.concepts.photos("bo")] == ["1.jpg", "2.jpg", "new.png"]
+    assert not first.path.exists() and not first.thumbnail.exists()
+    again = library.concepts.edit("bo", add=[tmp_path / "0.jpg"], remove=[others[0].sha256])  # a removed photo back
+    assert again.photo_count == 3 and first.path.exists()

@@ -1,4 +1,5 @@
-"""Fault injection: `familiar` killed with SIGKILL at every fault point of add, import, export and remove,
+"""Fault injection: `familiar` killed with SIGKILL at every fault point of add, import, export, remove (to
+the trash), restore and emptying the trash,
 at random moments (fixed seed), and at three points of a training run; then bad archives through
 `familiar import`.
 
@@ -121,7 +122,11 @@ OPERATIONS: dict[str, Callable[[Path], list[str]]] = {
     "import": lambda base: ["import", str(base / "rex.familiar"), "--rename", "rex2"],
     "export": lambda base: ["export", "rex", "-o", str(base / "out" / "rex.familiar")],
     "remove": lambda base: ["concept", "remove", "rex"],
+    "restore": lambda base: ["concept", "restore", "rex"],
+    "empty": lambda base: ["concept", "trash", "--empty"],
 }
+TRASHED_FIRST = ("restore", "empty")  # these start from a copy with rex in the trash
+DELETING = ("empty",)  # only deletes rows; the others only add rows, but for remove and restore (one row changes)
 
 
 def done(operation: str, root: Path, base: Path) -> bool:
@@ -132,9 +137,13 @@ def done(operation: str, root: Path, base: Path) -> bool:
             return "bo" in names and names["bo"].photo_count == 3
         if operation == "import":
             return "rex2" in names and len(library.tokens.versions("rex2")) == 2 and names["rex2"].photo_count == 3
-        if operation == "remove":
+        if operation in ("remove", "empty"):
             kept = [image.prompt for image in library.gallery.list()]
-            return "rex" not in names and kept == ["<dog> and <rex>"] and names["dog"].photo_count == 2
+            in_trash = [t.name for t in library.concepts.trashed()] == ["rex"]
+            gone = "rex" not in names and kept == ["<dog> and <rex>"] and names["dog"].photo_count == 2
+            return gone and in_trash == (operation == "remove")
+        if operation == "restore":
+            return "rex" in names and len(library.tokens.versions("rex")) == 2 and len(library.gallery.list()) == 2
         target = base / "out" / "rex.familiar"
         if not target.exists():
             return False
@@ -143,14 +152,19 @@ def done(operation: str, root: Path, base: Path) -> bool:
 
 
 @pytest.fixture
-def fresh(base: Path, tmp_path: Path) -> Iterator[Callable[[], Path]]:
-    """`fresh()`: a new copy of the base library (and an empty output folder for exports)."""
+def fresh(base: Path, tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """`fresh(operation)`: a new copy of the base library (with rex in the trash for the operations that
+    need it), and an empty output folder for exports."""
     copies = iter(range(10**6))
 
-    def make() -> Path:
+    def make(operation: str = "add") -> Path:
         shutil.rmtree(base / "out", ignore_errors=True)
         (base / "out").mkdir()
-        return Path(shutil.copytree(base / "lib", tmp_path / f"lib{next(copies)}"))
+        root = Path(shutil.copytree(base / "lib", tmp_path / f"lib{next(copies)}"))
+        if operation in TRASHED_FIRST:
+            with Library.open(root) as library:
+                library.concepts.remove("rex")
+        return root
 
     yield make
     shutil.rmtree(base / "out", ignore_errors=True)
@@ -169,22 +183,23 @@ def fault_points(root: Path, args: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("operation", OPERATIONS)
 def test_a_kill_at_any_fault_point_loses_nothing_and_can_be_redone(
-    base: Path, fresh: Callable[[], Path], operation: str
+    base: Path, fresh: Callable[..., Path], operation: str
 ) -> None:
     args = OPERATIONS[operation](base)
-    points = fault_points(fresh(), args)
-    assert len(points) >= (4 if operation == "export" else 8), points
+    points = fault_points(fresh(operation), args)
+    assert len(points) >= {"export": 4, "remove": 3, "restore": 3}.get(operation, 8), points
     outcomes = []
     for index in range(len(points)):
-        root = fresh()
+        root = fresh(operation)
         before = check_sound(root)
         killed = familiar_killed_at(points[: index + 1], root, *args)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
         after = check_sound(root)
         finished = done(operation, root, base)
         assert after == before or finished, f"half done after a kill at {points[index]}"
-        older, newer = (after, before) if operation == "remove" else (before, after)  # remove only deletes rows
-        assert all(set(older[table]) <= set(newer[table]) for table in before), "a stored row changed or was lost"
+        older, newer = (after, before) if operation in DELETING else (before, after)
+        if operation not in ("remove", "restore"):
+            assert all(set(older[table]) <= set(newer[table]) for table in before), "a stored row changed or was lost"
         assert after == before or operation != "export"
         outcomes.append(finished)
         if not finished:  # do it again: it goes through, and a killed export's leftovers go
@@ -203,16 +218,16 @@ def started(root: Path, args: list[str]) -> tuple[subprocess.Popen[bytes], float
     return process, time.monotonic()
 
 
-@pytest.mark.parametrize("operation", ["add", "remove"])
-def test_kills_at_random_moments_lose_nothing(base: Path, fresh: Callable[[], Path], operation: str) -> None:
+@pytest.mark.parametrize("operation", ["add", "empty"])
+def test_kills_at_random_moments_lose_nothing(base: Path, fresh: Callable[..., Path], operation: str) -> None:
     """SIGKILL at seeded random moments of a run, wherever they land: in SQLite, mid-write, mid-rename."""
     args = OPERATIONS[operation](base)
-    process, start = started(fresh(), args)
+    process, start = started(fresh(operation), args)
     assert process.wait() == 0
     duration = time.monotonic() - start  # of an operation run to the end, from its imports on
     rng = random.Random(18)
     for _ in range(5):
-        root = fresh()
+        root = fresh(operation)
         before = check_sound(root)
         process, _ = started(root, args)
         time.sleep(rng.uniform(0.0, duration))
@@ -220,7 +235,7 @@ def test_kills_at_random_moments_lose_nothing(base: Path, fresh: Callable[[], Pa
         process.communicate()
         after = check_sound(root)
         assert after == before or done(operation, root, base)
-        older, newer = (after, before) if operation == "remove" else (before, after)
+        older, newer = (after, before) if operation in DELETING else (before, after)
         assert all(set(older[table]) <= set(newer[table]) for table in before)
         if after == before:
             assert main(["--data-dir", str(root), *args]) == 0

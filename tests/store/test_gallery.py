@@ -33,7 +33,9 @@ def test_generated_images_are_kept_with_prompt_seed_and_versions(library: Librar
     only_rex = library.gallery.add(
         image_bytes(noise_image((64, 64), seed=5)), prompt="<rex>", seed=8, version_ids=[rex.id]
     )
-    library.concepts.remove("rex")  # the images only rex made go; "<bo> and <rex>" stays in bo's gallery
+    library.concepts.remove("rex")  # the images only rex made leave; "<bo> and <rex>" stays in bo's gallery
+    assert [i.id for i in library.gallery.list()] == [alone.id, both.id] and only_rex.path.exists()
+    library.concepts.empty_trash()  # now they go for good
     assert [i.id for i in library.gallery.list()] == [alone.id, both.id]
     assert library.gallery.get(both.id).version_ids == (bo.id,)
     assert [i.id for i in library.gallery.list("bo")] == [both.id]

@@ -105,6 +105,8 @@ def test_removing_a_concept_waits_for_its_running_run(library: Library) -> None:
         library.concepts.remove("bo")
     library.runs.finish(run.id, "cancelled")
     library.concepts.remove("bo")
+    assert library.runs.list() == [] and folder.exists()  # in the trash: kept, but not listed
+    library.concepts.empty_trash()
     assert not folder.exists()
     assert list((library.root / "tokens").rglob("*.safetensors")) == []
     assert library.runs.list() == []
@@ -123,3 +125,18 @@ def test_a_cancelled_or_interrupted_run_resumes(library: Library) -> None:
     library.runs.finish(run.id, "done")
     with pytest.raises(RunStateError, match="done"):
         library.runs.resume(run.id)
+
+
+def test_the_interrupted_run_is_the_latest_stopped_one_unless_a_later_one_finished(library: Library) -> None:
+    library.concepts.add("bo")
+    assert library.runs.interrupted("bo") is None
+    first = library.runs.start(library.runs.create("bo", {}).id)
+    library.runs.finish(first.id, "cancelled")
+    assert library.runs.interrupted("bo").id == first.id
+    second = library.runs.start(library.runs.create("bo", {}).id)
+    assert library.runs.interrupted("bo").id == first.id  # a running run is skipped
+    library.runs.finish(second.id, "failed", error="interrupted")
+    assert library.runs.interrupted("bo").id == second.id
+    library.runs.resume(second.id)
+    library.runs.finish(second.id, "done")
+    assert library.runs.interrupted("bo") is None

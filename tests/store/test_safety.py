@@ -72,7 +72,15 @@ ACTIONS: dict[str, Callable[[Library, Path], object]] = {
     "add photos": lambda lib, tmp: lib.concepts.add_photos("rex", [write_image(tmp / "more.png", seed=50, fmt="PNG")]),
     "add tokens": lambda lib, tmp: lib.tokens.add("rex", state_bytes(seed=11)),
     "remove concept": lambda lib, tmp: lib.concepts.remove("rex"),
+    "restore concept": lambda lib, tmp: lib.concepts.restore("rex"),
+    "empty trash": lambda lib, tmp: lib.concepts.empty_trash(),
     "remove photo": lambda lib, tmp: lib.concepts.remove_photo("rex", lib.concepts.photos("rex")[0].sha256),
+    "edit concept": lambda lib, tmp: lib.concepts.edit(
+        "rex",
+        add=[write_image(tmp / "more.png", seed=51, fmt="PNG")],
+        remove=[lib.concepts.photos("rex")[0].sha256],
+        facts="edited",
+    ),
     "import": lambda lib, tmp: lib.import_concept(tmp / "rex.familiar", rename="rex2"),
     "generated image": lambda lib, tmp: lib.gallery.add(
         (tmp / "rex1.jpg").read_bytes(), prompt="x", seed=2, version_ids=[lib.tokens.active("rex").id]
@@ -80,15 +88,24 @@ ACTIONS: dict[str, Callable[[Library, Path], object]] = {
 }
 
 
+# What the library holds before an action: rex is in the trash for these.
+TRASHED_FIRST = ("restore concept", "empty trash")
+
+
 @pytest.mark.parametrize("action", ACTIONS)
 def test_a_crash_at_any_step_leaves_the_library_as_it_was(tmp_path: Path, action: str) -> None:
     library = populated(tmp_path / "lib", tmp_path)
     library.export_concept("rex", tmp_path / "rex.familiar")
+    if action in TRASHED_FIRST:
+        library.concepts.remove("rex")
     before_rows, before_files = rows(library.root), stored_files(library.root)
     # A dry run on a twin library finds the steps this action goes through.
     with populated(tmp_path / "twin", tmp_path) as twin:
+        if action in TRASHED_FIRST:
+            twin.concepts.remove("rex")
         points = fault_points(lambda: ACTIONS[action](twin, tmp_path))
-    assert "commit" in points and points[-1] == "committed" and len(points) >= 4, points
+    row_only = action in ("remove concept", "restore concept")  # one row changes, no file
+    assert "commit" in points and points[-1] == "committed" and len(points) >= (3 if row_only else 4), points
     for index, point in enumerate(points[:-1]):
         crash_at(index)
         with pytest.raises(Crash, match=point):
@@ -254,6 +271,7 @@ for _ in range(6):
     with Library.open(sys.argv[1]) as library:
         library.concepts.add("dog", photos)
         library.concepts.remove("dog")
+        library.concepts.empty_trash()  # deleting for good is what moves files through trash/
 """
 
 

@@ -115,3 +115,17 @@ def test_mentions_that_cannot_be_used_are_explained(chat_window, qtbot) -> None:
     replies = [b.label.text() for b in _bubbles(chat, TextBubble)][1::2]
     assert "<mimi> is not trained yet" in replies[0]
     assert "no concept named 'zed'" in replies[1]
+
+
+def test_auto_mode_draws_a_request_to_draw(chat_window, qtbot, monkeypatch) -> None:
+    chat = chat_window.chat_view
+    asked: list[str] = []
+    wants_image = Assistant.wants_image
+    monkeypatch.setattr(
+        Assistant, "wants_image", lambda self, text, *a: asked.append(text) or wants_image(self, text, *a)
+    )
+    _ask(chat, qtbot, "Draw <bo> at the beach", "auto")
+    (bubble,) = _bubbles(chat, ImageBubble)
+    assert asked == []  # a request to draw is drawn without asking the model
+    assert chat_window.library.gallery.list("bo")[0].prompt == "A photo of <bo> at the beach."
+    assert bubble.image.prompt == "A photo of <bo> at the beach."

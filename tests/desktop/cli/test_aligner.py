@@ -56,6 +56,23 @@ def test_instant_options_are_checked_before_anything_is_stored(
         assert library.concepts.list() == []
 
 
+def test_instant_photos_are_checked_before_the_model_loads(
+    tmp_path: Path, photos: list[Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.model import loading
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    for bad, message in ((tmp_path / "missing.jpg", "missing.jpg"), (text, "not a photo")):
+        argv = ["--data-dir", str(tmp_path / "lib"), "concept", "add", "bo", str(photos[0]), str(bad), "--instant"]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_train_cancel_resume_and_use_an_aligner(
     tmp_path: Path, dreambooth: Path, photos: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -38,8 +38,9 @@ def test_build_info_and_search(dreambooth: Path, tmp_path: Path, capsys: pytest.
     assert len(lines) == 2 and lines[0].split()[0] == "1"
 
 
-def test_build_with_vq_tokens_for_the_demo_model(dreambooth: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_with_vq_tokens_for_the_demo_model(
+    dreambooth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     index = tmp_path / "index"
     argv = ["index", "build", str(dreambooth / "cat"), "-o", str(index), "--embedder", "demo", "--vq"]
     assert main([*argv, "--model", "demo"]) == 0
@@ -50,22 +51,39 @@ def test_build_with_vq_tokens_for_the_demo_model(dreambooth: Path, tmp_path: Pat
     assert tokens.shape == (5, 64) and tokens.dtype == np.int32
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["index", "build", "{photos}", "-o", "{tmp}/i"], "ViT-L-14 embedder needs its weights file"),
-    (["index", "build", "{tmp}/missing", "-o", "{tmp}/i", "--embedder", "demo"], "is not a folder"),
-    (["index", "info", "{tmp}"], "is not an embedding index"),
-    (["index", "search", "{tmp}", "{photos}/00.jpg"], "is not an embedding index"),
-])
-def test_user_errors_are_one_line(dreambooth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                  argv: list[str], message: str) -> None:
+def test_build_with_the_demo_model_uses_the_demo_embedder(
+    dreambooth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = tmp_path / "index"
+    assert main(["index", "build", str(dreambooth / "cat"), "--model", "demo", "-o", str(index)]) == 0
+    out, err = capsys.readouterr()
+    assert "indexed 5 new images" in out and "UNTRAINED" in err
+    assert main(["index", "info", str(index)]) == 0
+    info = capsys.readouterr().out
+    assert "embedder:  demo, dim 64" in info and "vq tokens: none" in info
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["index", "build", "{photos}", "-o", "{tmp}/i"], "ViT-L-14 embedder needs its weights file"),
+        (["index", "build", "{tmp}/missing", "-o", "{tmp}/i", "--embedder", "demo"], "is not a folder"),
+        (["index", "info", "{tmp}"], "is not an embedding index"),
+        (["index", "search", "{tmp}", "{photos}/00.jpg"], "is not an embedding index"),
+    ],
+)
+def test_user_errors_are_one_line(
+    dreambooth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
     argv = [a.format(photos=dreambooth / "dog", tmp=tmp_path) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("familiar: error:") and message in err[0]
 
 
-def test_searching_with_a_missing_photo_is_an_error(dreambooth: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_searching_with_a_missing_photo_is_an_error(
+    dreambooth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["index", "build", str(dreambooth / "dog"), "-o", str(tmp_path / "i"), "--embedder", "demo"]) == 0
     capsys.readouterr()
     assert main(["index", "search", str(tmp_path / "i"), str(tmp_path / "nope.jpg")]) == 2

@@ -39,8 +39,8 @@ def test_add_list_show_rename_export_import_remove(
     assert code == 0 and "added bo (pet, 3 photos)" in out
 
     code, out, _ = familiar(capsys, data, "concept", "list")
-    assert code == 0 and out.splitlines()[0].split() == ["NAME", "KIND", "STATE", "PHOTOS", "UPDATED"]
-    assert out.splitlines()[1].split()[:4] == ["bo", "pet", "untrained", "3"]
+    assert code == 0 and out.splitlines()[0].split() == ["NAME", "KIND", "STATE", "PHOTOS", "LAST", "RUN", "UPDATED"]
+    assert out.splitlines()[1].split()[:5] == ["bo", "pet", "untrained", "3", "-"]
 
     code, out, _ = familiar(capsys, data, "concept", "list", "--json")
     (listed,) = json.loads(out)
@@ -67,7 +67,7 @@ def test_add_list_show_rename_export_import_remove(
     assert code == 0 and "imported buddy (pet, 3 photos, untrained)" in out
 
     code, out, _ = familiar(capsys, data, "concept", "remove", "buddy")
-    assert code == 0 and "removed buddy" in out
+    assert code == 0 and "moved buddy to the trash" in out and "familiar concept restore buddy" in out
     code, out, _ = familiar(capsys, data, "concept", "list", "--json")
     assert [c["name"] for c in json.loads(out)] == ["buddy2"]
 
@@ -130,3 +130,116 @@ def test_show_and_list_never_print_control_characters(tmp_path: Path, capsys: py
     assert json.loads(familiar(capsys, data, "concept", "show", "bo", "--json")[1])["facts"].endswith("\x9b31m")
     code, _, err = familiar(capsys, data, "concept", "add", "rex", str(photo), "--facts", "\x1b[2J")
     assert code == 2 and "control characters" in err
+
+
+def test_remove_then_restore_brings_back_photos_versions_and_pictures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from store.library import Library
+    from tests.store.helpers import rows, stored_files, with_history, write_image
+
+    data = tmp_path / "lib"
+    with Library.open(data) as library:
+        with_history(library, tmp_path)
+    before_rows, before_files = rows(data), stored_files(data)
+    code, out, _ = familiar(capsys, data, "concept", "remove", "rex")
+    assert code == 0 and "moved rex to the trash (3 photos, 2 versions)" in out
+    assert json.loads(familiar(capsys, data, "concept", "list", "--json")[1]) == []
+    code, out, _ = familiar(capsys, data, "concept", "trash")
+    assert code == 0 and out.splitlines()[1].split()[:4] == ["rex", "pet", "3", "2"]
+    code, out, _ = familiar(capsys, data, "concept", "restore", "rex")
+    assert code == 0 and "restored rex (pet, 3 photos, trained)" in out
+    assert rows(data) == before_rows and stored_files(data) == before_files
+    with Library.open(data) as library:
+        assert len(library.tokens.versions("rex")) == 2 and len(library.runs.list("rex")) == 1
+        assert [image.prompt for image in library.gallery.list("rex")] == ["<rex> at the beach"]
+    code, _, err = familiar(capsys, data, "concept", "restore", "rex")
+    assert code == 2 and "no concept named 'rex' in the trash" in err
+    familiar(capsys, data, "concept", "remove", "rex")
+    familiar(capsys, data, "concept", "add", "rex", str(write_image(tmp_path / "new.jpg", seed=5)))
+    code, _, err = familiar(capsys, data, "concept", "restore", "rex")
+    assert code == 2 and "--as NEW" in err
+    code, out, _ = familiar(capsys, data, "concept", "restore", "rex", "--as", "rex-old")
+    assert code == 0 and "restored rex-old (pet, 3 photos, trained)" in out
+    familiar(capsys, data, "concept", "remove", "rex")
+
+    familiar(capsys, data, "concept", "remove", "rex-old")
+    code, out, _ = familiar(capsys, data, "concept", "trash", "--empty")
+    assert code == 0 and "deleted 2 concepts for good" in out and "rex-old" in out
+    assert stored_files(data) == {}
+    assert "the trash is empty" in familiar(capsys, data, "concept", "trash")[1]
+
+
+def test_export_never_replaces_a_file_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.store.helpers import write_image
+
+    data = tmp_path / "lib"
+    assert familiar(capsys, data, "concept", "add", "bo", str(write_image(tmp_path / "a.jpg")))[0] == 0
+    existing = tmp_path / "mine.familiar"
+    existing.write_bytes(b"precious")
+    code, out, err = familiar(capsys, data, "export", "bo", "-o", str(existing))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "already exists" in err and "--force" in err
+    assert existing.read_bytes() == b"precious"
+    code, out, _ = familiar(capsys, data, "export", "bo", "-o", str(existing), "--force")
+    assert code == 0 and "holds its 1 photo:" in out and existing.read_bytes() != b"precious"
+
+
+def test_unicode_names_one_photo_warns_and_the_default_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from store.validation import DEFAULT_KIND, MAX_PHOTOS_PER_CONCEPT
+    from tests.store.helpers import write_image
+
+    data = tmp_path / "lib"
+    code, out, err = familiar(capsys, data, "concept", "add", "Böwie", str(write_image(tmp_path / "a.jpg")))
+    assert code == 0 and f"added Böwie ({DEFAULT_KIND}, 1 photo)" in out
+    assert err.startswith("familiar: warning: only 1 photo:") and "3-5 photos" in err
+    code, out, err = familiar(
+        capsys, data, "concept", "add", "rex", *(str(write_image(tmp_path / f"{i}.png", seed=i)) for i in range(3))
+    )
+    assert code == 0 and err == ""
+    assert familiar(capsys, data, "concept", "show", "BÖWIE")[1].startswith("Böwie (object)")
+    too_many = [str(tmp_path / f"{i}.jpg") for i in range(MAX_PHOTOS_PER_CONCEPT + 1)]
+    code, _, err = familiar(capsys, data, "concept", "add", "many", *too_many)
+    assert code == 2 and f"at most {MAX_PHOTOS_PER_CONCEPT} photos" in err
+    code, _, err = familiar(capsys, data, "concept", "add", "b o", str(tmp_path / "a.jpg"))
+    assert code == 2 and "one identifier token" in err and "any alphabet" in err
+
+
+def test_list_and_show_give_run_history_and_how_to_resume_an_interrupted_run(
+    tmp_path: Path, photos: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from store.library import Library
+
+    data = tmp_path / "lib"
+    with Library.open(data) as library:
+        library.concepts.add("bo", photos, kind="pet")
+        library.concepts.add("kiki", photos[:1], kind="pet")
+        done = library.runs.create("bo", {"epochs": 2})
+        library.runs.start(done.id)
+        library.runs.finish(done.id, "done")
+        killed = library.runs.create("bo", {"epochs": 15})
+        library.runs.start(killed.id)
+        library.runs.report(killed.id, 0.3, step=12, total_steps=40)
+        library.db.execute("UPDATE runs SET pid = ? WHERE id = ?", [2**22 + 12345, killed.id])  # its process died
+    hint = (
+        f"<bo>: training run {killed.id} stopped (interrupted at 12/40); continue it with: familiar train bo --resume"
+    )
+
+    code, out, _ = familiar(capsys, data, "concept", "list")
+    lines = out.splitlines()
+    assert code == 0 and "interrupted at 12/40" in lines[1] and lines[2].split()[4] == "-"
+    assert lines[-1] == hint and "kiki" not in lines[-1]
+
+    code, out, _ = familiar(capsys, data, "concept", "show", "bo")
+    assert code == 0 and "training runs (2):" in out and hint in out
+    history = out.split("training runs (2):")[1].splitlines()
+    assert history[1].split()[:5] == ["run", str(killed.id), "interrupted", "at", "12/40"]
+    assert "interrupted: the process running it stopped" in history[1] and "15 epochs" in history[1]
+    assert history[2].split()[:3] == ["run", str(done.id), "done"] and "2 epochs" in history[2]
+
+    code, out, _ = familiar(capsys, data, "concept", "show", "bo", "--json")
+    assert [(r["id"], r["status"]) for r in json.loads(out)["runs"]] == [(killed.id, "failed"), (done.id, "done")]
+    code, out, _ = familiar(capsys, data, "concept", "list", "--json")
+    assert [c["last_run"] and c["last_run"]["status"] for c in json.loads(out)] == ["failed", None]
+
+    code, out, _ = familiar(capsys, data, "concept", "show", "kiki")
+    assert "training runs (0):" in out and "--resume" not in out

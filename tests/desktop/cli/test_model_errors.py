@@ -60,8 +60,12 @@ def _weights(change: Callable[[dict[str, Any]], dict[str, Any]]) -> Edit:
 
 
 def _sharded(folder: Path) -> None:
-    index = {"weight_map": {"model.embed_tokens.weight": "model-00001-of-00002.safetensors",
-                            "lm_head.weight": "model-00002-of-00002.safetensors"}}
+    index = {
+        "weight_map": {
+            "model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+            "lm_head.weight": "model-00002-of-00002.safetensors",
+        }
+    }
     (folder / WEIGHTS_INDEX).write_text(json.dumps(index))
 
 
@@ -77,18 +81,26 @@ CRAFTED: dict[str, tuple[Edit, str]] = {
     "vocabulary smaller than its ids": (_config(vocab_size=100), "id(s) outside the vocabulary of 100"),
     "negative codebook": (_config(vq_config={"num_embeddings": -1}), "vq_config.num_embeddings must be an integer"),
     "not a Chameleon": (_config(model_type="llama"), "holds a 'llama' model"),
-    "config not JSON": (_write("config.json", b"{\"vocab_size\": 13"), "config.json is not readable JSON"),
+    "config not JSON": (_write("config.json", b'{"vocab_size": 13'), "config.json is not readable JSON"),
     "corrupt tokenizer.json": (_write("tokenizer.json", b"{not json"), "tokenizer.json is not a usable tokenizer"),
     "truncated tokenizer.json": (_write("tokenizer.json", lambda b: b[: len(b) // 2]), "is not a usable tokenizer"),
-    "corrupt tokenizer_config.json": (_write("tokenizer_config.json", b"\xff\xfe"),
-                                      "tokenizer_config.json is not readable JSON"),
-    "truncated weights": (_write("model.safetensors", lambda b: b[: len(b) // 2]),
-                          "model.safetensors is not a readable safetensors file, probably truncated"),
+    "corrupt tokenizer_config.json": (
+        _write("tokenizer_config.json", b"\xff\xfe"),
+        "tokenizer_config.json is not readable JSON",
+    ),
+    "truncated weights": (
+        _write("model.safetensors", lambda b: b[: len(b) // 2]),
+        "model.safetensors is not a readable safetensors file, probably truncated",
+    ),
     "weights of zeros": (_write("model.safetensors", bytes(64)), "model.safetensors is not a readable safetensors"),
-    "truncated VQGAN decoder": (_write("vqgan_decoder.safetensors", lambda b: b[:5000]),
-                                "vqgan_decoder.safetensors is not a readable safetensors file"),
-    "weights lacking a layer": (_weights(lambda w: {k: v for k, v in w.items() if ".layers.3." not in k}),
-                                "do not match its config.json: 13 of 122 tensors are missing"),
+    "truncated VQGAN decoder": (
+        _write("vqgan_decoder.safetensors", lambda b: b[:5000]),
+        "vqgan_decoder.safetensors is not a readable safetensors file",
+    ),
+    "weights lacking a layer": (
+        _weights(lambda w: {k: v for k, v in w.items() if ".layers.3." not in k}),
+        "do not match its config.json: 13 of 122 tensors are missing",
+    ),
     "weights of another shape": (_config(intermediate_size=512), "have another shape (e.g. model.layers.0.mlp"),
     "index naming absent shards": (_sharded, "lacks 2 of the 2 weight shards its index names"),
 }
@@ -116,12 +128,12 @@ def _fails_in_one_line(argv: list[str], capfd: pytest.CaptureFixture[str]) -> st
 
 
 @pytest.mark.parametrize("case", CRAFTED)
-def test_a_crafted_model_folder_fails_in_one_line(case: str, tmp_path: Path,
-                                                  capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_crafted_model_folder_fails_in_one_line(case: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     edit, reason = CRAFTED[case]
     folder = _crafted(tmp_path, edit)
-    err = _fails_in_one_line(["generate", "x", "--model", str(folder), "-o", str(tmp_path / "x.png"),
-                              "--device", "cpu"], capfd)
+    err = _fails_in_one_line(
+        ["generate", "x", "--model", str(folder), "-o", str(tmp_path / "x.png"), "--device", "cpu"], capfd
+    )
     assert reason in err
 
 
@@ -142,10 +154,13 @@ def test_a_message_over_several_lines_is_printed_on_one(
     assert err == "familiar: error: cannot load the weights in /m: Error(s) in loading: size mismatch\n"
 
 
-@pytest.mark.parametrize(("folders", "reason"), [
-    ((), "model 'models/no-such-model' is neither a folder here (looked for "),
-    (("models",), "model folder models/no-such-model does not exist (looked for "),
-])
+@pytest.mark.parametrize(
+    ("folders", "reason"),
+    [
+        ((), "model 'models/no-such-model' is neither a folder here (looked for "),
+        (("models",), "model folder models/no-such-model does not exist (looked for "),
+    ],
+)
 def test_a_mistyped_model_path_fails_without_the_network(
     folders: tuple[str, ...], reason: str, no_hub: list[Any], tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -162,8 +177,22 @@ def test_the_real_exit_status_and_output(tmp_path: Path) -> None:
     env.pop("HF_HUB_OFFLINE", None)
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "desktop.cli.main", "generate", "x", "--model", str(folder), "-o",
-         str(tmp_path / "x.png")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "desktop.cli.main",
+            "generate",
+            "x",
+            "--model",
+            str(folder),
+            "-o",
+            str(tmp_path / "x.png"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [

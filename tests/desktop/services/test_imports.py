@@ -15,7 +15,17 @@ HEAVY = ("torch", "PySide6", "argparse")
 
 
 @pytest.mark.parametrize(
-    "module", ["conversation", "drawing", "evaluate", "instant", "library_concepts", "model_check", "personalize"]
+    "module",
+    [
+        "conversation",
+        "drawing",
+        "evaluate",
+        "instant",
+        "library_concepts",
+        "model_check",
+        "model_download",
+        "personalize",
+    ],
 )
 def test_importing_a_service_loads_no_heavy_module(module: str) -> None:
     code = (

@@ -189,8 +189,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(library: Library) -> None:
 
 
 def test_rows_match_the_rows_trained_before_the_recipe_moved(tmp_path: Path) -> None:
-    """A short fixed-seed run on micro-world renders gives the rows saved at commit 676cd52, when the recipe
-    still lived here (tests/data/recipe_rows_seed3.safetensors): moving it into the engine changed nothing."""
+    """A short fixed-seed run on micro-world renders gives the rows saved in tests/data/recipe_rows_seed3.safetensors
+    (last made when image targets moved to a loss over the image rows only, issue #17): any change to what training
+    computes shows here, and the file is remade only for an intended one."""
     import random
 
     import torch

@@ -15,7 +15,7 @@ from huggingface_hub import constants
 from transformers import ChameleonConfig
 
 from engine.errors import EngineError, ModelNotFoundError
-from engine.model import loading as model_loading
+from engine.model import memory
 from engine.model.chameleon import FamiliarChameleon
 from engine.model.folder_checks import check_config_values, expected_shapes
 from engine.model.loading import demo_model_dir, read_config, resolve_model_dir
@@ -110,7 +110,7 @@ def test_parameter_counts_and_shapes_match_the_built_model(change: dict[str, Any
     with torch.device("meta"):
         model = FamiliarChameleon(config)
     quantizable = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
-    assert model_loading.parameter_counts(config) == (quantizable, sum(p.numel() for p in model.parameters()) -
+    assert memory.parameter_counts(config) == (quantizable, sum(p.numel() for p in model.parameters()) -
                                                       quantizable)
     shapes = {key: list(tensor.shape) for key, tensor in model.state_dict().items()}
     if config.tie_word_embeddings:
@@ -121,6 +121,6 @@ def test_parameter_counts_and_shapes_match_the_built_model(change: dict[str, Any
 def test_counting_a_deep_model_does_not_build_it() -> None:
     config = ChameleonConfig(vocabulary_map={"<image>": 8711}, vq_config={}, num_hidden_layers=100_000)
     started = time.monotonic()
-    quantizable, _ = model_loading.parameter_counts(config)
+    quantizable, _ = memory.parameter_counts(config)
     assert time.monotonic() - started < 5
     assert quantizable == 100_000 * (4 * 4096 * 4096 + 3 * 4096 * 11008)

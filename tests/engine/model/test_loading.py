@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import InsufficientMemoryError, ModelNotFoundError
 from engine.model import loading as model_loading
+from engine.model import memory
 from engine.model.fingerprint import model_fingerprint
 from engine.model.loading import LoadedModel, demo_model_dir, load_model
 
@@ -111,10 +112,10 @@ def test_memory_estimate_for_the_full_size_model() -> None:
     from transformers import ChameleonConfig
 
     config = ChameleonConfig(vocabulary_map={"<image>": 8711}, vq_config={})
-    quantizable, other = model_loading.parameter_counts(config)
+    quantizable, other = memory.parameter_counts(config)
     assert 6.0e9 < quantizable + other < 7.5e9
-    four_bit = model_loading.estimate_memory(config, torch.device("cpu"), torch.bfloat16, quantize=True)
-    full = model_loading.estimate_memory(config, torch.device("cpu"), torch.bfloat16, quantize=False)
+    four_bit = memory.estimate_memory(config, torch.device("cpu"), torch.bfloat16, quantize=True)
+    full = memory.estimate_memory(config, torch.device("cpu"), torch.bfloat16, quantize=False)
     assert 4 * 2**30 < four_bit.needed < 9 * 2**30 < full.needed
 
 

@@ -23,7 +23,7 @@ from engine.training.data import (
 from engine.training.loop import TrainingCancelled
 from engine.training.recipe import Recipe
 from engine.training.selection import recognition_accuracy, score
-from engine.training.trainer import Checkpoint, Trainer, chunked_cross_entropy, collate
+from engine.training.trainer import Checkpoint, Trainer, chunked_cross_entropy, collate, target_loss
 
 
 def _images(loaded: LoadedModel, colours: list[tuple[int, int, int]]) -> list[list[int]]:
@@ -153,6 +153,7 @@ def test_chunked_loss_matches_the_plain_loss_and_keeps_no_full_logits(images: di
         params.zero_grad()
         hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[selected]
         loss, largest = _largest_saved(chunked_cross_entropy, model.lm_head, hidden, labels[selected], chunk)
+        loss = loss / rows  # the summed loss, as a mean
         loss.backward()
         results.append((loss.detach(), largest, params.embed.grad.clone(), params.head.grad.clone()))
     (plain, plain_largest, *plain_grads), (chunked, chunked_largest, *chunked_grads) = results
@@ -161,6 +162,44 @@ def test_chunked_loss_matches_the_plain_loss_and_keeps_no_full_logits(images: di
     for got, want in zip(chunked_grads, plain_grads, strict=True):
         assert want.abs().max() > 0
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_image_targets_are_scored_over_the_image_rows_only(images: dict[str, list[list[int]]]) -> None:
+    """The training loss: image-token targets against the image rows (what drawing samples from), every other
+    target against the full vocabulary with the concept's rows, averaged over all targets."""
+    config = Recipe(recognition_per_photo=1, qa_repeats=1, generation_per_photo=1)
+    assistant = _fresh()
+    data = ConceptData("bo", "pet", images["photos"], images["negatives"], facts="breed: corgi")
+    samples = build_samples(assistant.prompts, data, config)[:6]
+    model, params = assistant.loaded.model, assistant.slots.params("bo").requires_grad_(True)
+    image_ids = assistant.loaded.image_tokenizer.image_token_ids.sort().values
+    ids, mask, labels = collate(samples, int(assistant.loaded.tokenizer.pad_token_id), torch.device("cpu"))
+    selected = labels != IGNORE
+    targets = labels[selected]
+    is_image = torch.isin(targets, image_ids)
+    assert 0 < int(is_image.sum()) < len(targets)
+    results = []
+    for how in ("product", "by hand"):
+        params.zero_grad()
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[selected]
+        if how == "product":
+            loss = target_loss(model.lm_head, hidden, targets, image_ids)
+        else:
+            logits = model.lm_head(hidden).float()
+            image_part = torch.nn.functional.cross_entropy(
+                logits[is_image][:, image_ids], torch.searchsorted(image_ids, targets[is_image]), reduction="sum"
+            )
+            text_part = torch.nn.functional.cross_entropy(logits[~is_image], targets[~is_image], reduction="sum")
+            loss = (image_part + text_part) / len(targets)
+        loss.backward()
+        results.append((loss.detach(), params.embed.grad.clone(), params.head.grad.clone()))
+    (product, *product_grads), (by_hand, *hand_grads) = results
+    torch.testing.assert_close(product, by_hand, rtol=1e-6, atol=1e-6)
+    for got, want in zip(product_grads, hand_grads, strict=True):
+        assert want.abs().max() > 0
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    full = torch.nn.functional.cross_entropy(model.lm_head(hidden).float(), targets)
+    assert product < full  # a softmax over fewer rows: the image targets' share of the loss is lower
 
 
 def test_selection_scores_recognition(images: dict[str, list[list[int]]]) -> None:
