@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.training.metrics_text import shown
 from store.library import Library
 from store.models import Run
 
@@ -17,8 +18,18 @@ SCORE_LABELS = (
 
 
 def describe_scores(metrics: dict[str, object]) -> str:
-    """e.g. "recognition 0.83 · yes on its photos 1.00 · no on others 0.67 · score 0.83"."""
-    parts = [f"{label} {metrics[key]:.2f}" for key, label in SCORE_LABELS if isinstance(metrics.get(key), float | int)]
+    """e.g. "recognition 0.83 · yes on its photos 1.00 · no on others 0.67 · score 0.83". A score stored as None
+    reads "not measured", and the loss the checkpoint was then chosen by follows."""
+    parts = []
+    for key, label in SCORE_LABELS:
+        value = metrics.get(key, "")
+        if value is None or isinstance(value, float | int):
+            parts.append(f"{label} {shown(None if value is None else float(value), 2)}")
+    if "score" in metrics and metrics["score"] is None:
+        for key, label in (("held_out_loss", "held-out loss"), ("loss", "training loss")):
+            if isinstance(metrics.get(key), float | int):
+                parts.append(f"chosen by {label} {float(metrics[key]):.2f}")  # type: ignore[arg-type]
+                break
     return " \u00b7 ".join(parts)
 
 

@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("-o", "--output", type=Path, required=True, metavar="INDEX", help="index folder")
     build.add_argument(
         "--embedder",
-        help="open_clip model name, or 'demo' for an untrained test model (default: demo with --model demo, "
-        "else ViT-L-14)",
+        help="open_clip model name, 'microworld-reader' (the micro-world's attribute reader), or 'demo' for an "
+        "untrained test model (default: demo with --model demo, else ViT-L-14)",
     )
     build.add_argument("--weights", type=Path, help="local weights file for the embedder (never downloaded)")
     build.add_argument(

@@ -9,6 +9,7 @@ from pathlib import Path
 from desktop.cli.interrupt import stop_on_ctrl_c
 from desktop.cli.progress import progress_bar
 from engine.progress import Notice
+from engine.training.metrics_text import shown
 from engine.training.recipe import DEFAULT
 
 
@@ -16,12 +17,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="teach the model a concept from its photos")
     train.add_argument("name", help="the library concept to train")
     train.add_argument("--epochs", type=int, default=DEFAULT.epochs, help="passes over the samples")
-    train.add_argument("--index", type=Path, help="an offline embedding index for soft positives and negatives")
+    train.add_argument(
+        "--index",
+        type=Path,
+        help="an offline embedding index for soft positives and negatives (default: the demo model's bundled subset)",
+    )
+    train.add_argument(
+        "--no-index",
+        action="store_true",
+        help="train from the photos alone: no look-alikes, not even the demo model's bundled subset",
+    )
     train.add_argument(
         "--soft-positives",
         type=int,
         default=DEFAULT.soft_positives,
         help="look-alike images to retrieve, with --index",
+    )
+    train.add_argument(
+        "--negatives",
+        type=int,
+        default=DEFAULT.negatives,
+        help="most negatives: other concepts' photos, then the index's hard and easy ones",
     )
     train.add_argument("--embedder-weights", type=Path, help="the index's embedder weights (not needed for demo)")
     train.add_argument(
@@ -71,7 +87,9 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         learning_rate=args.learning_rate,
         soft_positives=args.soft_positives,
+        negatives=args.negatives,
         index=str(args.index) if args.index else None,
+        bundled_index=not args.no_index,
         embedder_weights=str(args.embedder_weights) if args.embedder_weights else None,
         remote_knn_url=args.remote_knn,
     )
@@ -88,6 +106,6 @@ def run_train(args: argparse.Namespace) -> int:
     if run.status == "cancelled":
         print(f"cancelled at step {run.step}; continue with: familiar train {args.name} --resume", file=sys.stderr)
         return 130
-    metrics = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in run.metrics.items())
+    metrics = ", ".join(f"{k} {shown(v)}" for k, v in run.metrics.items())
     print(f"trained <{args.name}> ({metrics})")
     return 0

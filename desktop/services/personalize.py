@@ -3,7 +3,9 @@
 Decisions (see docs/training.md): photos with the `test` role are held out for selection; when there
 are none and the concept has three or more photos, its last photo is held out. Negatives are the other
 concepts' photos plus, with an index, the retrieval plan's hard and easy negatives; a fifth of them
-(at least one) is held out for selection. The base model describes each training photo once (greedy,
+(at least one) is held out for selection. With no index named, the demo model uses its bundled subset
+(`resources/demo-subset`, engine/microworld/subset.py) unless `bundled_index` is off, so even the first concept
+of an empty library has look-alikes and negatives. The base model describes each training photo once (greedy,
 no concept loaded) and those descriptions become question-answer targets. Every epoch ends with a
 checkpoint scored on the held-out photos; the best score becomes the concept's active version.
 
@@ -27,6 +29,7 @@ from engine.atomic_write import write_atomic
 from engine.concepts.layout import DEFAULT_LAYOUT, PromptLayout
 from engine.errors import EngineError
 from engine.progress import Notice, Status
+from engine.training.metrics_text import shown
 from engine.training.recipe import Recipe
 from store.library import Library
 from store.models import Concept, Photo, Run
@@ -53,13 +56,17 @@ class TrainOptions(Recipe):
     model: str = "demo"
     device: str = "auto"
     index: str | None = None
+    bundled_index: bool = True
+    """With no `index`, use the demo model's bundled subset (only on the demo model it was built for)."""
     embedder_weights: str | None = None
     remote_knn_url: str | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TrainOptions:
-        """The options stored with a run (older runs lack some fields: they take the defaults)."""
+        """The options stored with a run (older runs lack some fields: they take the defaults, except that a run
+        from before the bundled subset existed resumes without it, as it started)."""
         known = {k: v for k, v in config.items() if k in cls.__dataclass_fields__}
+        known.setdefault("bundled_index", False)
         if isinstance(known.get("layout"), dict):
             known["layout"] = PromptLayout(**known["layout"])
         return cls(**known)
@@ -86,18 +93,25 @@ def _start_state(library: Library, assistant: Assistant, name: str) -> ConceptSt
     return None
 
 
-def retrieve(library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions) -> Retrieved:
+def retrieve(
+    library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions, index: Path
+) -> Retrieved:
     """Plan soft positives and hard/easy negatives, then get their VQ tokens: from the index where it holds
     tokens for this base model, else by encoding the image file. Neighbours come from the remote kNN service
     when `options.remote_knn_url` is set (downloads go to a temporary folder in the library, removed after
-    encoding), else or on its failure from the offline index; `source` says which, `warnings` why."""
-    assert options.index is not None
+    encoding), else or on its failure from the offline index at `index`; `source` says which, `warnings` why."""
     with tempfile.TemporaryDirectory(prefix="remote-knn-", dir=library.layout.tmp) as downloads:
-        return _retrieve(library, assistant, name, train, options, Path(downloads))
+        return _retrieve(library, assistant, name, train, options, index, Path(downloads))
 
 
 def _retrieve(
-    library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions, downloads: Path
+    library: Library,
+    assistant: Assistant,
+    name: str,
+    train: list[Photo],
+    options: TrainOptions,
+    index_path: Path,
+    downloads: Path,
 ) -> Retrieved:
     from engine.evaluation.metrics import clip_i
     from engine.model.images import open_image
@@ -107,8 +121,7 @@ def _retrieve(
     from engine.retrieval.remote_knn import RemoteKnnSettings
     from engine.training.personalization import encode
 
-    assert options.index is not None
-    index = EmbeddingIndex(Path(options.index))
+    index = EmbeddingIndex(index_path)
     remote = RemoteKnnSettings(enabled=True, url=options.remote_knn_url) if options.remote_knn_url else None
     embedder = load_embedder_for(index.embedder, options.embedder_weights, device=assistant.loaded.device)
     photos, embeddings = read_concept_photos([p.path for p in train], embedder)
@@ -142,6 +155,29 @@ def _retrieve(
 
     tiers = [(tier.num_tokens, tokens(tier.images)) for tier in plan.tiers]
     return Retrieved(tiers, tokens(plan.hard_negatives + plan.easy_negatives), similarity, source, plan.warnings)
+
+
+def index_to_use(options: TrainOptions, assistant: Assistant) -> tuple[Path | None, list[str]]:
+    """The offline index a run reads (the named one, else the demo model's bundled subset where it applies) and
+    warnings about a bundled subset that cannot be used."""
+    if options.index is not None:
+        return Path(options.index), []
+    if not options.bundled_index or not assistant.loaded.is_demo:
+        return None, []
+    from engine.microworld.subset import bundled_subset_path
+    from engine.retrieval.index import Manifest
+
+    path = bundled_subset_path()
+    try:
+        vq = Manifest.read(path).vq
+    except EngineError as exc:
+        return None, [f"the bundled subset cannot be read ({exc}): training uses your photos only"]
+    if vq is None or vq.model_fingerprint != assistant.loaded.fingerprint:
+        return None, [
+            "the bundled subset was built for another build of the demo model: training uses your photos only "
+            "(rebuild it with scripts/build_demo_subset.py)"
+        ]
+    return path, []
 
 
 def split_photos(photos: Sequence[Photo]) -> tuple[list[Photo], list[Photo]]:
@@ -188,18 +224,18 @@ def gather(
         start=_start_state(library, assistant, key),
     )
     sources: list[str] = []
-    warnings: list[str] = []
-    if options.index is None and options.remote_knn_url:
+    index, warnings = index_to_use(options, assistant)
+    if index is None and options.remote_knn_url:
         warnings.append("the remote kNN service is on but no offline index is set: training uses your photos only")
-    elif options.index is not None:
+    elif index is not None:
         source = "the remote kNN service" if options.remote_knn_url else "the index"
         report(f"retrieving look-alikes and negatives from {source}")
-        retrieved = retrieve(library, assistant, key, train, options)
+        retrieved = retrieve(library, assistant, key, train, options, index)
         photos.soft_positive_tiers = retrieved.tiers
         photos.negatives += retrieved.negatives
         photos.similarity = retrieved.similarity
         report(retrieved.source)
-        sources, warnings = [retrieved.source], retrieved.warnings
+        sources, warnings = [retrieved.source], [*warnings, *retrieved.warnings]
     notices = [Notice(warning) for warning in warnings]
     for notice in notices:
         report(notice)
@@ -365,7 +401,7 @@ def _train(
         )
         stored[checkpoint.step] = row.id
         library.runs.log(
-            run.id, f"checkpoint at step {checkpoint.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            run.id, f"checkpoint at step {checkpoint.step}: " + ", ".join(f"{k} {shown(v)}" for k, v in metrics.items())
         )
 
     def on_status(message: str | Notice) -> None:

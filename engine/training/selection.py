@@ -3,7 +3,10 @@ and negatives, and the similarity of a generated picture to the real photos.
 
 Recognition asks "Is <name> in this photo?" and compares the model's next-token probability of "Yes"
 and "No" after the understanding tokens (the self-prompt); accuracy is reported on positives, on
-negatives, and as their mean (the weighted accuracy, insensitive to the class balance).
+negatives, and as their mean (the weighted accuracy, insensitive to the class balance). A score with nothing
+to measure it on (no held-out photo, no negative) is None, "not measured", never 0; recognition is measured
+only where both exist, and without it there is no `score`: the caller then chooses by a loss instead
+(engine/training/personalization.py).
 """
 
 from __future__ import annotations
@@ -23,14 +26,18 @@ QUESTION = "Is <{n}> in this photo?"
 
 @dataclass
 class Scores:
-    recognition_positive: float
-    recognition_negative: float
-    recognition: float
+    recognition_positive: float | None
+    recognition_negative: float | None
+    recognition: float | None
     image_similarity: float | None
-    score: float
+    score: float | None
 
-    def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+    def as_dict(self) -> dict[str, float | None]:
+        """Every score, None where it was not measured (image similarity only where it was asked for)."""
+        scores = asdict(self)
+        if scores["image_similarity"] is None:
+            del scores["image_similarity"]
+        return scores
 
 
 def answer_tokens(assistant: Assistant) -> tuple[list[int], int, int]:
@@ -62,10 +69,10 @@ def says_yes(assistant: Assistant, name: str, image_ids: Sequence[int]) -> bool:
 
 def recognition_accuracy(
     assistant: Assistant, name: str, positives: Sequence[Sequence[int]], negatives: Sequence[Sequence[int]]
-) -> tuple[float, float]:
-    """(accuracy on photos of the concept, accuracy on photos without it)."""
-    positive = sum(says_yes(assistant, name, image) for image in positives) / max(len(positives), 1)
-    negative = sum(not says_yes(assistant, name, image) for image in negatives) / max(len(negatives), 1)
+) -> tuple[float | None, float | None]:
+    """(accuracy on photos of the concept, accuracy on photos without it); None where there are none."""
+    positive = sum(says_yes(assistant, name, image) for image in positives) / len(positives) if positives else None
+    negative = sum(not says_yes(assistant, name, image) for image in negatives) / len(negatives) if negatives else None
     return positive, negative
 
 
@@ -94,11 +101,14 @@ def score(
     similarity: ImageSimilarity | None = None,
     seed: int = 0,
 ) -> Scores:
-    """Recognition and, where a similarity function is given, image similarity; `score` is their mean."""
+    """Recognition and, where a similarity function is given, image similarity; `score` is their mean, None
+    where recognition is not measured (no held-out photo or no negative)."""
     positive, negative = recognition_accuracy(assistant, name, positives, negatives)
-    recognition = (positive + negative) / 2
+    recognition = None if positive is None or negative is None else (positive + negative) / 2
     image_similarity = None
     if similarity is not None and real_photos:
         image_similarity = float(similarity([draw(assistant, name, seed)], real_photos))
+    if recognition is None:
+        return Scores(positive, negative, None, image_similarity, None)
     parts = [recognition] if image_similarity is None else [recognition, image_similarity]
     return Scores(positive, negative, recognition, image_similarity, sum(parts) / len(parts))

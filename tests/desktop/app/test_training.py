@@ -64,13 +64,17 @@ def test_add_train_close_reopen_and_resume(open_window, drop_files, qtbot, dream
     done = finished.args[0]
     assert done.id == run.id and done.status == "done" and done.step == updates[0].total
     assert "recognition" in view.scores.text() and "score" in view.scores.text()
+    # the library's only concept, no index: no negatives, so recognition is not measured (never 0.00)
+    assert "no on others not measured" in view.scores.text() and "chosen by held-out loss" in view.scores.text()
     qtbot.waitUntil(lambda: view.sample.pixmap() is not None and not view.sample.pixmap().isNull(), timeout=GUI_WAIT_MS)
     samples = again.library.gallery.list("bo")
     assert len(samples) == 1 and samples[0].params["run"] == run.id
     assert again.gallery_view.grid.count() == 1
     card = again.library_view.cards["bo"]
     assert card.badge.text() == "trained" and "recognition" in card.scores.text()
-    assert view.notice.isHidden() and not view.resume_button.isEnabled()
+    # the only notice left is why selection fell back to a loss; the resume notice is gone
+    assert "recognition is not measured" in view.notice.text() and "Resume" not in view.notice.text()
+    assert not view.resume_button.isEnabled()
 
 
 def test_loss_curve_smooths_and_draws(qtbot) -> None:

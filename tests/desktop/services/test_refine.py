@@ -23,6 +23,7 @@ QUICK = TrainOptions(
     qa_repeats=1,
     augment=False,
     describe_photos=False,
+    bundled_index=False,
 )
 
 

@@ -139,7 +139,7 @@ def test_familiar_train_runs_the_function_the_benchmark_runs(tmp_path: Path, rec
     with Library.open(tmp_path / "library") as library:
         library.concepts.add("bo", photos, kind="pet")
     args = ["--data-dir", str(tmp_path / "library"), "train", "bo", "--epochs", "1", "--learning-rate", "0.01"]
-    assert main([*args, "--device", "cpu", "--seed", "5"]) == 0
+    assert main([*args, "--device", "cpu", "--seed", "5", "--no-index"]) == 0
     (recipe,) = recipes
     expected = Recipe(epochs=1, learning_rate=0.01, seed=5)  # the rest: the recipe's own defaults
     assert {f.name: getattr(recipe, f.name) for f in fields(Recipe)} == vars(expected)
