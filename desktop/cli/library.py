@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also predict its learned tokens from the first photo with the Aligner (usable at once, no training)",
     )
     add.add_argument("--aligner", type=Path, help="Aligner file for --instant (default: the demo model's)")
-    add.add_argument("--dino", help="DINOv2 folder for --instant (default: the one the Aligner records)")
+    add.add_argument(
+        "--dino", help="DINOv2 folder for --instant (default: the one the Aligner records; not for a micro-world one)"
+    )
     add.add_argument("--model", help="base model for --instant: 'demo' (default), a model folder, or a hub id")
     add.add_argument("--device", help="device for --instant (default auto)")
     add.set_defaults(handler=run_add)
