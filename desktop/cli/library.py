@@ -154,8 +154,8 @@ def _add_instant(args: argparse.Namespace) -> int:
     loaded = load_model(model, device=args.device or "auto")
     if loaded.is_demo:
         print(
-            "familiar: note: the demo Aligner reads photos with an untrained DINOv2 and the demo model knows only "
-            "the micro-world's 32x32 scenes: instant tokens made here only show the mechanism",
+            "familiar: note: the demo model knows only the micro-world's 32x32 creature scenes and cannot yet tell "
+            "whether a photo shows a given creature, so its instant tokens show the mechanism, not recognition",
             file=sys.stderr,
         )
     aligner = load_aligner(args.aligner or demo_aligner_path(), loaded.fingerprint, args.dino, loaded.device)

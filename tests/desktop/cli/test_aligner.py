@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import engine.aligner.training as aligner_training
 from desktop.cli.main import main
@@ -49,7 +50,7 @@ def test_instant_concept_from_micro_world_photos_with_the_shipped_aligner(
     photos = []
     for number in range(2):
         photos.append(tmp_path / f"photo{number}.png")
-        render(sample_pose(identity, rng)).save(photos[-1])
+        render(sample_pose(identity, rng)).resize((64, 64), Image.Resampling.NEAREST).save(photos[-1])
     data = ["--data-dir", str(tmp_path / "library")]
     assert main([*data, "concept", "add", "bo", *map(str, photos), "--instant", "--device", "cpu"]) == 0
     assert "with instant tokens (v1, from photo0.png" in capsys.readouterr().out
