@@ -7,14 +7,15 @@ held-out identities against the untrained rows. Rerun whenever the demo model or
 
 The identity folders and the run's checkpoint live in --work (default ~/.cache/familiar/demo-aligner); an
 interrupted run (Ctrl-C, a crash) continues from its last epoch when rerun with the same options, and a
-finished run there is reused. `--measure-only` measures the Aligner at --output without training. The
-results are printed, kept in the Aligner's `provenance` metadata, and written as JSON only to --out.
-Torch uses --threads threads (default 2).
+finished run with the same options there is reused (the checkpoint's name holds a digest of the options).
+`--measure-only` measures the Aligner at --output without training. The results are printed, kept in the
+Aligner's `provenance` metadata, and written as JSON only to --out. Torch uses --threads threads (default 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -119,11 +120,14 @@ def main() -> int:
         hard_negative_share=args.hard_negative_share,
         seed=args.seed,
     )
-    run_name = f"seed{args.seed}-ids{len(train_ids)}-r{args.renders}"
-    dataset, checkpoint = args.work / run_name / "identities", args.work / run_name / "aligner.safetensors"
+    data_name = f"seed{args.seed}-ids{len(train_ids)}-r{args.renders}"
+    run_name = hashlib.sha256((config_json := options.to_json()).encode()).hexdigest()[:12]
+    dataset = args.work / data_name / "identities"
+    checkpoint = args.work / data_name / f"aligner-{run_name}.safetensors"
     write_identity_folders(dataset, train_ids, args.renders, args.seed)
     encoder = load_reader_encoder()
     config = AlignerConfig(vision_hidden=encoder.hidden_size, text_hidden=loaded.config.hidden_size, **ALIGNER_SIZES)
+    print(f"run {checkpoint.name}: {config_json}")
     started = time.monotonic()
     if resume_path(checkpoint).exists() or not checkpoint.exists():
         resume = resume_path(checkpoint).exists()
