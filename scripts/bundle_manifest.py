@@ -83,7 +83,7 @@ def bitsandbytes_library_unused(dest: str, torch_cuda: str | None) -> bool:
 
 
 def resource_datas(root: Path = ROOT) -> list[tuple[str, str]]:
-    """The whole `resources/` folder (demo model, demo Aligner and DINOv2, icons), whatever its files."""
+    """The whole `resources/` folder (demo model, demo Aligner, micro-world reader, icons), whatever its files."""
     return [(str(root / "resources"), "resources")]
 
 

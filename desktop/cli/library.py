@@ -43,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also predict its learned tokens from the first photo with the Aligner (usable at once, no training)",
     )
     add.add_argument("--aligner", type=Path, help="Aligner file for --instant (default: the demo model's)")
-    add.add_argument("--dino", help="DINOv2 folder for --instant (default: the one the Aligner records)")
+    add.add_argument(
+        "--dino", help="DINOv2 folder for --instant (default: the one the Aligner records; not for a micro-world one)"
+    )
     add.add_argument("--model", help="base model for --instant: 'demo' (default), a model folder, or a hub id")
     add.add_argument("--device", help="device for --instant (default auto)")
     add.set_defaults(handler=run_add)
@@ -156,8 +158,8 @@ def _add_instant(args: argparse.Namespace) -> int:
     loaded = load_model(model, device=args.device or "auto")
     if loaded.is_demo:
         print(
-            "familiar: note: the demo Aligner reads photos with an untrained DINOv2 and the demo model knows only "
-            "the micro-world's 32x32 scenes: instant tokens made here only show the mechanism",
+            "familiar: note: the demo model knows only the micro-world's 32x32 creature scenes and cannot yet tell "
+            "whether a photo shows a given creature, so its instant tokens show the mechanism, not recognition",
             file=sys.stderr,
         )
     aligner = load_aligner(args.aligner or demo_aligner_path(), loaded.fingerprint, args.dino, loaded.device)
