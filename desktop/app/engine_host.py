@@ -25,9 +25,8 @@ if TYPE_CHECKING:
     from store.library import Library
 
 HOW_TO_SET_A_MODEL = (
-    "To use a real model, open Settings, choose a Chameleon-family model folder (for example "
-    "Anole-7b-v0.1-hf with the original release's tokenizer/ folder copied into it) and press "
-    "\u201cCheck and load\u201d."
+    "To use a real model, open Settings and press \u201cGet a model\u2026\u201d (it shows the download's size and "
+    "licence first), or choose a Chameleon-family model folder you already have and press \u201cCheck and load\u201d."
 )
 
 
