@@ -218,6 +218,13 @@ def run_show(args: argparse.Namespace) -> int:
         mark = "*" if v.active else " "
         metrics = json.dumps(v.metrics, sort_keys=True) if v.metrics else ""
         print(f"  {mark} v{v.number} {v.kind:<7} {v.created_at}  base {v.base_fingerprint[:12]}  {metrics}".rstrip())
+    if concept.active is not None:
+        from desktop.services.verdict import verdict
+
+        judged = verdict(concept.name, concept.active.metrics, kind=concept.active.kind, photo_count=len(photos))
+        print(f"verdict (v{concept.active.number}):")
+        for line in judged.lines():
+            print(f"  {_shown(line)}")
     return 0
 
 

@@ -63,9 +63,14 @@ def run_train(args: argparse.Namespace) -> int:
             status=_print_status,
             resume=args.resume,
         )
+        photo_count = len(library.concepts.photos(args.name))
     if run.status == "cancelled":
         print(f"cancelled at step {run.step}; continue with: familiar train {args.name} --resume", file=sys.stderr)
         return 130
+    from desktop.services.verdict import verdict
+
     metrics = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in run.metrics.items())
     print(f"trained <{args.name}> ({metrics})")
+    for line in verdict(run.concept, run.metrics, photo_count=photo_count).lines():
+        print(line)
     return 0

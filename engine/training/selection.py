@@ -3,13 +3,14 @@ and negatives, and the similarity of a generated picture to the real photos.
 
 Recognition asks "Is <name> in this photo?" and compares the model's next-token probability of "Yes"
 and "No" after the understanding tokens (the self-prompt); accuracy is reported on positives, on
-negatives, and as their mean (the weighted accuracy, insensitive to the class balance).
+negatives, and as their mean (the weighted accuracy, insensitive to the class balance). A part with nothing to
+measure it on (no held-out photos, no negatives) is None, not 0, and the means leave it out.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from PIL import Image
@@ -23,14 +24,20 @@ QUESTION = "Is <{n}> in this photo?"
 
 @dataclass
 class Scores:
-    recognition_positive: float
-    recognition_negative: float
-    recognition: float
+    """A checkpoint's scores, the counts they were measured on, and the picture drawn (not in `as_dict`)."""
+
+    recognition_positive: float | None
+    recognition_negative: float | None
+    recognition: float | None
     image_similarity: float | None
-    score: float
+    score: float | None
+    held_out_photos: int = 0
+    held_out_negatives: int = 0
+    picture: Image.Image | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The measured scores and the counts (what a checkpoint's metrics keep)."""
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "picture"}
 
 
 def answer_tokens(assistant: Assistant) -> tuple[list[int], int, int]:
@@ -62,11 +69,16 @@ def says_yes(assistant: Assistant, name: str, image_ids: Sequence[int]) -> bool:
 
 def recognition_accuracy(
     assistant: Assistant, name: str, positives: Sequence[Sequence[int]], negatives: Sequence[Sequence[int]]
-) -> tuple[float, float]:
-    """(accuracy on photos of the concept, accuracy on photos without it)."""
-    positive = sum(says_yes(assistant, name, image) for image in positives) / max(len(positives), 1)
-    negative = sum(not says_yes(assistant, name, image) for image in negatives) / max(len(negatives), 1)
+) -> tuple[float | None, float | None]:
+    """(accuracy on photos of the concept, accuracy on photos without it); None where there are none."""
+    positive = sum(says_yes(assistant, name, image) for image in positives) / len(positives) if positives else None
+    negative = sum(not says_yes(assistant, name, image) for image in negatives) / len(negatives) if negatives else None
     return positive, negative
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    measured = [v for v in values if v is not None]
+    return sum(measured) / len(measured) if measured else None
 
 
 def draw(assistant: Assistant, name: str, seed: int) -> Image.Image:
@@ -93,12 +105,24 @@ def score(
     real_photos: Sequence[Image.Image] = (),
     similarity: ImageSimilarity | None = None,
     seed: int = 0,
+    sample: bool = False,
 ) -> Scores:
-    """Recognition and, where a similarity function is given, image similarity; `score` is their mean."""
+    """Recognition and, where a similarity function is given, image similarity; `score` is their mean. One
+    picture is drawn when similarity is measured or `sample` asks for it, and kept in the scores."""
     positive, negative = recognition_accuracy(assistant, name, positives, negatives)
-    recognition = (positive + negative) / 2
+    recognition = _mean([positive, negative])
+    measure = similarity is not None and bool(real_photos)
+    picture = draw(assistant, name, seed) if measure or sample else None
     image_similarity = None
-    if similarity is not None and real_photos:
-        image_similarity = float(similarity([draw(assistant, name, seed)], real_photos))
-    parts = [recognition] if image_similarity is None else [recognition, image_similarity]
-    return Scores(positive, negative, recognition, image_similarity, sum(parts) / len(parts))
+    if measure and similarity is not None and picture is not None:
+        image_similarity = float(similarity([picture], real_photos))
+    return Scores(
+        positive,
+        negative,
+        recognition,
+        image_similarity,
+        _mean([recognition, image_similarity]),
+        held_out_photos=len(positives),
+        held_out_negatives=len(negatives),
+        picture=picture,
+    )
