@@ -49,6 +49,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="load a concept state file (.safetensors) directly; repeatable",
     )
     parser.add_argument("--no-server", action="store_true", help="load the model here even when `familiar serve` runs")
+    parser.add_argument("--no-gallery", action="store_true", help="do not also keep a drawn picture in the gallery")
 
 
 def _assistant(args: argparse.Namespace, text: str) -> Assistant:
@@ -75,15 +76,21 @@ def _assistant(args: argparse.Namespace, text: str) -> Assistant:
     return assistant
 
 
-def _save(picture: GeneratedImage, path: Path, source: str) -> None:
-    from desktop.services.drawing import png_bytes
+def _save(picture: GeneratedImage, path: Path, assistant: Assistant, args: argparse.Namespace) -> None:
+    """Write the PNG, and keep it in the gallery unless --no-gallery."""
+    from desktop.services.drawing import keep_in_gallery, png_bytes
     from engine.errors import EngineError
 
     try:
-        path.write_bytes(png_bytes(picture, source))
+        path.write_bytes(png_bytes(picture, assistant.loaded.source))
     except OSError as exc:
         raise EngineError(f"cannot write {path}: {exc.strerror or exc}") from None
     print(f"saved {path} (seed {picture.seed})")
+    if not args.no_gallery:
+        from store.library import Library
+
+        with Library.open(args.data_dir) as library:
+            keep_in_gallery(library, assistant, picture, {"via": f"familiar {args.command}"})
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -99,7 +106,7 @@ def run_chat(args: argparse.Namespace) -> int:
     sampling = Sampling(temperature=args.temperature, top_p=0.9, seed=args.seed)
     if args.auto and assistant.wants_image(args.question, image):
         picture = assistant.generate(args.question, sampling, progress=progress_bar())
-        _save(picture, args.output or Path(f"familiar-{picture.seed}.png"), assistant.loaded.source)
+        _save(picture, args.output or Path(f"familiar-{picture.seed}.png"), assistant, args)
         return 0
     for piece in assistant.chat(args.question, image, sampling, max_new_tokens=args.max_tokens):
         print(piece, end="", flush=True)
@@ -117,5 +124,5 @@ def run_generate(args: argparse.Namespace) -> int:
     assistant = _assistant(args, args.prompt)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     picture = assistant.generate(args.prompt, sampling, guidance_scale=args.guidance, progress=progress_bar())
-    _save(picture, args.output, assistant.loaded.source)
+    _save(picture, args.output, assistant, args)
     return 0
