@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QImage, QKeySequence, QShortcut
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QImage, QKeyEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -168,10 +168,7 @@ class ChatView(QWidget):
             row.addWidget(button)
         side.addLayout(row)
         outer.addLayout(side)
-        for keys, action in ((QKeySequence.StandardKey.Delete, self.ask_delete), (Qt.Key.Key_F2, self.start_rename)):
-            shortcut = QShortcut(QKeySequence(keys), self.conversations)
-            shortcut.setContext(Qt.ShortcutContext.WidgetShortcut)
-            shortcut.activated.connect(action)
+        self.conversations.installEventFilter(self)  # Delete asks to delete; F2 and double-click edit (the list's own)
         layout = QVBoxLayout()
         outer.addLayout(layout, 1)
         layout.addWidget(heading("Chat"))
@@ -267,6 +264,18 @@ class ChatView(QWidget):
         for message in self.library.conversations.messages(conversation_id):
             self._show_message(message)
         self.list_conversations()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if (
+            watched is self.conversations
+            and isinstance(event, QKeyEvent)
+            and event.type() == QEvent.Type.KeyPress
+            and event.key() == Qt.Key.Key_Delete
+            and self.conversations.state() != self.conversations.State.EditingState
+        ):
+            self.ask_delete()
+            return True
+        return super().eventFilter(watched, event)
 
     def start_rename(self) -> None:
         item = self.conversations.currentItem()

@@ -134,7 +134,9 @@ def test_conversations_are_kept_reopened_renamed_and_deleted(chat_window, open_w
     chat_window.close()
     qtbot.waitUntil(lambda: not chat_window.isVisible(), timeout=WAIT_MS)
 
-    again = open_window().chat_view  # a new window on the same library: the conversations are still there
+    window = open_window()  # a new window on the same library: the conversations are still there
+    window.show_page("Chat")
+    again = window.chat_view
     assert [again.conversations.item(i).text() for i in range(2)] == ["hello", "What is <bo> doing?"]
     kept = again.conversations.item(1)
     qtbot.mouseClick(
@@ -148,12 +150,17 @@ def test_conversations_are_kept_reopened_renamed_and_deleted(chat_window, open_w
 
     qtbot.keyClick(again.conversations, Qt.Key.Key_F2)
     editor = again.conversations.findChild(QLineEdit)
-    assert editor is not None and editor.isVisible()
+    qtbot.waitUntil(lambda: editor is not None and editor.isVisible(), timeout=5000)
     editor.selectAll()
     qtbot.keyClicks(editor, "Bo at the beach")
-    qtbot.keyClick(editor, Qt.Key.Key_Return)
-    titles = [c.title for c in again.library.conversations.list()]
-    assert "Bo at the beach" in titles and "What is <bo> doing?" not in titles
+    qtbot.keyClick(editor, Qt.Key.Key_Return)  # the list commits the edit on its next event loop pass
+
+    def titles() -> list[str]:
+        return [c.title for c in again.library.conversations.list()]
+
+    qtbot.waitUntil(lambda: "Bo at the beach" in titles(), timeout=5000)
+    assert "What is <bo> doing?" not in titles()
+    assert again.conversations.currentItem().text() == "Bo at the beach"
 
     qtbot.keyClick(again.conversations, Qt.Key.Key_Delete)
     dialog = again.dialog
