@@ -144,7 +144,7 @@ def test_killed_run_resumes_to_the_same_step_count_and_the_concept_works(
     resumed = _familiar(*args, "--resume", data=data)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
-    assert "trained <bo>" in out
+    assert "trained <bo>" in out and "Recognises <bo> in" in out  # the run's verdict, in words
 
     final = Library.open(data)
     run = final.runs.list("bo")[0]
@@ -157,6 +157,9 @@ def test_killed_run_resumes_to_the_same_step_count_and_the_concept_works(
     assert main(["--data-dir", str(data), "generate", "<bo> at the beach", "-o", str(out_png), "--seed", "1"]) == 0
     with Image.open(out_png) as picture:
         assert picture.size == (SHOWN_SIZE, SHOWN_SIZE)
+    with Library.open(data) as kept:  # the picture is in the gallery too, tied to the version that drew it
+        (stored,) = kept.gallery.list("bo")
+        assert stored.version_ids == (kept.concepts.get("bo").active.id,) and stored.prompt == "<bo> at the beach"
     assert main(["--data-dir", str(data), "chat", "What is <bo> doing?", "--max-tokens", "6"]) == 0
     assert capsys.readouterr().out.strip()
     assert main(["--data-dir", str(data), "chat", "Is <mimi> here?", "--max-tokens", "4"]) == 2
