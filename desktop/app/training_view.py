@@ -155,6 +155,7 @@ class TrainingView(QWidget):
         self.estimate.setStyleSheet("color: #444;")
         layout.addWidget(self.estimate)
         self.estimated: TrainingEstimate | None = None
+        self.estimated_for = ""
         self.live: Run | None = None
         """The running run's record, once it is in the library; its line in the run list follows each step."""
 
@@ -299,6 +300,7 @@ class TrainingView(QWidget):
         if self.concept.currentText() != name or self.controller.running:
             return
         self.estimated = result
+        self.estimated_for = name
         self.estimate.setText(result.describe())
         self.estimate.setStyleSheet("color: #9b1c1c;" if not result.fits else "color: #444;")
         self._buttons()
@@ -380,6 +382,8 @@ class TrainingView(QWidget):
         self.runs.addItems([describe_run(run) for run in self.library.runs.list(name)])
         self._clear_results()
         self.live = None
+        if self.estimated_for != name:  # started from elsewhere (the wizard, a card) before an estimate for it
+            self.estimate.clear()
         self.sample.setText("A sample is drawn before the first step and at each checkpoint")
         self.phase.setText("Starting\u2026")
         self.eta.clear()

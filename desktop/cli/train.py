@@ -54,6 +54,10 @@ def run_train(args: argparse.Namespace) -> int:
         embedder_weights=str(args.embedder_weights) if args.embedder_weights else None,
     )
     with stop_on_ctrl_c() as cancelled, Library.open(args.data_dir) as library:
+        if not args.resume:
+            from desktop.services.estimate import estimate_training
+
+            print(f"familiar: {estimate_training(library, args.name, options).describe()}", file=sys.stderr)
         run = train_concept(
             library,
             args.name,

@@ -249,3 +249,16 @@ def test_rows_match_the_rows_trained_before_the_recipe_moved(tmp_path: Path) -> 
     saved = load_file(str(Path(__file__).parents[2] / "data" / "recipe_rows_seed3.safetensors"))
     torch.testing.assert_close(state.embed, saved["embed"], rtol=0, atol=1e-6)
     torch.testing.assert_close(state.head, saved["head"], rtol=0, atol=1e-6)
+
+
+def test_familiar_train_says_its_estimate_first_and_its_verdict_last(
+    library: Library, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(library.layout.root)
+    assert main(["--data-dir", data, "train", "bo", "--epochs", "1", "--device", "cpu", "--soft-positives", "0"]) == 0
+    captured = capsys.readouterr()
+    run = library.runs.list("bo")[0]
+    assert f"familiar: Estimate: {run.step} steps, time: shown once it starts" in captured.err
+    assert captured.out.splitlines()[1].startswith("Recognises <bo> in ")
+    assert main(["--data-dir", data, "train", "mimi", "--epochs", "1", "--device", "cpu"]) == 0
+    assert f"measured on run {run.id} of <bo>" in capsys.readouterr().err  # the same model and device
