@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from engine.inference.assistant import Assistant
 
 MODES = {"auto": "Auto: the model decides", "answer": "Answer in words", "draw": "Draw a picture"}
-LIST_WIDTH = 200
+LIST_WIDTH = 210
 PICTURE_GONE = "(this picture was deleted from the gallery)"
 IMAGE_SIDE = 320
 PHOTO_SIDE = 120
@@ -148,10 +148,14 @@ class ChatView(QWidget):
         self.dialog: QMessageBox | None = None
         self.setAcceptDrops(True)
         outer = QHBoxLayout(self)
-        side = QVBoxLayout()
+        side_panel = QWidget()
+        side_panel.setFixedWidth(LIST_WIDTH)
+        side = QVBoxLayout(side_panel)
+        side.setContentsMargins(0, 0, 0, 0)
         side.addWidget(QLabel("Conversations"))
         self.conversations = QListWidget()
-        self.conversations.setFixedWidth(LIST_WIDTH)
+        self.conversations.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.conversations.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.conversations.setToolTip("Click to reopen; F2 or double-click renames; Delete removes")
         self.conversations.itemClicked.connect(lambda item: self.open_conversation(item.data(Qt.ItemDataRole.UserRole)))
         self.conversations.itemChanged.connect(self._renamed)
@@ -167,7 +171,7 @@ class ChatView(QWidget):
         for button in (self.new_button, self.rename_button, self.delete_button):
             row.addWidget(button)
         side.addLayout(row)
-        outer.addLayout(side)
+        outer.addWidget(side_panel)
         self.conversations.installEventFilter(self)  # Delete asks to delete; F2 and double-click edit (the list's own)
         layout = QVBoxLayout()
         outer.addLayout(layout, 1)

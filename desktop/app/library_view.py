@@ -132,7 +132,7 @@ class ConceptCard(QFrame):
             judged = verdict(
                 concept.name, concept.active.metrics, kind=concept.active.kind, photo_count=concept.photo_count
             )
-            self.verdict.setText(" ".join(judged.lines()))
+            self.verdict.setText("\n".join(judged.lines()))
             self.numbers.setText(judged.numbers)
             layout.addWidget(self.verdict)
             if judged.numbers:

@@ -297,7 +297,7 @@ class TrainingView(QWidget):
         self.engine.submit(job, done=lambda result: self._estimated(name, result), failed=self._estimate_failed)
 
     def _estimated(self, name: str, result: TrainingEstimate) -> None:
-        if self.concept.currentText() != name or self.controller.running:
+        if self.concept.currentText() != name:
             return
         self.estimated = result
         self.estimated_for = name

@@ -98,7 +98,8 @@ def verdict(
         if negative == 1:
             sentences.append(f"never mistakes {_any_of(others)} for it")
         else:
-            sentences.append(f"mistakes {_share(1 - negative, others)} other photos for it")
+            noun = "other photo" if others == 1 else "other photos"
+            sentences.append(f"mistakes {_share(1 - negative, others)} {noun} for it")
         if negative < GOOD_REJECTION:
             advice.append(
                 "Add photos of it in different places, so that it learns the concept rather than the background;"
