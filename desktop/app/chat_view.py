@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from engine.inference.assistant import Assistant
 
 MODES = {"auto": "Auto: the model decides", "answer": "Answer in words", "draw": "Draw a picture"}
-LIST_WIDTH = 210
+LIST_WIDTH = 160
 PICTURE_GONE = "(this picture was deleted from the gallery)"
 IMAGE_SIDE = 320
 PHOTO_SIDE = 120
@@ -161,12 +161,15 @@ class ChatView(QWidget):
         self.conversations.itemChanged.connect(self._renamed)
         side.addWidget(self.conversations, 1)
         row = QHBoxLayout()
-        self.new_button = QPushButton("New")
+        self.new_button = QToolButton()
+        self.new_button.setText("New")
         self.new_button.setToolTip("Start a new conversation")
         self.new_button.clicked.connect(self.new_conversation)
-        self.rename_button = QPushButton("Rename")
+        self.rename_button = QToolButton()
+        self.rename_button.setText("Rename")
         self.rename_button.clicked.connect(self.start_rename)
-        self.delete_button = QPushButton("Delete")
+        self.delete_button = QToolButton()
+        self.delete_button.setText("Delete")
         self.delete_button.clicked.connect(self.ask_delete)
         for button in (self.new_button, self.rename_button, self.delete_button):
             row.addWidget(button)

@@ -92,7 +92,7 @@ def verdict(
             )
     else:
         sentences.append(f"Recognition of {shown} in its own photos was not measured: no photo was held out")
-        advice.append("Add a third photo (or mark one as a test photo) so that one can be held out to check it.")
+        advice.append("Add a third photo, so that one can be held out to check it.")
     others = metrics.get("held_out_negatives")
     if negative is not None:
         if negative == 1:
@@ -101,13 +101,10 @@ def verdict(
             noun = "other photo" if others == 1 else "other photos"
             sentences.append(f"mistakes {_share(1 - negative, others)} {noun} for it")
         if negative < GOOD_REJECTION:
-            advice.append(
-                "Add photos of it in different places, so that it learns the concept rather than the background;"
-                " more concepts or a look-alike index give it more to compare with."
-            )
+            advice.append("Add photos of it in other places, and more concepts (or an index) to compare it with.")
     else:
         sentences.append("look-alikes were not checked: there were no other photos to compare with")
-        advice.append("Add another concept, or set a look-alike index, so that it can be checked against others.")
+        advice.append("Add another concept (or an index of look-alikes) to check it against.")
     summary = "; ".join(sentences) + "."
     if similarity is not None:
         summary += f" Its pictures resemble the photos with similarity {similarity:.2f} (1 is identical)."
