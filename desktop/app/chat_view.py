@@ -219,6 +219,8 @@ class ChatView(QWidget):
         self.mode = QComboBox()
         for key, label in MODES.items():
             self.mode.addItem(label, key)
+        self.mode.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.mode.setMinimumContentsLength(12)
         inputs.addWidget(self.mode)
         self.send_button = QPushButton("Send")
         self.send_button.clicked.connect(self.send)

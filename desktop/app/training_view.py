@@ -42,8 +42,8 @@ if TYPE_CHECKING:
     from desktop.services.estimate import TrainingEstimate
     from engine.inference.assistant import Assistant
 
-SAMPLE_SIDE = 192
-CHECK_SIDE = 72
+SAMPLE_SIDE = 160
+CHECK_SIDE = 56
 
 
 def sample_pixmap(path: Path, side: int) -> QPixmap:
@@ -180,9 +180,9 @@ class TrainingView(QWidget):
         strip_scroll = QScrollArea()
         strip_scroll.setWidgetResizable(True)
         strip_scroll.setWidget(self.strip)
-        strip_scroll.setFixedHeight(CHECK_SIDE + 40)
+        strip_scroll.setFixedHeight(CHECK_SIDE + 34)
         strip_scroll.setFrameShape(QFrame.Shape.NoFrame)
-        layout.addWidget(QLabel("Sample and recognition check before training and at each checkpoint"))
+        strip_scroll.setToolTip("A sample picture and the recognition check before training and at each checkpoint")
         layout.addWidget(strip_scroll)
 
         results = QHBoxLayout()
