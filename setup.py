@@ -1,6 +1,6 @@
 """Which packages the wheel holds; everything else about the project is in pyproject.toml.
 
-The code packages are found; the top-level `resources/` folder (the demo model, the demo Aligner and DINOv2, the
+The code packages are found; the top-level `resources/` folder (the demo model, the demo Aligner, the
 micro-world reader, icons) is installed as the data-only package `familiar_resources`, where
 `engine.model.loading.resources_dir` looks for it. pyproject.toml alone cannot add a folder under another name
 to found packages.

@@ -1,5 +1,5 @@
 """Aligner benchmark: seconds to make an instant concept from one photo (read and preprocess the photo, run
-DINOv2, run the Aligner), first call and median, at demo sizes and at full size.
+the image encoder, run the Aligner), first call and median, at demo sizes and at full size.
 
     python scripts/bench_aligner.py                    # CPU: demo sizes, then DINOv2-base and -large shapes
     python scripts/bench_aligner.py --device cuda      # the same on a GPU (DINOv2 in bfloat16)
@@ -7,7 +7,8 @@ DINOv2, run the Aligner), first call and median, at demo sizes and at full size.
 On CPU every measurement is repeated for each torch thread count in `--threads` (default 1 and 2): on a
 shared machine, more threads than free cores makes small models much slower, not faster.
 
-Demo: the shipped tiny DINOv2 and demo Aligner, bound to the demo model. Full size: DINOv2-base (and -large)
+Demo: the shipped demo Aligner, which reads photos with the micro-world attribute reader, bound to the demo
+model. Full size: DINOv2-base (and -large)
 configs with random weights and a paper-sized Aligner (16 queries, 4 blocks, hidden 1024) whose output is
 Anole-7b's hidden size 4096, randomly initialized; timing does not depend on the weights. The photo is a
 DreamBooth photo from shared/data/dreambooth when present, else a generated 512x512 picture. Results are
@@ -66,7 +67,7 @@ def timed(call: Callable[[], object], device: torch.device, runs: int) -> tuple[
 
 
 def measure(aligner: LoadedAligner, photo: Path, device: torch.device, runs: int) -> dict[str, float]:
-    """The whole instant concept from a file, and its parts: decoding the photo, DINOv2 with its
+    """The whole instant concept from a file, and its parts: decoding the photo, the encoder with its
     preprocessing, the Aligner."""
     image = open_image(photo)
     size = aligner.aligner.config.image_size
@@ -75,7 +76,7 @@ def measure(aligner: LoadedAligner, photo: Path, device: torch.device, runs: int
     with torch.no_grad():
         parts = {
             "read_photo_s": timed(lambda: open_image(photo), device, runs)[1],
-            "dino_s": timed(lambda: aligner.encoder.features([image], size), device, runs)[1],
+            "encoder_s": timed(lambda: aligner.encoder.features([image], size), device, runs)[1],
             "aligner_s": timed(lambda: aligner.aligner(cls.to(device), patches.to(device)), device, runs)[1],
         }
     return {
@@ -135,9 +136,9 @@ def main() -> None:
             "torch": torch.__version__,
             "photo": "DreamBooth dog/00.jpg (512x512 JPEG)" if photo == PHOTO else "generated 512x512 JPEG",
             "demo": {
-                "what": "shipped tiny DINOv2 (hidden 64, 2 layers, 112 px) + demo Aligner (hidden 64, 2 blocks)",
+                "what": "micro-world attribute reader (32 px) + demo Aligner (hidden 128, 2 blocks)",
                 "load_s": round(time.perf_counter() - started, 4),
-                "dino_parameters": parameters(demo.encoder.model),
+                "encoder_parameters": parameters(demo.encoder.reader),
                 "aligner_parameters": parameters(demo.aligner),
                 **by_threads(demo, photo, device, args),
             },
@@ -147,7 +148,7 @@ def main() -> None:
             results[name] = {
                 "what": f"{name} shape, random weights, 224 px + Aligner (16 queries, 4 blocks, hidden 1024) "
                 f"-> 33 rows of {TEXT_HIDDEN}",
-                "dino_parameters": parameters(aligner.encoder.model),
+                "encoder_parameters": parameters(aligner.encoder.model),
                 "aligner_parameters": parameters(aligner.aligner),
                 **by_threads(aligner, photo, device, args),
             }

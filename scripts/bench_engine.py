@@ -2,11 +2,11 @@
 
     python scripts/bench_engine.py                       # the demo model on CPU
     python scripts/bench_engine.py --full-size --device cuda --bandwidth-gbs 3350
-                                                         # Chameleon-7B shape, random weights, 4-bit NF4
+                                                         # Anole-7b shape, random weights, 4-bit NF4
 
-The full-size run needs no download: it builds the architecture with random weights and quantizes the
-decoder layers the same way loading a checkpoint does. Results are printed and saved as JSON
-(default docs/results/engine.json).
+The full-size run needs no download: it writes a checkpoint of Anole-7b's shape with random weights, one tensor at
+a time (engine/model/synthetic.py), and loads it with `load_model`, 4-bit NF4 on CUDA as a user's checkpoint is.
+Results are printed, and saved as JSON with --out. `scripts/gpu_check.sh` runs this and more in one go.
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ import json
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-from transformers import ChameleonConfig
 
 from engine.inference.assistant import Assistant
 from engine.inference.generation import Sampling, sample_image_tokens, stream_text_tokens
-from engine.model.loading import load_model, random_model
-
-FULL_SIZE_VOCAB = 65536
+from engine.model.loading import LoadedModel, load_model
+from engine.model.synthetic import chameleon_7b_config, write_random_model
 
 
 def _sync(device: torch.device) -> None:
@@ -40,12 +39,12 @@ def _peak_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def full_size_config() -> ChameleonConfig:
-    """Chameleon-7B's shape, with a vocabulary map laid out like the real one (image tokens at 4..8195)."""
-    vocabulary = {f"IMGIMG{''.join(chr(65 + int(d)) for d in str(i))}Z": 4 + i for i in range(8192)}
-    vocabulary |= {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<eoss>": 8196, "<racm3:break>": 8197}
-    vocabulary |= {"<image>": 8711, "<reserved08706>": 8710}
-    return ChameleonConfig(vocab_size=FULL_SIZE_VOCAB, vocabulary_map=vocabulary, vq_config={})
+def full_size_model(device: torch.device, work: Path | None) -> LoadedModel:
+    """Anole-7b's shape with random weights, written to `work` (default: a temporary folder) and loaded from it."""
+    folder = Path(work or tempfile.mkdtemp(prefix="familiar-7b-")) / "model"
+    if not (folder / "config.json").is_file():
+        write_random_model(chameleon_7b_config(), folder, device=device, report=print)
+    return load_model(str(folder), device=str(device))
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
@@ -91,7 +90,8 @@ def bench_image(assistant: Assistant, repeats: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--full-size", action="store_true", help="Chameleon-7B shape, random weights, 4-bit")
+    parser.add_argument("--full-size", action="store_true", help="Anole-7b shape, random weights, 4-bit on CUDA")
+    parser.add_argument("--work", type=Path, help="folder for the full-size checkpoint (kept; default: a temp)")
     parser.add_argument("--bandwidth-gbs", type=float, default=None, help="device memory bandwidth, GB/s")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--text-tokens", type=int, default=64)
@@ -101,13 +101,16 @@ def main() -> None:
 
     start = time.perf_counter()
     if args.full_size:
-        loaded = random_model(full_size_config(), device, quantize=True)
-        what = "Chameleon-7B shape, random weights, 4-bit NF4 decoder layers"
+        loaded = full_size_model(device, args.work)
+        what = "Anole-7b shape, random weights, loaded by load_model (4-bit NF4 decoder layers on CUDA)"
     else:
         loaded = load_model("demo", device=args.device)
         what = "demo model (micro-world, hidden 256, 4 layers), float32"
     _sync(device)
     load_seconds = time.perf_counter() - start
+    load_peak = _peak_bytes(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # the peak below is chat's and drawing's alone
     assistant = Assistant(loaded)
 
     text_rate = bench_text(assistant, args.text_tokens)
@@ -122,6 +125,7 @@ def main() -> None:
         "image_tokens": loaded.image_tokenizer.tokens_per_image,
         "image_sample_seconds": round(sample_seconds, 3),
         "image_decode_seconds": round(decode_seconds, 3),
+        "load_peak_memory_gib": round(load_peak / 2**30, 3),
         "peak_memory_gib": round(_peak_bytes(device) / 2**30, 3),
     }
     if args.bandwidth_gbs:

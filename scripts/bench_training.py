@@ -2,7 +2,7 @@
 and the projected time of the default recipe for one concept.
 
     python scripts/bench_training.py                          # demo model, CPU
-    python scripts/bench_training.py --full-size --device cuda  # Chameleon-7B shape, random weights, 4-bit
+    python scripts/bench_training.py --full-size --device cuda  # Anole-7b shape, random weights, 4-bit
 
 Every sample here is a full-length image sample (about 1,060 tokens), the most expensive kind, and the
 projection assumes every step costs that much, so it is an upper bound (recognition samples are as long,
@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from engine.inference.assistant import Assistant
-from engine.model.loading import load_model, random_model
+from engine.model.loading import load_model
 from engine.training.data import ConceptData, build_samples
 from engine.training.recipe import DEFAULT, Recipe
 from engine.training.trainer import Trainer
@@ -41,17 +41,18 @@ def default_recipe_samples(recipe: Recipe) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--full-size", action="store_true")
+    parser.add_argument("--full-size", action="store_true", help="Anole-7b shape, random weights, 4-bit on CUDA")
+    parser.add_argument("--work", type=Path, help="folder for the full-size checkpoint (kept; default: a temp)")
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--out", type=Path, help="also save the JSON here (the docs use docs/results/training.json)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.full_size:
-        from bench_engine import full_size_config
+        from bench_engine import full_size_model
 
-        loaded = random_model(full_size_config(), device, quantize=True)
-        what = "Chameleon-7B shape, random weights, 4-bit NF4 decoder layers, bf16 autocast, checkpointing"
+        loaded = full_size_model(device, args.work)
+        what = "Anole-7b shape, random weights, 4-bit NF4 decoder layers, bf16 autocast, checkpointing"
     else:
         loaded = load_model("demo", device=args.device)
         what = "demo model (micro-world, hidden 256, 4 layers), float32"

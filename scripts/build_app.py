@@ -10,7 +10,10 @@
    FAMILIAR_CONFIG unset, a fresh HOME): `familiar --version`; `familiar-gui --smoke-test` offscreen (the
    first run: the screenshot must not be blank and the library must appear in the platform's data folder
    under that HOME); the README's first command, `familiar generate ... --seed 0`; and an instant concept
-   (`familiar concept add --instant`) followed by `familiar chat` about it.
+   (`familiar concept add --instant`) followed by `familiar chat` about it. On Linux also: `ldd` on the bundled
+   Qt X11 plugin, with LD_LIBRARY_PATH set to `_internal/` as the bootloader sets it, must resolve the
+   libraries the bundle carries (`bundle_manifest.xcb_libraries_carried`) inside the bundle; and, where Xvfb is
+   installed, `familiar-gui` must map its window on a private Xvfb display.
 4. Prints the figures and writes them as JSON. Exits 1 when any check fails.
 """
 
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +39,7 @@ from PIL import Image, ImageStat
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import bundle_manifest as manifest  # noqa: E402
+import xvfb_display  # noqa: E402
 
 DIST = ROOT / "dist" / manifest.APP_NAME
 README_PROMPT = "A photo of a large red striped circle with a blue hat on grass, on the left."
@@ -169,7 +174,57 @@ def try_bundle(bundle: Path, work: Path, shot: Path | None) -> dict[str, Any]:
     runs["instant_concept"] = run([cli, "concept", "add", "bo", *photos, "--kind", "pet", "--instant"], env, work)
     runs["chat"] = run([cli, "chat", "What is <bo> doing?", "--seed", "0"], env, work)
     checks["instant_concept_and_chat"] = runs["instant_concept"]["rc"] == 0 and runs["chat"]["rc"] == 0
+
+    if sys.platform.startswith("linux"):
+        runs["xcb_libraries"] = xcb_resolution(bundle)
+        checks["xcb_libraries_inside"] = not runs["xcb_libraries"]["outside"]
+        if xvfb_display.missing_tools():
+            runs["real_window"] = f"not tried: {', '.join(xvfb_display.missing_tools())} not installed"
+        else:
+            runs["real_window"] = real_window(bundle, env, work)
+            checks["real_window"] = runs["real_window"]["mapped"] and runs["real_window"]["exited"] is None
     return {"checks": checks, "runs": runs}
+
+
+def xcb_resolution(bundle: Path) -> dict[str, Any]:
+    """Where `ldd` resolves each library the bundle should carry for the Qt X11 plugin; "outside" lists those
+    it finds elsewhere or not at all."""
+    internal = bundle / "_internal"
+    plugin = internal / "PySide6" / "Qt" / "plugins" / "platforms" / "libqxcb.so"
+    listing = subprocess.run(
+        ["ldd", str(plugin)], capture_output=True, text=True, env={"LD_LIBRARY_PATH": str(internal)}, timeout=60
+    ).stdout
+    resolved = dict(re.findall(r"^\s*(\S+) => (.+?)(?: \(0x[0-9a-f]+\))?$", listing, flags=re.MULTILINE))
+    inside = {name: resolved.get(name, "not found") for name in manifest.xcb_libraries_carried()}
+    outside = [name for name, path in inside.items() if not Path(path).resolve().is_relative_to(internal.resolve())]
+    return {
+        "resolved": {name: os.path.relpath(path, bundle) for name, path in inside.items() if name not in outside},
+        "outside": {name: inside[name] for name in outside},
+    }
+
+
+def real_window(bundle: Path, env: Mapping[str, str], work: Path, timeout_s: float = 120) -> dict[str, Any]:
+    """Run `familiar-gui` on a private Xvfb display until its window is mapped (xwininfo), then stop it."""
+    with xvfb_display.xvfb() as display:
+        start = time.perf_counter()
+        app = subprocess.Popen(
+            [str(exe(bundle, manifest.GUI_NAME))],
+            env=xvfb_display.x_env(display, env),
+            cwd=work,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        viewable: list[str] = []
+        while not viewable and app.poll() is None and time.perf_counter() - start < timeout_s:
+            time.sleep(0.5)
+            viewable = xvfb_display.viewable_windows(display, manifest.APP_NAME)
+        seconds = time.perf_counter() - start
+        status = app.poll()
+        app.terminate()
+        output = app.communicate(timeout=30)[0].strip()
+    print(f"$ familiar-gui (on Xvfb {display})  [{'window mapped' if viewable else 'no window'} after {seconds:.1f} s]")
+    return {"mapped": bool(viewable), "exited": status, "seconds": round(seconds, 2), "tail": output[-800:]}
 
 
 def pyinstaller_version() -> str | None:

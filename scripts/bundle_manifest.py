@@ -9,7 +9,10 @@ import importlib.machinery
 import importlib.util
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
+
+from desktop.app.qt_platform import XCB_PLUGIN_LIBRARIES, install_advice
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_NAME = "familiar"
@@ -43,6 +46,31 @@ EXCLUDES = (
 )
 
 
+# Libraries Qt's X11 plugin needs that PyInstaller leaves to the system on purpose (its depend/dylib.py excludes
+# the graphics stack, libGL/libEGL, and libxcb itself, which come with any X server's client side and must match
+# the system's drivers). Every other one in XCB_PLUGIN_LIBRARIES goes into the bundle.
+XCB_FROM_THE_SYSTEM = ("libxcb.so.1", "libGL.so.1", "libEGL.so.1")
+
+
+def xcb_libraries_carried() -> list[str]:
+    """The sonames of Qt's X11 plugin's system libraries that the Linux bundle carries."""
+    return [name for name in XCB_PLUGIN_LIBRARIES if name not in XCB_FROM_THE_SYSTEM]
+
+
+def xcb_build_problem(collected: Iterable[str]) -> str | None:
+    """Why a Linux build must stop: the libraries the bundle should carry that PyInstaller did not collect (it
+    skips, with a warning, those not installed on the build machine), with what to install; None when all are in
+    `collected` (the destination names of the Analysis binaries)."""
+    names = {Path(dest).name for dest in collected}
+    missing = [name for name in xcb_libraries_carried() if name not in names]
+    if not missing:
+        return None
+    return (
+        f"Qt's X11 plugin needs {', '.join(missing)}, not installed on this build machine, so the bundle would not "
+        f"open a window on systems without them: install them ({install_advice(missing)}) and build again"
+    )
+
+
 def bitsandbytes_library_unused(dest: str, torch_cuda: str | None) -> bool:
     """True for bitsandbytes' native libraries this torch never loads: it loads `libbitsandbytes_cpu` and,
     on CUDA, the one built for torch's own CUDA version (`cuda130` for 13.0); the others (other CUDA
@@ -55,7 +83,7 @@ def bitsandbytes_library_unused(dest: str, torch_cuda: str | None) -> bool:
 
 
 def resource_datas(root: Path = ROOT) -> list[tuple[str, str]]:
-    """The whole `resources/` folder (demo model, demo Aligner and DINOv2, icons), whatever its files."""
+    """The whole `resources/` folder (demo model, demo Aligner, micro-world reader, icons), whatever its files."""
     return [(str(root / "resources"), "resources")]
 
 

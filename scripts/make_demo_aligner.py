@@ -1,124 +1,175 @@
-"""Build the demo model's instant-concept pieces: a tiny DINOv2 with random weights in resources/demo-dino/
-and a tiny Aligner in resources/demo-aligner.safetensors, bound to the demo model's fingerprint, so that
-`familiar concept add NAME PHOTO --instant` runs end to end on a fresh machine. Rerun to rebuild:
+"""Build the demo model's Aligner (resources/demo-aligner.safetensors): it reads photos with the micro-world
+attribute reader (resources/microworld-reader.safetensors, this world's stand-in for DINOv2) and is trained on
+rendered micro-world identities, bound to the demo model's fingerprint. Then measure instant concepts on
+held-out identities against the untrained rows. Rerun whenever the demo model or the reader changes:
 
-    python scripts/make_demo_aligner.py [--data ../shared/data/dreambooth] [--epochs 4] [--untrained]
+    python scripts/make_demo_aligner.py [--identities 400] [--epochs 2] [--out results.json]
 
-Training data: the DreamBooth subjects (Ruiz et al., CVPR 2023; github.com/google/dreambooth, CC BY 4.0),
-24 subject folders of 4-6 photos that live beside the repository in shared/data/dreambooth: exactly the
-identity-folder layout. The last four subjects (by name) are held out to measure recognition.
-
-The Aligner is bound to the demo model's fingerprint: rerun this script whenever resources/demo-model changes.
-
-Honesty note: this DINOv2 is untrained (random weights) and the demo language model knows only the
-micro-world's 32x32 creature scenes, never a photo, so the Aligner can only learn the answer format
-(self-prompt tokens, "Yes, ..." / "No, ...") and whatever separates the random features; the held-out
-recognition it reaches is printed and recorded in the file's metadata, and is not a claim about real models.
-With `--untrained` (or without the data) the Aligner is only initialized, from seed 0: it then predicts the
-neutral rows (the demo model's mean embedding and head rows) for every photo. Training runs on CPU and
-repeats for a seed, though floating-point results can differ across CPUs and thread counts.
+The identity folders and the run's checkpoint live in --work (default ~/.cache/familiar/demo-aligner); an
+interrupted run (Ctrl-C, a crash) continues from its last epoch when rerun with the same options, and a
+finished run with the same options there is reused (the checkpoint's name holds a digest of the options).
+`--measure-only` measures the Aligner at --output without training. The results are printed, kept in the
+Aligner's `provenance` metadata, and written as JSON only to --out. Torch uses --threads threads (default 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
+from statistics import mean
 
 import torch
-from transformers import Dinov2Config, Dinov2Model
-from transformers.utils import logging as hf_logging
 
+from desktop.cli.interrupt import stop_on_ctrl_c
 from engine.aligner.model import (
-    DEMO_DINO,
     AlignerConfig,
-    aligner_metadata,
+    LoadedAligner,
     demo_aligner_path,
-    demo_dino_dir,
-    load_dinov2,
-    new_aligner,
+    instant_state,
+    load_aligner,
+    load_reader_encoder,
+    read_aligner_file,
     save_aligner,
 )
-from engine.aligner.training import AlignerTrainConfig, AlignerTrainer, prepare_data, read_dataset
+from engine.aligner.training import AlignerTrainConfig, resume_path, train_aligner
 from engine.inference.assistant import Assistant
-from engine.model.loading import load_model
+from engine.microworld.identities import (
+    HeldOutConcept,
+    held_out_concepts,
+    recognition,
+    split_identities,
+    write_identity_folders,
+)
+from engine.microworld.world import render
+from engine.model.loading import LoadedModel, load_model
+from engine.training.data import class_word
+from engine.training.loop import TrainingCancelled
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dreambooth"
-HELD_OUT = 4
-DINO_CONFIG = {
-    "hidden_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "mlp_ratio": 4,
-    "image_size": 112,
-    "patch_size": 14,
-}
-ALIGNER_SIZES = {"hidden": 64, "n_queries": 16, "n_blocks": 2, "n_heads": 4, "mlp_ratio": 4, "image_size": 112}
-SOURCE = "DreamBooth subjects (github.com/google/dreambooth, CC BY 4.0) from shared/data/dreambooth"
+ALIGNER_SIZES = {"hidden": 128, "n_queries": 16, "n_blocks": 2, "n_heads": 4, "mlp_ratio": 4, "image_size": 32}
+CLASS_KIND = "pet"
+"""The benchmark's concept kind: untrained rows start from its class word ("animal")."""
 
 
-def build_dino(out: Path, seed: int) -> None:
-    """A DINOv2 of the real architecture, tiny and with random weights (seeded)."""
-    torch.manual_seed(seed)
-    model = Dinov2Model(Dinov2Config(**DINO_CONFIG)).eval()
-    shutil.rmtree(out, ignore_errors=True)
-    hf_logging.disable_progress_bar()
-    model.save_pretrained(out)
+def untrained_rows(assistant: Assistant, name: str, _concept: HeldOutConcept) -> None:
+    word = class_word(CLASS_KIND, "")
+    assistant.attach(assistant.slots.initial_state(name, assistant.loaded.tokenizer, word))
+
+
+def measure(loaded: LoadedModel, aligner: LoadedAligner, concepts: list[HeldOutConcept]) -> dict[str, object]:
+    """Recognition on held-out identities: the class word's untrained rows and the instant rows from the
+    reference photo, per concept and on average, with the paired difference (instant - untrained)."""
+    rows: dict[str, list[dict[str, float]]] = {"untrained": [], "instant": []}
+    for concept in concepts:
+        untrained = Assistant(loaded)
+        untrained_rows(untrained, "c0", concept)
+        rows["untrained"].append(recognition(untrained, "c0", concept))
+        instant = Assistant(loaded)
+        instant.attach(instant_state(aligner, render(concept.reference), "c0", loaded.fingerprint))
+        rows["instant"].append(recognition(instant, "c0", concept))
+    keys = ("positive", "hard_negative", "random_negative", "weighted")
+    summary: dict[str, object] = {
+        condition: {key: round(mean(r[key] for r in per), 4) for key in keys} for condition, per in rows.items()
+    }
+    differences = [i["weighted"] - u["weighted"] for i, u in zip(rows["instant"], rows["untrained"], strict=True)]
+    spread = torch.tensor(differences).std().item() / len(differences) ** 0.5 if len(differences) > 1 else 0.0
+    summary["instant_minus_untrained_weighted"] = {"mean": round(mean(differences), 4), "stderr": round(spread, 4)}
+    summary["concepts"] = len(concepts)
+    return summary
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="identity folders (default: DreamBooth)")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--identities", type=int, default=400, help="identities to train on (of 1,664 - held out)")
+    parser.add_argument("--held-out", type=int, default=32, help="held-out identities to measure on")
+    parser.add_argument("--renders", type=int, default=3, help="rendered photos per training identity")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--samples-per-identity", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--positive-share", type=float, default=0.5)
+    parser.add_argument("--hard-negative-share", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--untrained", action="store_true", help="only initialize the Aligner, do not train it")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "familiar" / "demo-aligner")
+    parser.add_argument("--output", type=Path, default=demo_aligner_path(), help="where the Aligner goes")
+    parser.add_argument("--measure-only", action="store_true", help="measure the Aligner at --output, no training")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
 
-    build_dino(demo_dino_dir(), args.seed)
     loaded = load_model("demo", device="cpu")
-    encoder = load_dinov2(DEMO_DINO)
-    config = AlignerConfig(vision_hidden=encoder.hidden_size, text_hidden=loaded.config.hidden_size, **ALIGNER_SIZES)
-    aligner = new_aligner(config, loaded, seed=args.seed)
-    record: dict[str, object] = {"built_by": "scripts/make_demo_aligner.py", "seed": args.seed}
+    train_ids, held_ids = split_identities(args.seed, args.held_out)
+    concepts = held_out_concepts(held_ids, args.seed)
+    if args.measure_only:
+        results = measure(loaded, load_aligner(args.output, loaded.fingerprint), concepts)
+        print(json.dumps(results, indent=2))
+        if args.out is not None:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
 
-    if args.untrained or not args.data.is_dir():
-        if not args.untrained:
-            print(f"no training data at {args.data}: the Aligner is only initialized", file=sys.stderr)
-        record["training"] = "none: deterministic initialization only (predicts the demo model's mean rows)"
-    else:
-        identities = read_dataset(args.data)
-        train_ids, held_ids = identities[:-HELD_OUT], identities[-HELD_OUT:]
-        started = time.monotonic()
-        train = prepare_data(train_ids, loaded, encoder, config.image_size, print)
-        held = prepare_data(held_ids, loaded, encoder, config.image_size, print)
-        train_config = AlignerTrainConfig(epochs=args.epochs, learning_rate=1e-3, seed=args.seed)
-        trainer = AlignerTrainer(Assistant(loaded), aligner, train, train_config)
-        before = trainer.recognition(held)
-        print(f"held-out recognition before training: {before}")
-        losses = trainer.run(progress=lambda p: print(f"step {p.step}/{p.total} loss {p.loss:.3f}", end="\r"))
-        after = trainer.recognition(held)
-        print(f"\nheld-out recognition after training: {after}")
-        per_epoch = trainer.steps_per_epoch
-        record |= {
-            "training_data": f"{SOURCE}: {len(train_ids)} identities for training, {HELD_OUT} held out "
-            f"({', '.join(i.name for i in held_ids)})",
-            "train_config": json.loads(train_config.to_json()),
-            "steps": len(losses),
-            "loss_first_epoch": sum(losses[:per_epoch]) / per_epoch,
-            "loss_last_epoch": sum(losses[-per_epoch:]) / per_epoch,
-            "held_out_recognition_before": before,
-            "held_out_recognition_after": after,
-            "seconds": round(time.monotonic() - started, 1),
-        }
-    metadata = aligner_metadata(
-        config, loaded.fingerprint, encoder.fingerprint, DEMO_DINO, {"provenance": json.dumps(record, sort_keys=True)}
+    train_ids = train_ids[: args.identities]
+    options = AlignerTrainConfig(
+        epochs=args.epochs,
+        samples_per_identity=args.samples_per_identity,
+        learning_rate=args.learning_rate,
+        positive_share=args.positive_share,
+        hard_negative_share=args.hard_negative_share,
+        seed=args.seed,
     )
-    save_aligner(demo_aligner_path(), aligner.state_dict(), metadata)
-    print(json.dumps(record, indent=2))
-    print(f"wrote {demo_dino_dir()} and {demo_aligner_path()} ({demo_aligner_path().stat().st_size} bytes)")
+    data_name = f"seed{args.seed}-ids{len(train_ids)}-r{args.renders}"
+    run_name = hashlib.sha256((config_json := options.to_json()).encode()).hexdigest()[:12]
+    dataset = args.work / data_name / "identities"
+    checkpoint = args.work / data_name / f"aligner-{run_name}.safetensors"
+    write_identity_folders(dataset, train_ids, args.renders, args.seed)
+    encoder = load_reader_encoder()
+    config = AlignerConfig(vision_hidden=encoder.hidden_size, text_hidden=loaded.config.hidden_size, **ALIGNER_SIZES)
+    print(f"run {checkpoint.name}: {config_json}")
+    started = time.monotonic()
+    if resume_path(checkpoint).exists() or not checkpoint.exists():
+        resume = resume_path(checkpoint).exists()
+        with stop_on_ctrl_c() as cancelled:
+            try:
+                train_aligner(
+                    loaded,
+                    encoder,
+                    dataset,
+                    checkpoint,
+                    config,
+                    options,
+                    resume=resume,
+                    progress=lambda p: print(f"step {p.step}/{p.total} loss {p.loss:.3f}", end="\r", flush=True),
+                    cancelled=cancelled,
+                    status=print,
+                )
+            except TrainingCancelled as stop:
+                print(f"\ncancelled at step {stop.checkpoint.step}; rerun the same command to continue")
+                return 130
+        print()
+    else:
+        print(f"reusing the finished run in {checkpoint}")
+    seconds = round(time.monotonic() - started, 1)
+
+    tensors, metadata = read_aligner_file(checkpoint)
+    aligner = load_aligner(checkpoint, loaded.fingerprint)
+    results = measure(loaded, aligner, concepts)
+    print(json.dumps(results, indent=2))
+    record = {
+        "built_by": "scripts/make_demo_aligner.py",
+        "training_data": f"{len(train_ids)} micro-world identities, {args.renders} renders each (seed {args.seed}); "
+        f"{len(held_ids)} held-out identities with an accessory never trained on",
+        "train_config": json.loads(options.to_json()),
+        "train_seconds_this_session": seconds,
+        "held_out_recognition": results,
+    }
+    metadata["provenance"] = json.dumps(record, sort_keys=True)
+    save_aligner(args.output, tensors, metadata)
+    print(f"wrote {args.output} ({args.output.stat().st_size} bytes)")
+    if args.out is not None:
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
     return 0
 
 

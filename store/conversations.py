@@ -54,7 +54,11 @@ class Conversations:
 
     def list(self) -> list[Conversation]:
         """Conversations, the most recently used first."""
-        return self._select("ORDER BY c.updated_at DESC, c.id DESC", [])
+        return self._select(
+            "ORDER BY c.updated_at DESC,"  # within one millisecond: the one with the newest message
+            " (SELECT COALESCE(MAX(m.id), 0) FROM messages m WHERE m.conversation_id = c.id) DESC, c.id DESC",
+            [],
+        )
 
     def rename(self, conversation_id: int, title: str) -> Conversation:
         title = _title(title)

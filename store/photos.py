@@ -51,6 +51,8 @@ _PLAIN_INFO = {
     "chromaticity",
     "aspect",
 }
+HEIC_INSTALL = "pip install 'familiar[heic]'"
+"""How to add HEIC support (the optional pillow-heif package)."""
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
 _PNG_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "I;16"}
 _PROFILE_MODES = {"RGB": ("RGB", "RGBA"), "GRAY": ("L",), "CMYK": ("CMYK",)}  # what an ICC profile can convert
@@ -237,7 +239,7 @@ def _decoding(label: str, data: bytes) -> Iterator[None]:
         raise PhotoError(f"{label}: refused, the image would be too large to decode safely ({exc})") from exc
     except UnidentifiedImageError as exc:
         if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS and not heif_available():
-            raise PhotoError(f"{label}: HEIC photos need the optional pillow-heif package") from exc
+            raise PhotoError(f"{label}: HEIC photos need the optional pillow-heif package: {HEIC_INSTALL}") from exc
         kinds = "JPEG, PNG, WebP" + (" or HEIC" if heif_available() else "")
         raise PhotoError(f"{label}: not a photo Familiar can read ({kinds})") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:

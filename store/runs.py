@@ -84,6 +84,15 @@ class Runs:
                 )
             return [self._record(row) for row in rows]
 
+    def interrupted(self, name: str) -> Run | None:
+        """The concept's latest run that is not queued or running, when it was interrupted, failed or cancelled
+        (training can resume it); None when it finished or there is none."""
+        for run in self.list(name):
+            if run.status in ("queued", "running"):
+                continue
+            return run if run.status in ("failed", "cancelled") else None
+        return None
+
     def start(self, run_id: int) -> Run:
         """queued -> running, owned by this process."""
         now = utc_now()

@@ -169,7 +169,7 @@ class SettingsView(QWidget):
         retrieval = QGroupBox("Finding look-alike pictures (soft positives)")
         form = QFormLayout(retrieval)
         self.index = QLineEdit(settings.index_folder)
-        self.index.setPlaceholderText("none: training uses your photos only")
+        self.index.setPlaceholderText("none: the demo model's bundled subset; other models use your photos only")
         form.addRow("Offline index folder", _folder_row(self.index, "Choose an index folder", self))
         self.weights = QLineEdit(settings.embedder_weights)
         self.weights.setPlaceholderText("the index's embedder weights file (not needed for a demo index)")

@@ -20,6 +20,7 @@ TRAIN_OPTIONS = {
         "learning_rate",
         "answer_weight",
         "positive_share",
+        "hard_negative_share",
         "samples_per_identity",
         "seed",
     )
@@ -44,20 +45,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="DATASET holds one folder per identity with a reference photo (reference.*, else the first "
         "by name), query photos, and optionally facts.txt. Unset options take the defaults in docs/aligner.md.",
     )
-    train.add_argument("dataset", type=Path, metavar="DATASET")
+    train.add_argument("dataset", type=Path, metavar="DATASET", help="folder of identity folders")
     train.add_argument("-o", "--output", type=Path, required=True, metavar="PATH", help="the Aligner file to write")
     train.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")
-    train.add_argument("--device", default="auto")
-    train.add_argument("--dino", help="local DINOv2 folder (default for the demo model: the shipped tiny one)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument(
+        "--encoder",
+        choices=("dinov2", "microworld-reader"),
+        help="image encoder (default: microworld-reader, the shipped attribute reader, for the demo model; "
+        "dinov2 otherwise)",
+    )
+    train.add_argument("--dino", help="local DINOv2 folder (required with the dinov2 encoder)")
     train.add_argument("--resume", action="store_true", help="continue the interrupted run writing PATH")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--micro-batch", type=int, help="samples per forward pass (accumulates gradients)")
-    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--epochs", type=int, help="passes over the identities (default 10)")
+    train.add_argument("--batch-size", type=int, help="samples per optimizer step (default 4)")
+    train.add_argument(
+        "--micro-batch", type=int, help="samples per forward pass (accumulates gradients; default 0: the whole batch)"
+    )
+    train.add_argument("--learning-rate", type=float, help="AdamW's learning rate (default 0.0001)")
     train.add_argument("--answer-weight", type=float, help="loss weight of the Yes/No token (default 10)")
     train.add_argument("--positive-share", type=float, help="share of questions answered yes (default 0.6)")
-    train.add_argument("--samples-per-identity", type=int, help="samples per identity and epoch")
-    train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--hard-negative-share", type=float, help="share of negatives from the most alike identities (default 0)"
+    )
+    train.add_argument("--samples-per-identity", type=int, help="samples per identity and epoch (default 8)")
+    train.add_argument("--seed", type=int, help="sample order seed (default 0)")
     train.add_argument("--queries", type=int, help="learnable queries (default 16; must divide 32)")
     train.add_argument("--blocks", type=int, help="resampler blocks (default 4)")
     train.add_argument("--hidden", type=int, help="resampler width (default 1024)")
@@ -81,22 +93,29 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cancelled: Callable[[], bool]) -> int:
-    from engine.aligner.model import DEMO_DINO, AlignerConfig, load_dinov2
+    from engine.aligner.model import DINOV2, READER, SHIPPED_READER, AlignerConfig, load_dinov2, load_reader_encoder
     from engine.aligner.training import AlignerTrainConfig, resume_path, train_aligner
-    from engine.errors import ModelNotFoundError
+    from engine.errors import EngineError, ModelNotFoundError
     from engine.model.loading import load_model
     from engine.training.loop import TrainingCancelled
 
     def status(message: str) -> None:
         print(f"familiar: {message}", file=sys.stderr)
 
+    kind = args.encoder or (DINOV2 if args.dino is not None else None)
+    if kind == READER and args.dino is not None:
+        raise EngineError("--dino applies to the dinov2 encoder, not to the micro-world reader")
     loaded = load_model(args.model, device=args.device, progress=progress_bar())
-    if args.dino is None and not loaded.is_demo:
+    kind = kind or (READER if loaded.is_demo else DINOV2)
+    if kind == DINOV2 and args.dino is None:
         raise ModelNotFoundError(
-            "--dino PATH is required for a model other than the demo: a local DINOv2 folder "
+            "--dino PATH is required with the dinov2 encoder: a local DINOv2 folder "
             "(e.g. facebook/dinov2-base, downloaded on a machine with network)"
         )
-    encoder = load_dinov2(args.dino or DEMO_DINO, loaded.device)
+    if kind == DINOV2:
+        encoder = load_dinov2(args.dino, loaded.device)
+    else:
+        encoder = load_reader_encoder(SHIPPED_READER, loaded.device)
     architecture = AlignerConfig(
         vision_hidden=encoder.hidden_size, text_hidden=loaded.config.hidden_size, **_given(args, ARCHITECTURE_OPTIONS)
     )
@@ -109,7 +128,7 @@ def _train(args: argparse.Namespace, cancelled: Callable[[], bool]) -> int:
             architecture,
             AlignerTrainConfig(**_given(args, TRAIN_OPTIONS)),
             resume=args.resume,
-            progress=progress_bar(),
+            progress=progress_bar(lines_when_piped=True),
             cancelled=cancelled,
             status=status,
         )

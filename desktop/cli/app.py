@@ -1,9 +1,12 @@
 """`familiar app`: open the desktop window; `--smoke-test OUT.png` opens it offscreen, waits until the model
-has loaded, saves a screenshot and exits. Qt and torch are imported only inside the handler."""
+has loaded, saves a screenshot and exits. Before Qt starts, `desktop.app.qt_platform` checks that Qt can open
+a window here; if not, one line says what to install. Qt and torch are imported only inside the handler."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 
@@ -17,6 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_app(args: argparse.Namespace) -> int:
+    from desktop.app.qt_platform import window_problem
+
+    if args.smoke_test is not None:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    problem = window_problem(os.environ)
+    if problem is not None:
+        print(f"familiar: error: {problem}", file=sys.stderr)
+        return 2
     from desktop.app.launch import run_app as launch
 
     return launch(args.data_dir, args.smoke_test, args.timeout)

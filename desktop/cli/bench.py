@@ -1,6 +1,7 @@
-"""`familiar bench personalization [--quick] -o RESULTS.json`: the micro-world personalization benchmark
-(engine/microworld/benchmark.py) on the embedded demo model; writes the results and docs/personalization.md
-with its tables, charts and example pictures."""
+"""`familiar bench personalization [--quick] [--concepts N --seeds S] [-o RESULTS.json] [--docs REPORT.md]`: the
+micro-world personalization benchmark (engine/microworld/benchmark.py) on the embedded demo model. It prints the
+trained condition's headline and its paired differences; it writes files only where asked: the results to `-o`,
+the report (tables, charts and example pictures beside it) to `--docs`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from desktop.cli.charts import bar_chart
-from desktop.cli.progress import progress_bar
+from desktop.cli.progress import Bar, progress_bar
 
 SHOWN = (
     ("recognition_weighted", "recognition (weighted)"),
@@ -40,15 +41,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train micro-world concepts with the product's recipe and measure them against baselines",
     )
     p.add_argument("--quick", action="store_true", help="3 concepts and the baselines only (under 10 minutes)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="results JSON file")
-    p.add_argument("--docs", type=Path, default=Path("docs/personalization.md"), help="report to write ('' for none)")
+    p.add_argument("-o", "--output", type=Path, help="results JSON file to write (none unless given)")
+    p.add_argument("--docs", type=Path, help="Markdown report to write, charts beside it (none unless given)")
     p.add_argument("--model", default="demo", help="a micro-world model (default: the embedded demo model)")
-    p.add_argument("--concepts", type=int, help="number of concepts")
-    p.add_argument("--epochs", type=int, help="training epochs per concept")
-    p.add_argument("--conditions", nargs="+", metavar="NAME", help="only these conditions")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default 2)")
-    p.add_argument("--report-only", action="store_true", help="rewrite --docs from the results in -o; no training")
+    p.add_argument("--concepts", type=int, help="concepts per seed (default: 3 with --quick, else 5)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds to run, from --seed on, each with its own concepts")
+    p.add_argument("--epochs", type=int, help="training epochs per concept (default 8)")
+    p.add_argument(
+        "--conditions",
+        nargs="+",
+        metavar="NAME",
+        help="only these conditions (default: all; the baselines with --quick)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the first seed: concepts, training and drawing")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    p.add_argument("--report-only", action="store_true", help="write --docs from the results in -o; no training")
     p.set_defaults(handler=run_personalization)
 
 
@@ -57,12 +64,14 @@ def run_personalization(args: argparse.Namespace) -> int:
 
     from engine.errors import EngineError
     from engine.inference.assistant import Assistant
-    from engine.microworld.benchmark import QUICK, Benchmark, BenchSettings
+    from engine.microworld.benchmark import QUICK, BenchSettings, run_seeds
     from engine.microworld.reader import load_reader
     from engine.microworld.world import SIZE
     from engine.model.loading import load_model
 
     if args.report_only:
+        if args.output is None or args.docs is None:
+            raise EngineError("--report-only reads the results in -o and writes the report to --docs: give both")
         try:
             saved = json.loads(args.output.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -81,6 +90,8 @@ def run_personalization(args: argparse.Namespace) -> int:
     settings = replace(settings, **changes)
     try:
         settings.validate()
+        if args.seeds < 1:
+            raise ValueError("--seeds must be at least 1")
     except ValueError as exc:
         raise EngineError(str(exc)) from None
     torch.set_num_threads(args.threads)
@@ -93,27 +104,38 @@ def run_personalization(args: argparse.Namespace) -> int:
         )
     started = time.monotonic()
 
-    def say(message: str) -> None:
-        print(f"[{time.monotonic() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+    progress = progress_bar(lines_when_piped=True)
 
-    bench = Benchmark(Assistant(loaded), load_reader(), settings, say)
-    results = bench.run()
+    def say(message: str) -> None:
+        line = f"[{time.monotonic() - started:6.0f} s] {message}"
+        if isinstance(progress, Bar):
+            progress.above(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    results, bench = run_seeds(Assistant(loaded), load_reader(), settings, args.seeds, say, progress)
     results["command"] = "familiar bench personalization" + (" --quick" if args.quick else "") + _extra(args)
     results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}"
     results["model"] = {"source": loaded.source, "fingerprint": loaded.fingerprint, "demo": loaded.is_demo}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    if str(args.docs):
-        write_report(results, args.docs, args.output, bench)
-        print(f"wrote {args.output} and {args.docs}")
-    else:
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {args.output}")
+    if args.docs is not None:
+        write_report(results, args.docs, args.output, bench)
+        print(f"wrote {args.docs}")
     head = results.get("conditions", {}).get("trained")
     if head:
         print(
             f"trained: recognition_weighted {head['recognition_weighted']:.3f}, "
             f"generation_attribute_accuracy {head['generation_attribute_accuracy']:.3f}"
         )
+    for row in results["paired"]:
+        if row["metric"] in HEADLINE:
+            print(
+                f"trained - {row['other']}: {row['metric']} {row['mean']:+.3f} ± {row['stderr']:.3f} "
+                f"({row['units']} concepts over {args.seeds} seeds)"
+            )
     return 0
 
 
@@ -122,7 +144,10 @@ def _extra(args: argparse.Namespace) -> str:
     parts.append(f" --epochs {args.epochs}" if args.epochs is not None else "")
     parts.append(f" --conditions {' '.join(args.conditions)}" if args.conditions else "")
     parts.append(f" --seed {args.seed}" if args.seed else "")
-    return "".join(parts) + f" -o {args.output}"
+    parts.append(f" --seeds {args.seeds}" if args.seeds != 1 else "")
+    parts.append(f" -o {args.output}" if args.output is not None else "")
+    parts.append(f" --docs {args.docs}" if args.docs is not None else "")
+    return "".join(parts)
 
 
 def _cell(summary: dict[str, Any], key: str) -> str:
@@ -150,16 +175,6 @@ CLAIMS = (
 )
 
 
-def _paired(concepts: list[dict[str, Any]], other: str, key: str) -> tuple[float, float]:
-    """Mean over concepts of (trained - other) and its standard error."""
-    diffs = [c["conditions"]["trained"][key] - c["conditions"][other][key] for c in concepts]
-    mean = sum(diffs) / len(diffs)
-    if len(diffs) < 2:
-        return mean, 0.0
-    variance = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
-    return mean, (variance / len(diffs)) ** 0.5
-
-
 def _verdict(mean: float, error: float) -> str:
     if error == 0.0 and mean == 0.0:
         return "no difference"
@@ -170,6 +185,8 @@ def _verdict(mean: float, error: float) -> str:
 
 def _claims(results: dict[str, Any]) -> list[str]:
     """Each baseline and ablation against the trained condition, by paired differences over concepts."""
+    from engine.microworld.benchmark import paired_difference
+
     conditions, concepts = results["conditions"], results["concepts"]
     if "trained" not in conditions:
         return []
@@ -178,7 +195,7 @@ def _claims(results: dict[str, Any]) -> list[str]:
         if other not in conditions:
             continue
         for key in keys:
-            mean, error = _paired(concepts, other, key)
+            mean, error = paired_difference(concepts, other, key)
             lines.append(f"| {claim} (vs `{other}`) | {key} | {mean:+.3f} ± {error:.3f} | {_verdict(mean, error)} |")
     return [*lines, ""]
 
@@ -206,34 +223,40 @@ def _examples(results: dict[str, Any], bench: Any | None, path: Path) -> list[st
     return [f"![examples]({path.name})", "", f"Columns: {header}. One row per concept.", ""]
 
 
-def write_report(results: dict[str, Any], docs: Path, output: Path, bench: Any | None) -> None:
-    """docs/personalization.md with its charts (docs/personalization-*.png); `bench` None rewrites the report
-    from saved results, keeping the example pictures already there."""
+def write_report(results: dict[str, Any], docs: Path, output: Path | None, bench: Any | None) -> None:
+    """The Markdown report at `docs` with its charts beside it (`<stem>-*.png`); `output` is where the raw results
+    were saved (None: not saved). `bench` None rewrites the report from saved results, keeping the example pictures
+    already there."""
     conditions = results["conditions"]
     folder = docs.parent
     folder.mkdir(parents=True, exist_ok=True)
     stem = docs.stem
+    labels = dict(SHOWN)
     keys = ("recognition_weighted", "qa_accuracy", "generation_attribute_accuracy", "generation_similarity")
-    charts = []
+    charts: dict[str, Path] = {}
     for title, names in (("baselines", BASELINES), ("ablations", ABLATIONS)):
         present = [n for n in names if n in conditions]
         if len(present) < 2:
             continue
         chart = folder / f"{stem}-{title}.png"
-        series = {key: [conditions[n][key] for n in present] for key in keys}
-        bar_chart(chart, f"Micro-world personalization: {title} (mean over concepts)", present, series)
-        charts.append((title, chart))
+        series = {labels[key]: [conditions[n].get(key) for n in present] for key in keys}
+        errors = {labels[key]: [conditions[n].get(f"{key}_stderr") for n in present] for key in keys}
+        title_text = f"Micro-world personalization: {title} (mean over concepts ± standard error)"
+        if bar_chart(chart, title_text, present, series, errors):
+            charts[title] = chart
     settings = results["settings"]
     lines = [
         "# Personalization benchmark (micro-world)",
         "",
         f"Made by `{results['command']}` in {results['seconds'] / 60:.1f} minutes on {results['machine']}.",
-        f"{settings['concepts']} concepts, {settings['epochs']} epochs, {settings['soft_positives']} soft positives, "
+        f"{settings['concepts']} concepts x {settings.get('seeds', 1)} seeds, {settings['epochs']} epochs, "
+        f"{settings['soft_positives']} soft positives, "
         f"{settings['train_negatives']} training negatives, {settings['test_renders']} test renders, "
         f"{settings['negatives']} hard and {settings['negatives']} random test negatives, "
-        f"{settings['drawings']} pictures per concept and condition. Raw numbers: `{output}`.",
+        f"{settings['drawings']} pictures per concept and condition. "
+        + (f"Raw numbers: `{output}`." if output is not None else "Raw numbers were not saved (no `-o`)."),
         "",
-        "What is measured and how is in docs/microworld.md; means over concepts ± standard error.",
+        "What is measured and how is in docs/microworld.md; means over concepts (of every seed) ± standard error.",
         "",
         "## Trained concepts against the baselines",
         "",
@@ -248,12 +271,12 @@ def write_report(results: dict[str, Any], docs: Path, output: Path, bench: Any |
         f"Hard negatives score {reference['hard_negative_similarity']:.3f} similarity.",
         "",
     ]
-    lines += [f"![{title}]({chart.name})" for title, chart in charts[:1]] + [""]
-    lines += ["## Claims", "", "Paired over concepts: the mean of (trained - other) per concept.", ""]
+    lines += [f"![baselines]({charts['baselines'].name})" if "baselines" in charts else "", ""]
+    lines += ["## Claims", "", "Paired over concepts (of every seed): the mean of (trained - other) per concept.", ""]
     lines += _claims(results)
     if any(n in conditions for n in ABLATIONS[1:]):
         lines += ["## Ablations", "", *_table(conditions, ABLATIONS)]
-        lines += [f"![{title}]({chart.name})" for title, chart in charts[1:]] + [""]
+        lines += [f"![ablations]({charts['ablations'].name})" if "ablations" in charts else "", ""]
     lines += ["## Conditions", ""]
     lines += [f"- `{name}`: {summary['what']}" for name, summary in conditions.items()] + [""]
     lines += ["## Pictures", "", *_examples(results, bench, folder / f"{stem}-examples.png")]
@@ -263,6 +286,7 @@ def write_report(results: dict[str, Any], docs: Path, output: Path, bench: Any |
         parts = ", ".join(
             f"{n} {row[n]['recognition_weighted']:.2f} / {row[n]['generation_attribute_accuracy']:.2f}" for n in row
         )
-        lines.append(f"- `<{concept['name']}>` {concept['words']}: {parts}")
+        seed = f" (seed {concept['seed']})" if settings.get("seeds", 1) > 1 else ""
+        lines.append(f"- `<{concept['name']}>`{seed} {concept['words']}: {parts}")
     lines += ["", "(recognition weighted / drawn attributes per condition.)", ""]
     docs.write_text("\n".join(lines), encoding="utf-8")

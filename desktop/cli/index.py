@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("-o", "--output", type=Path, required=True, metavar="INDEX", help="index folder")
     build.add_argument(
         "--embedder",
-        default="ViT-L-14",
-        help="open_clip model name (default ViT-L-14), or 'demo' for an untrained test model",
+        help="open_clip model name, 'microworld-reader' (the micro-world's attribute reader), or 'demo' for an "
+        "untrained test model (default: demo with --model demo, else ViT-L-14)",
     )
     build.add_argument("--weights", type=Path, help="local weights file for the embedder (never downloaded)")
     build.add_argument(
@@ -29,29 +29,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="open_clip release the weights come from, for preprocessing (default openai; 'none')",
     )
     build.add_argument("--vq", action="store_true", help="also store each image's VQ tokens for --model")
-    build.add_argument("--model", default="demo", help="base model for --vq: 'demo' or a model folder")
+    build.add_argument(
+        "--model",
+        help="base model for --vq: 'demo' or a model folder (default: demo); 'demo' also picks the demo embedder",
+    )
     build.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    build.add_argument("--batch-size", type=int, default=32)
+    build.add_argument("--batch-size", type=int, default=32, help="images embedded at once")
     build.add_argument("--chunk-size", type=int, default=256, help="images per committed chunk")
     build.set_defaults(handler=run_build)
 
     info = commands.add_parser("info", help="describe an index")
-    info.add_argument("index", type=Path, metavar="INDEX")
+    info.add_argument("index", type=Path, metavar="INDEX", help="index folder")
     info.set_defaults(handler=run_info)
 
     search = commands.add_parser("search", help="find the images nearest to the mean of some photos")
-    search.add_argument("index", type=Path, metavar="INDEX")
-    search.add_argument("photos", type=Path, nargs="+", metavar="PHOTO")
-    search.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("index", type=Path, metavar="INDEX", help="index folder")
+    search.add_argument("photos", type=Path, nargs="+", metavar="PHOTO", help="photos of the concept")
+    search.add_argument("-k", type=int, default=10, help="number of results")
     search.add_argument("--weights", type=Path, help="the index's embedder weights file (not needed for demo)")
-    search.add_argument("--backend", choices=("auto", "numpy", "faiss"), default="auto")
+    search.add_argument(
+        "--backend", choices=("auto", "numpy", "faiss"), default="auto", help="search code (auto: faiss when installed)"
+    )
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.set_defaults(handler=run_search)
 
 
 def run_build(args: argparse.Namespace) -> int:
     from engine.errors import EngineError
-    from engine.retrieval.embedder import load_embedder
+    from engine.model.loading import DEMO_NAME
+    from engine.retrieval.embedder import DEFAULT_EMBEDDER, DEMO_EMBEDDER, load_embedder
     from engine.retrieval.index import ImageTokenSource, build_index
 
     if args.batch_size < 1 or args.chunk_size < 1:
@@ -59,14 +65,16 @@ def run_build(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         raise EngineError(f"{args.folder} is not a folder")
     tag = None if args.tag.lower() == "none" else args.tag
-    embedder = load_embedder(args.embedder, args.weights, tag, device=args.device)
+    demo = args.model == DEMO_NAME and args.weights is None
+    name = args.embedder or (DEMO_EMBEDDER if demo else DEFAULT_EMBEDDER)
+    embedder = load_embedder(name, args.weights, tag, device=args.device)
     if embedder.info.untrained:
         print(f"familiar: note: embedder {embedder.info.describe()}", file=sys.stderr)
     tokens = None
     if args.vq:
         from engine.model.loading import load_model
 
-        loaded = load_model(args.model, device=args.device, progress=progress_bar())
+        loaded = load_model(args.model or DEMO_NAME, device=args.device, progress=progress_bar())
         tokens = ImageTokenSource(loaded.image_tokenizer, loaded.fingerprint, loaded.source)
     report = build_index(
         args.folder,
@@ -75,7 +83,7 @@ def run_build(args: argparse.Namespace) -> int:
         tokens,
         chunk_size=args.chunk_size,
         batch_size=args.batch_size,
-        progress=progress_bar(),
+        progress=progress_bar(lines_when_piped=True),
     )
     for path, reason in report.failed:
         print(f"familiar: skipped {path}: {reason}", file=sys.stderr)

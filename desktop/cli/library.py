@@ -18,6 +18,7 @@ from store.validation import CONTROL_CHARACTERS, DEFAULT_KIND, KINDS, MAX_PHOTOS
 
 if TYPE_CHECKING:
     from store.library import Library
+    from store.models import Run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="PHOTO",
         help=f"JPEG, PNG, WebP or HEIC files: 1 to {MAX_PHOTOS_PER_CONCEPT}, 3-5 from different angles work best",
     )
-    add.add_argument("--kind", choices=KINDS, default=DEFAULT_KIND)
+    add.add_argument("--kind", choices=KINDS, default=DEFAULT_KIND, help="what the concept is")
     add.add_argument("--facts", default="", help="what you want the model to know about it")
     add.add_argument(
         "--instant",
@@ -42,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also predict its learned tokens from the first photo with the Aligner (usable at once, no training)",
     )
     add.add_argument("--aligner", type=Path, help="Aligner file for --instant (default: the demo model's)")
-    add.add_argument("--dino", help="DINOv2 folder for --instant (default: the one the Aligner records)")
+    add.add_argument(
+        "--dino", help="DINOv2 folder for --instant (default: the one the Aligner records; not for a micro-world one)"
+    )
     add.add_argument("--model", help="base model for --instant: 'demo' (default), a model folder, or a hub id")
     add.add_argument("--device", help="device for --instant (default auto)")
     add.set_defaults(handler=run_add)
@@ -52,23 +55,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=run_list)
 
     show = actions.add_parser("show", help="show a concept, its photos and learned-token versions")
-    show.add_argument("name")
+    show.add_argument("name", help="the concept")
     show.add_argument("--json", action="store_true", help="print JSON")
     show.set_defaults(handler=run_show)
 
     rename = actions.add_parser("rename", help="rename a concept")
-    rename.add_argument("old")
-    rename.add_argument("new")
+    rename.add_argument("old", help="its current name")
+    rename.add_argument("new", help="the new name")
     rename.set_defaults(handler=run_rename)
 
     remove = actions.add_parser(
         "remove", help=f"move a concept to the trash (restorable for {TRASH_DAYS} days, then deleted)"
     )
-    remove.add_argument("name")
+    remove.add_argument("name", help="the concept")
     remove.set_defaults(handler=run_remove)
 
     restore = actions.add_parser("restore", help="bring a concept back from the trash, whole")
-    restore.add_argument("name")
+    restore.add_argument("name", help="the concept in the trash")
     restore.add_argument("--as", dest="as_name", metavar="NEW", help="restore under this name (when it is taken)")
     restore.set_defaults(handler=run_restore)
 
@@ -78,13 +81,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     trash.set_defaults(handler=run_trash)
 
     export = sub.add_parser("export", help="write a concept, with its photos, to one .familiar file")
-    export.add_argument("name")
-    export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    export.add_argument("name", help="the concept")
+    export.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="the .familiar file to write")
     export.add_argument("--force", action="store_true", help="replace FILE if it exists")
     export.set_defaults(handler=run_export)
 
     importing = sub.add_parser("import", help="add a concept from a .familiar file")
-    importing.add_argument("file", type=Path)
+    importing.add_argument("file", type=Path, help="a .familiar file")
     importing.add_argument("--rename", metavar="NEW", help="import under this name (when the name is taken)")
     importing.set_defaults(handler=run_import)
 
@@ -141,6 +144,7 @@ def _add_instant(args: argparse.Namespace) -> int:
     from engine.aligner.model import demo_aligner_path, instant_state, load_aligner
     from engine.errors import EngineError
     from engine.model.loading import DEMO_NAME, load_model
+    from store.photos import clean_photo, read_photo_file
 
     warning = _check_photo_count(args.photos)
     model = args.model or DEMO_NAME
@@ -149,11 +153,13 @@ def _add_instant(args: argparse.Namespace) -> int:
             f"--instant with --model {model} needs --aligner PATH: an Aligner trained for that model "
             "(familiar aligner train)"
         )
+    for photo in args.photos:  # the checks `concepts.add` makes, before the model loads
+        clean_photo(read_photo_file(photo), str(photo))
     loaded = load_model(model, device=args.device or "auto")
     if loaded.is_demo:
         print(
-            "familiar: note: the demo Aligner reads photos with an untrained DINOv2 and the demo model knows only "
-            "the micro-world's 32x32 scenes: instant tokens made here only show the mechanism",
+            "familiar: note: the demo model knows only the micro-world's 32x32 creature scenes and cannot yet tell "
+            "whether a photo shows a given creature, so its instant tokens show the mechanism, not recognition",
             file=sys.stderr,
         )
     aligner = load_aligner(args.aligner or demo_aligner_path(), loaded.fingerprint, args.dino, loaded.device)
@@ -176,22 +182,48 @@ def _add_instant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_cell(run: Run | None) -> str:
+    """A run in a few words: `done`, `running 12/40`, `interrupted at 12/40`."""
+    if run is None:
+        return "-"
+    steps = f"{run.step}/{run.total_steps}" if run.total_steps else f"step {run.step}"
+    if run.status in ("failed", "cancelled"):
+        stopped = "interrupted" if (run.error or "").startswith("interrupted") else run.status
+        return f"{stopped} at {steps}"
+    return run.status if run.status in ("done", "queued") else f"{run.status} {steps}"
+
+
+def _resume_hint(run: Run) -> str:
+    return (
+        f"<{_shown(run.concept)}>: training run {run.id} stopped ({_run_cell(run)}); "
+        f"continue it with: familiar train {_shown(run.concept)} --resume"
+    )
+
+
 def run_list(args: argparse.Namespace) -> int:
     from store.models import as_dict
 
-    with _open(args) as library:
+    with _open(args) as library, library.reading():
         concepts = library.concepts.list()
+        runs = {c.name: library.runs.list(c.name) for c in concepts}
+        stopped = [r for c in concepts if (r := library.runs.interrupted(c.name)) is not None]
     if args.json:
-        print(_json([as_dict(c) for c in concepts]))
+        latest = {name: as_dict(found[0]) if found else None for name, found in runs.items()}
+        print(_json([{**as_dict(c), "last_run": latest[c.name]} for c in concepts]))
         return 0
     if not concepts:
         print("no concepts yet; add one with: familiar concept add NAME PHOTO...")
         return 0
-    rows = [("NAME", "KIND", "STATE", "PHOTOS", "UPDATED")]
-    rows += [(c.name, c.kind, c.state, str(c.photo_count), c.updated_at) for c in concepts]
+    rows = [("NAME", "KIND", "STATE", "PHOTOS", "LAST RUN", "UPDATED")]
+    rows += [
+        (_shown(c.name), c.kind, c.state, str(c.photo_count), _run_cell(next(iter(runs[c.name]), None)), c.updated_at)
+        for c in concepts
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for run in stopped:
+        print(_resume_hint(run))
     return 0
 
 
@@ -202,9 +234,12 @@ def run_show(args: argparse.Namespace) -> int:
         concept = library.concepts.get(args.name)
         photos = library.concepts.photos(args.name)
         versions = library.tokens.versions(args.name)
+        runs = library.runs.list(args.name)
+        stopped = library.runs.interrupted(args.name)
     if args.json:
         shown = {**as_dict(concept), "photos": [as_dict(p) for p in photos]}
         shown["token_versions"] = [as_dict(v) for v in versions]
+        shown["runs"] = [as_dict(r) for r in runs]
         print(_json(shown))
         return 0
     print(f"{concept.name} ({concept.kind}): {concept.state}")
@@ -218,6 +253,14 @@ def run_show(args: argparse.Namespace) -> int:
         mark = "*" if v.active else " "
         metrics = json.dumps(v.metrics, sort_keys=True) if v.metrics else ""
         print(f"  {mark} v{v.number} {v.kind:<7} {v.created_at}  base {v.base_fingerprint[:12]}  {metrics}".rstrip())
+    print(f"training runs ({len(runs)}):")
+    for r in runs:
+        epochs = r.config.get("epochs")
+        detail = f"{epochs} epoch{'' if epochs == 1 else 's'}" if epochs is not None else ""
+        why = f"  {_shown(r.error)}" if r.error else ""
+        print(f"  run {r.id:<3} {_run_cell(r):<24} {r.created_at}  {detail}{why}".rstrip())
+    if stopped is not None:
+        print(_resume_hint(stopped))
     if concept.active is not None:
         from desktop.services.verdict import verdict
 

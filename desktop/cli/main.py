@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from desktop import __version__
 from desktop.cli import aligner, app, bench, chat, evaluate, index, library, model, serve, train
+from desktop.cli.help import DefaultsHelpFormatter, use_defaults_formatter
 from engine.errors import EngineError
 from store.errors import StoreError
 
@@ -21,7 +22,9 @@ COMMAND_MODULES = (chat, serve, library, train, index, aligner, app, evaluate, b
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every subcommand registered."""
     parser = argparse.ArgumentParser(
-        prog="familiar", description="Teach a local model your own concepts, then talk about them and draw them."
+        prog="familiar",
+        description="Teach a local model your own concepts, then talk about them and draw them.",
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"familiar {__version__}")
     parser.add_argument(
@@ -33,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         module.register(sub)
     model.use_configured_model(parser)
+    use_defaults_formatter(parser)
     return parser
 
 

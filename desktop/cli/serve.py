@@ -84,11 +84,13 @@ def use_server(args: argparse.Namespace, command: str) -> bool:
     there is none (or --no-server, --concept-file or --auto, which run here), so the caller loads the model."""
     from desktop.server.client import connect
     from desktop.server.discovery import model_key
+    from desktop.services.drawing import converted_png, picture_format
     from engine.errors import EngineError
     from store.paths import resolve_data_dir
 
     if args.no_server or args.concept_file or getattr(args, "auto", False):
         return False
+    fmt = picture_format(args.output) if command == "generate" else "PNG"  # a bad name fails before anything runs
     client = connect(resolve_data_dir(args.data_dir))
     if client is None:
         return False
@@ -111,7 +113,7 @@ def use_server(args: argparse.Namespace, command: str) -> bool:
         return True
     png, seed = client.draw({**common, "prompt": args.prompt, "top_k": args.top_k, "guidance": args.guidance})
     try:
-        args.output.write_bytes(png)
+        args.output.write_bytes(converted_png(png, fmt))
     except OSError as exc:
         raise EngineError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     print(f"saved {args.output} (seed {seed})")

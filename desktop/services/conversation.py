@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from desktop.services.drawing import draw_into_gallery
 from desktop.services.library_concepts import attach_from_library
 from engine.errors import EngineError
+from engine.inference.requests import drawing_prompt
 from engine.progress import ProgressCallback
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
@@ -65,7 +66,9 @@ def take_turn(
     on_drawing: ProgressCallback,
     cancelled: Cancelled | None = None,
 ) -> Reply:
-    """Answer `question` (about `photo`, if given) or draw it; `mode` is auto (the model decides), answer or draw.
+    """Answer `question` (about `photo`, if given) or draw it; `mode` is auto (a request to draw is drawn, else
+    the model decides; `Assistant.drawing_for`), answer or draw. A request to draw ("Draw <bo> at the beach") is
+    drawn from the description it asks for ("A photo of <bo> at the beach.").
 
     Text pieces go to `on_text` as they are sampled; drawing reports its progress to `on_drawing`."""
     from engine.model.images import open_image  # lazy: it imports torch
@@ -76,10 +79,13 @@ def take_turn(
         raise EngineError("write a question or a description first")
     attach_current(library, assistant, assistant.prompts.mentions(question), attached)
     image = open_image(photo) if photo is not None else None
-    draws = mode == "draw" or (mode == "auto" and assistant.wants_image(question, image))
-    if draws:
+    if mode == "draw":
+        drawn: str | None = drawing_prompt(question) or question
+    else:
+        drawn = assistant.drawing_for(question, image) if mode == "auto" else None
+    if drawn is not None:
         stored = draw_into_gallery(
-            library, assistant, question, progress=on_drawing, cancelled=cancelled, params={"via": "chat"}
+            library, assistant, drawn, progress=on_drawing, cancelled=cancelled, params={"via": "chat"}
         )
         return Reply(kind="image", image=stored)
     pieces = []

@@ -41,8 +41,10 @@ QUICK = TrainOptions(
     qa_repeats=1,
     augment=False,
     describe_photos=False,
+    bundled_index=False,
 )
-"""The `quick` recipe (the default): a small data mix that runs on the demo model in seconds per concept.
+"""The `quick` recipe (the default): a small data mix that runs on the demo model in seconds per concept, from the
+photos alone (not the demo model's bundled subset: its 1,000 look-alikes would take minutes).
 The `full` recipe is `TrainOptions()`, the paper's: 15 epochs, augmentation, photo descriptions."""
 PUBLISHED = [
     ("Yo'Chameleon (CVPR 2025), 32 tokens", "recognition (weighted)", 0.845),

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def cached_aligner(path: Path, assistant: Assistant, cache: MutableMapping[Any, Any]) -> LoadedAligner:
     """The Aligner at `path` for the loaded model, loaded once per file version; refuses one made for another
-    base model (or whose DINOv2 encoder is missing) with the Aligner's own message."""
+    base model (or whose image encoder is missing) with the Aligner's own message."""
     from engine.aligner.model import load_aligner  # lazy: it imports torch
 
     stat = path.stat()

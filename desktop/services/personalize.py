@@ -3,7 +3,9 @@
 Decisions (see docs/training.md): photos with the `test` role are held out for selection; when there
 are none and the concept has three or more photos, its last photo is held out. Negatives are the other
 concepts' photos plus, with an index, the retrieval plan's hard and easy negatives; a fifth of them
-(at least one) is held out for selection. The base model describes each training photo once (greedy,
+(at least one) is held out for selection. With no index named, the demo model uses its bundled subset
+(`resources/demo-subset`, engine/microworld/subset.py) unless `bundled_index` is off, so even the first concept
+of an empty library has look-alikes and negatives. The base model describes each training photo once (greedy,
 no concept loaded) and those descriptions become question-answer targets. Every epoch ends with a
 checkpoint scored on the held-out photos; the best score becomes the concept's active version. The run keeps
 every step's loss (written at each checkpoint) and a check (scores and sample picture) before training and at
@@ -30,9 +32,10 @@ from engine.atomic_write import write_atomic
 from engine.concepts.layout import DEFAULT_LAYOUT, PromptLayout
 from engine.errors import EngineError
 from engine.progress import Notice, Status
+from engine.training.metrics_text import shown
 from engine.training.recipe import Recipe
 from store.library import Library
-from store.models import Photo, Run, RunCheck
+from store.models import Concept, Photo, Run, RunCheck
 
 if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use them
     from PIL import Image
@@ -45,6 +48,7 @@ if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use 
     from engine.training.trainer import Checkpoint
 
 REPORT_EVERY_S = 1.0
+RESTARTED = "run {run} stopped before its first checkpoint"
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,17 @@ class TrainOptions(Recipe):
     model: str = "demo"
     device: str = "auto"
     index: str | None = None
+    bundled_index: bool = True
+    """With no `index`, use the demo model's bundled subset (only on the demo model it was built for)."""
     embedder_weights: str | None = None
     remote_knn_url: str | None = None
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TrainOptions:
-        """The options stored with a run (older runs lack some fields: they take the defaults)."""
+        """The options stored with a run (older runs lack some fields: they take the defaults, except that a run
+        from before the bundled subset existed resumes without it, as it started)."""
         known = {k: v for k, v in config.items() if k in cls.__dataclass_fields__}
+        known.setdefault("bundled_index", False)
         if isinstance(known.get("layout"), dict):
             known["layout"] = PromptLayout(**known["layout"])
         return cls(**known)
@@ -88,18 +96,25 @@ def _start_state(library: Library, assistant: Assistant, name: str) -> ConceptSt
     return None
 
 
-def retrieve(library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions) -> Retrieved:
+def retrieve(
+    library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions, index: Path
+) -> Retrieved:
     """Plan soft positives and hard/easy negatives, then get their VQ tokens: from the index where it holds
     tokens for this base model, else by encoding the image file. Neighbours come from the remote kNN service
     when `options.remote_knn_url` is set (downloads go to a temporary folder in the library, removed after
-    encoding), else or on its failure from the offline index; `source` says which, `warnings` why."""
-    assert options.index is not None
+    encoding), else or on its failure from the offline index at `index`; `source` says which, `warnings` why."""
     with tempfile.TemporaryDirectory(prefix="remote-knn-", dir=library.layout.tmp) as downloads:
-        return _retrieve(library, assistant, name, train, options, Path(downloads))
+        return _retrieve(library, assistant, name, train, options, index, Path(downloads))
 
 
 def _retrieve(
-    library: Library, assistant: Assistant, name: str, train: list[Photo], options: TrainOptions, downloads: Path
+    library: Library,
+    assistant: Assistant,
+    name: str,
+    train: list[Photo],
+    options: TrainOptions,
+    index_path: Path,
+    downloads: Path,
 ) -> Retrieved:
     from engine.evaluation.metrics import clip_i
     from engine.model.images import open_image
@@ -109,8 +124,7 @@ def _retrieve(
     from engine.retrieval.remote_knn import RemoteKnnSettings
     from engine.training.personalization import encode
 
-    assert options.index is not None
-    index = EmbeddingIndex(Path(options.index))
+    index = EmbeddingIndex(index_path)
     remote = RemoteKnnSettings(enabled=True, url=options.remote_knn_url) if options.remote_knn_url else None
     embedder = load_embedder_for(index.embedder, options.embedder_weights, device=assistant.loaded.device)
     photos, embeddings = read_concept_photos([p.path for p in train], embedder)
@@ -146,6 +160,29 @@ def _retrieve(
     return Retrieved(tiers, tokens(plan.hard_negatives + plan.easy_negatives), similarity, source, plan.warnings)
 
 
+def index_to_use(options: TrainOptions, assistant: Assistant) -> tuple[Path | None, list[str]]:
+    """The offline index a run reads (the named one, else the demo model's bundled subset where it applies) and
+    warnings about a bundled subset that cannot be used."""
+    if options.index is not None:
+        return Path(options.index), []
+    if not options.bundled_index or not assistant.loaded.is_demo:
+        return None, []
+    from engine.microworld.subset import bundled_subset_path
+    from engine.retrieval.index import Manifest
+
+    path = bundled_subset_path()
+    try:
+        vq = Manifest.read(path).vq
+    except EngineError as exc:
+        return None, [f"the bundled subset cannot be read ({exc}): training uses your photos only"]
+    if vq is None or vq.model_fingerprint != assistant.loaded.fingerprint:
+        return None, [
+            "the bundled subset was built for another build of the demo model: training uses your photos only "
+            "(rebuild it with scripts/build_demo_subset.py)"
+        ]
+    return path, []
+
+
 def split_photos(photos: Sequence[Photo]) -> tuple[list[Photo], list[Photo]]:
     """(training photos, held-out photos): those with the `test` role are held out; when there are none and
     the concept has three or more photos, its last photo is."""
@@ -154,6 +191,16 @@ def split_photos(photos: Sequence[Photo]) -> tuple[list[Photo], list[Photo]]:
     if not test and len(train) >= 3:
         train, test = train[:-1], train[-1:]
     return train, test
+
+
+def _photos(library: Library, name: str) -> tuple[Concept, list[Photo], list[Photo]]:
+    """The concept, its training and held-out photos; an unknown concept or one without training photos is a
+    clear error (checked before any model loads)."""
+    concept = library.concepts.get(name)
+    train, test = split_photos(library.concepts.photos(name))
+    if not train:
+        raise EngineError(f"<{concept.name}> has no training photos: add 3-5 photos first")
+    return concept, train, test
 
 
 def gather(
@@ -165,11 +212,8 @@ def gather(
     from engine.model.images import open_image
     from engine.training.personalization import ConceptPhotos, encode
 
-    concept = library.concepts.get(name)
+    concept, train, test = _photos(library, name)
     key = concept.name.lower()
-    train, test = split_photos(library.concepts.photos(name))
-    if not train:
-        raise EngineError(f"<{concept.name}> has no training photos: add 3-5 photos first")
     others = [
         p for other in library.concepts.list() if other.id != concept.id for p in library.concepts.photos(other.name)
     ]
@@ -183,55 +227,56 @@ def gather(
         start=_start_state(library, assistant, key),
     )
     sources: list[str] = []
-    warnings: list[str] = []
-    if options.index is None and options.remote_knn_url:
+    index, warnings = index_to_use(options, assistant)
+    if index is None and options.remote_knn_url:
         warnings.append("the remote kNN service is on but no offline index is set: training uses your photos only")
-    elif options.index is not None:
+    elif index is not None:
         source = "the remote kNN service" if options.remote_knn_url else "the index"
         report(f"retrieving look-alikes and negatives from {source}")
-        retrieved = retrieve(library, assistant, key, train, options)
+        retrieved = retrieve(library, assistant, key, train, options, index)
         photos.soft_positive_tiers = retrieved.tiers
         photos.negatives += retrieved.negatives
         photos.similarity = retrieved.similarity
         report(retrieved.source)
-        sources, warnings = [retrieved.source], retrieved.warnings
+        sources, warnings = [retrieved.source], [*warnings, *retrieved.warnings]
     notices = [Notice(warning) for warning in warnings]
     for notice in notices:
         report(notice)
     return photos, [*sources, *notices]
 
 
-def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint, list[Scored]]:
-    """The concept's latest interrupted or cancelled run, its last checkpoint and its scored checkpoints."""
+def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint | None, list[Scored]]:
+    """The concept's latest interrupted or cancelled run, its last checkpoint and its scored checkpoints; a run
+    stopped before its first checkpoint comes with no checkpoint (it starts again from the beginning)."""
     from engine.concepts.state import ConceptState
     from engine.training.personalization import Scored
     from engine.training.trainer import Checkpoint
 
-    for run in library.runs.list(name):
-        if run.status in ("failed", "cancelled"):
-            saved = library.runs.checkpoints(run.id)
-            if not saved or saved[-1].optimizer_state is None:
-                break
-            last = saved[-1]
-            earlier = [
-                Scored(
-                    Checkpoint(state=ConceptState.load(c.path), optimizer=b"", step=c.step, epoch=c.epoch),
-                    dict(c.metrics),
-                )
-                for c in saved
-            ]
-            losses = [loss for step, loss in library.runs.losses(run.id) if step <= last.step]
-            checkpoint = Checkpoint(
-                state=earlier[-1].checkpoint.state,
-                optimizer=last.optimizer_state.read_bytes(),
-                step=last.step,
-                epoch=last.epoch,
-                losses=losses if len(losses) == last.step else [],
-            )
-            return run, checkpoint, earlier
-        if run.status == "done":
-            break
-    raise EngineError(f"<{name}> has no interrupted training run with a checkpoint to resume")
+    run = library.runs.interrupted(name)
+    if run is None:
+        raise EngineError(f"<{name}> has no interrupted training run to resume")
+    saved = library.runs.checkpoints(run.id)
+    if not saved:
+        return run, None, []
+    last = saved[-1]
+    if last.optimizer_state is None:
+        raise EngineError(f"run {run.id} of <{name}> kept no optimizer state to resume from; train <{name}> again")
+    earlier = [
+        Scored(
+            Checkpoint(state=ConceptState.load(c.path), optimizer=b"", step=c.step, epoch=c.epoch),
+            dict(c.metrics),
+        )
+        for c in saved
+    ]
+    losses = [loss for step, loss in library.runs.losses(run.id) if step <= last.step]
+    checkpoint = Checkpoint(
+        state=earlier[-1].checkpoint.state,
+        optimizer=last.optimizer_state.read_bytes(),
+        step=last.step,
+        epoch=last.epoch,
+        losses=losses if len(losses) == last.step else [],
+    )
+    return run, checkpoint, earlier
 
 
 def _detach_all(assistant: Assistant) -> None:
@@ -255,7 +300,8 @@ def train_concept(
     check the run keeps (before training and at every checkpoint) once it is in the library.
 
     Cancelling saves a checkpoint and returns the run marked cancelled; `resume=True` continues the
-    latest interrupted or cancelled run from its last checkpoint, with that run's options. With `assistant`
+    latest interrupted or cancelled run from its last checkpoint, with that run's options (a run stopped before
+    its first checkpoint starts again from the beginning, and `status` says so). With `assistant`
     (a model already loaded) no model is loaded (`options.model` and `device` are only recorded); every concept
     is detached from it before training and none is left attached afterwards. The caller must not use the
     model for anything else until this returns.
@@ -265,8 +311,11 @@ def train_concept(
     if resume:
         run, resume_from, earlier = _resumable(library, name)
         options = TrainOptions.from_config({**asdict(options), **run.config})
+        if resume_from is None:
+            report(f"{RESTARTED.format(run=run.id)}; starting it again from the beginning")
     if options.layout != DEFAULT_LAYOUT:
         raise EngineError("library concepts use the default prompt layout; other layouts are for the benchmark")
+    _photos(library, name)
     if assistant is None:
         from engine.inference.assistant import Assistant
         from engine.model.loading import load_model
@@ -326,12 +375,14 @@ def _train(
     concept, notes = gather(library, name, options, report, assistant)
     if similarity is not None:
         concept.similarity = similarity
-    if run is None or resume_from is None:
+    if run is None:
         run = library.runs.create(name, asdict(options))
         library.runs.start(run.id)
     else:
         library.runs.resume(run.id)
-        library.runs.forget_losses_after(run.id, resume_from.step)
+        if resume_from is None:
+            library.runs.log(run.id, f"{RESTARTED.format(run=run.id)}: started again from the beginning")
+        library.runs.forget_losses_after(run.id, resume_from.step if resume_from is not None else 0)
     recorded = resume_from.step if resume_from is not None else 0
 
     def log(line: str | Notice) -> None:
@@ -420,5 +471,5 @@ def _train(
     return library.runs.finish(run.id, "done", metrics={**best.metrics, "best_step": best.checkpoint.step})
 
 
-def _metrics_line(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3f}" for k, v in metrics.items())
+def _metrics_line(metrics: dict[str, float | None]) -> str:
+    return ", ".join(f"{k} {shown(v)}" for k, v in metrics.items())

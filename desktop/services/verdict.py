@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from engine.training.metrics_text import shown
+
 GOOD_RECOGNITION = 0.8
 """Below this share of its own held-out photos recognised, the advice is to add photos from other angles."""
 GOOD_REJECTION = 0.8
@@ -48,18 +50,27 @@ class Verdict:
 
 
 def raw_numbers(metrics: Mapping[str, object]) -> str:
-    """e.g. "recognition 0.83 · yes on its photos 1.00 (of 2) · no on others not measured · score 0.83"."""
+    """e.g. "recognition 0.83 · yes on its photos 1.00 (of 2) · no on others not measured · score not measured ·
+    chosen by held-out loss 1.20": a score stored as None (or with a count of 0) reads "not measured", and where
+    there is no score the loss the checkpoint was chosen by follows."""
     parts = []
     for key, label in RAW_LABELS:
         value = _float(metrics.get(key))
         count = metrics.get(NOT_MEASURED[key]) if key in NOT_MEASURED else None
         if value is not None:
             parts.append(f"{label} {value:.2f}" + (f" (of {count})" if isinstance(count, int) else ""))
-        elif count == 0:
-            parts.append(f"{label} not measured")
-    loss = _float(metrics.get("loss"))
-    if loss is not None:
-        parts.append(f"loss {loss:.3f}")
+        elif (key in metrics and key != "image_similarity") or count == 0:
+            parts.append(f"{label} {shown(None)}")
+    if "score" in metrics and metrics["score"] is None:
+        for key, label in (("held_out_loss", "held-out loss"), ("loss", "training loss")):
+            chosen = _float(metrics.get(key))
+            if chosen is not None:
+                parts.append(f"chosen by {label} {chosen:.2f}")
+                break
+    else:
+        loss = _float(metrics.get("loss"))
+        if loss is not None:
+            parts.append(f"loss {loss:.3f}")
     return " \u00b7 ".join(parts)
 
 

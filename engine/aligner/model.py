@@ -1,8 +1,10 @@
-"""Instant concepts (PLVM): a frozen DINOv2 encoder reads one reference photo and a small Aligner predicts the
+"""Instant concepts (PLVM): a frozen image encoder reads one reference photo and a small Aligner predicts the
 concept's 33 embedding rows and 33 output-head rows, so the concept is usable without training.
 
-The Aligner is a cross-attention resampler with learnable queries over DINOv2's patch features, plus MLPs on
-its CLS feature (see docs/aligner.md):
+The encoder is DINOv2 for real models; the micro-world's demo model uses the micro-world attribute reader
+(`engine.microworld.reader`), that world's stand-in for DINOv2. Either gives a global feature (DINOv2's CLS,
+the reader's identity features) and a grid of patch features. The Aligner is a cross-attention resampler with
+learnable queries over the patch features, plus MLPs on the global feature (see docs/aligner.md):
 
     identifier embedding row  <- MLP(CLS)                     identifier head row  <- MLP(CLS)
     32 latent embedding rows  <- Linear(resampler queries)    32 latent head rows  <- Linear(resampler queries)
@@ -12,8 +14,9 @@ per query: the k-th output of every query, in query order, fills the next block 
 starts at zero weight with a bias equal to the base model's mean embedding (or head) row, so an untrained
 Aligner predicts exactly the neutral rows a trained concept starts from.
 
-A checkpoint is one safetensors file whose metadata holds the config and the fingerprints of the base model
-and of the DINOv2 encoder it was trained with; loading it for another base model or encoder is refused.
+A checkpoint is one safetensors file whose metadata holds the config, the fingerprint of the base model, and
+the kind, fingerprint and source of the image encoder it was trained with; loading it for another base model
+or encoder is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from PIL import Image
@@ -35,20 +39,25 @@ from transformers.utils import logging as hf_logging
 from engine.atomic_write import write_atomic
 from engine.concepts.state import N_GENERATION, N_UNDERSTANDING, ConceptState
 from engine.errors import EngineError, ModelNotFoundError
+from engine.microworld.reader import AttributeReader, ReaderError, default_reader_path, load_reader, to_pixels
 from engine.model.images import open_image, to_pixel_values
 from engine.model.loading import LoadedModel, resources_dir
 
 FORMAT = "familiar.aligner/1"
 LATENT_ROWS = N_GENERATION + N_UNDERSTANDING
 MAX_ALIGNER_BYTES = 4 * 2**30
-DEMO_DINO = "demo"
+DINOV2 = "dinov2"
+READER = "microworld-reader"
+ENCODER_NAMES = {DINOV2: "DINOv2", READER: "micro-world attribute reader"}
+SHIPPED_READER = "demo"
+"""The `encoder_source` of an Aligner that reads with the reader shipped in resources/."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FINGERPRINT_SAMPLES = 64
 
 
 class AlignerError(EngineError):
-    """An Aligner checkpoint is malformed, or belongs to another base model or DINOv2 encoder."""
+    """An Aligner checkpoint is malformed, or belongs to another base model or image encoder."""
 
 
 def demo_aligner_path() -> Path:
@@ -56,15 +65,11 @@ def demo_aligner_path() -> Path:
     return resources_dir() / "demo-aligner.safetensors"
 
 
-def demo_dino_dir() -> Path:
-    """The tiny random-weights DINOv2 the demo Aligner reads photos with."""
-    return resources_dir() / "demo-dino"
-
-
 @dataclass(frozen=True)
 class AlignerConfig:
     """Sizes of an Aligner. Paper (PLVM): 16 queries, 4 blocks, hidden 1024; `text_hidden` is the language
-    model's hidden size (4096 for Anole-7b), `vision_hidden` DINOv2's (768 for dinov2-base)."""
+    model's hidden size (4096 for Anole-7b), `vision_hidden` the image encoder's (768 for dinov2-base, 64 for
+    the micro-world reader)."""
 
     vision_hidden: int
     text_hidden: int
@@ -131,7 +136,7 @@ def _mlp(source: int, hidden: int, out: int) -> nn.Sequential:
 
 
 class Aligner(nn.Module):
-    """DINOv2 features -> a concept's rows: `forward(cls [B, Dv], patches [B, N, Dv])` returns embedding and
+    """Image features -> a concept's rows: `forward(cls [B, Dv], patches [B, N, Dv])` returns embedding and
     head rows, each [B, 33, text_hidden], in the concept state's order (identifier, <g1..g16>, <u1..u16>)."""
 
     def __init__(self, config: AlignerConfig) -> None:
@@ -199,16 +204,11 @@ def new_aligner(config: AlignerConfig, loaded: LoadedModel, seed: int = 0) -> Al
     return aligner
 
 
-def dino_fingerprint(model: Dinov2Model) -> str:
-    """Hex sha256 of the encoder's shape and 64 evenly spaced values of every tensor (in bfloat16, so the same
+def _weights_digest(shape: Mapping[str, object], module: nn.Module) -> str:
+    """Hex sha256 of `shape` and 64 evenly spaced values of every tensor of `module` (in bfloat16, so the same
     weights give the same fingerprint in any float dtype, on any device)."""
-    config = model.config
-    shape = {
-        key: getattr(config, key)
-        for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size")
-    }
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(module.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         index = torch.linspace(0, flat.numel() - 1, min(FINGERPRINT_SAMPLES, flat.numel())).round().long()
         sample = flat[index.to(flat.device)].to("cpu", torch.bfloat16).contiguous()
@@ -217,8 +217,40 @@ def dino_fingerprint(model: Dinov2Model) -> str:
     return digest.hexdigest()
 
 
+def dino_fingerprint(model: Dinov2Model) -> str:
+    """A DINOv2's fingerprint: its shape (type, width, layers, heads, patch) and sampled weights."""
+    config = model.config
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "patch_size")
+    return _weights_digest({key: getattr(config, key) for key in keys}, model)
+
+
+def reader_fingerprint(reader: AttributeReader) -> str:
+    """A micro-world reader's fingerprint: its config and sampled weights (batch-norm statistics included)."""
+    return _weights_digest({"model_type": READER, "config": reader.config.to_json()}, reader)
+
+
+class ImageEncoder(Protocol):
+    """A frozen image encoder the Aligner reads photos with: a global feature and patch features."""
+
+    kind: str
+    source: str
+    fingerprint: str
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    @property
+    def patch_size(self) -> int: ...
+
+    def features(self, images: Sequence[Image.Image], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(global features [B, D], patch features [B, N, D]) in float32."""
+        ...
+
+
 class DinoEncoder:
     """A frozen DINOv2 with its preprocessing (centre square crop, resize, ImageNet normalization)."""
+
+    kind = DINOV2
 
     def __init__(self, model: Dinov2Model, source: str) -> None:
         self.model = model.requires_grad_(False).eval()
@@ -245,9 +277,43 @@ class DinoEncoder:
         return hidden[:, 0], hidden[:, 1:]
 
 
+class ReaderEncoder:
+    """The micro-world attribute reader as the Aligner's encoder: its identity features (the layer before the
+    identity heads) as the global feature, and the 4x4 grid of its last 3x3 convolution (before the 1x1
+    reduction) as 16 patch features of the same width. It reads every photo at 32x32, whatever `image_size`."""
+
+    kind = READER
+    patch_size = 8
+    """A grid cell covers 8x8 of the reader's 32x32 input."""
+
+    def __init__(self, reader: AttributeReader, source: str) -> None:
+        if reader.config.channels[-1] != reader.config.identity_dim:
+            raise AlignerError(
+                f"the reader's grid width {reader.config.channels[-1]} differs from its identity features' "
+                f"{reader.config.identity_dim}; the Aligner needs one feature width"
+            )
+        self.reader = reader.requires_grad_(False).eval()
+        self.source = source
+        self.fingerprint = reader_fingerprint(reader)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.reader.config.identity_dim)
+
+    @torch.no_grad()
+    def features(self, images: Sequence[Image.Image], image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(identity features [B, 64], grid features [B, 16, 64]) in float32."""
+        parameter = next(self.reader.parameters())
+        pixels = to_pixels(list(images)).to(parameter.device) - 0.5
+        trunk = self.reader.trunk
+        grid = trunk[:-2](pixels)
+        identity = self.reader.identity(trunk[-2:](grid))
+        return identity.float(), grid.flatten(2).transpose(1, 2).float()
+
+
 def load_dinov2(spec: str | Path, device: str | torch.device = "cpu") -> DinoEncoder:
-    """Load a DINOv2 encoder from a local folder (`demo` is the shipped tiny one); never downloads."""
-    path = demo_dino_dir() if str(spec) == DEMO_DINO else Path(spec).expanduser()
+    """Load a DINOv2 encoder from a local folder; never downloads."""
+    path = Path(spec).expanduser()
     hint = "download a DINOv2 model (e.g. facebook/dinov2-base) on a machine with network and pass its folder"
     if not path.is_dir():
         raise ModelNotFoundError(f"DINOv2 folder {path} does not exist; {hint}")
@@ -267,16 +333,31 @@ def load_dinov2(spec: str | Path, device: str | torch.device = "cpu") -> DinoEnc
         model = Dinov2Model.from_pretrained(path, local_files_only=True, use_safetensors=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelNotFoundError(f"cannot load the DINOv2 weights in {path}: {exc}") from None
-    source = DEMO_DINO if str(spec) == DEMO_DINO else str(path.resolve())
-    return DinoEncoder(model.to(device), source)
+    return DinoEncoder(model.to(device), str(path.resolve()))
+
+
+def load_reader_encoder(spec: str | Path = SHIPPED_READER, device: str | torch.device = "cpu") -> ReaderEncoder:
+    """The micro-world attribute reader as an encoder: `demo` is the one shipped in resources/, else a file."""
+    path = default_reader_path() if str(spec) == SHIPPED_READER else Path(spec).expanduser()
+    try:
+        reader = load_reader(path)
+    except ReaderError as exc:
+        raise AlignerError(str(exc)) from None
+    source = SHIPPED_READER if str(spec) == SHIPPED_READER else str(path.resolve())
+    return ReaderEncoder(reader.to(device), source)
+
+
+def load_encoder(kind: str, spec: str | Path, device: str | torch.device = "cpu") -> ImageEncoder:
+    """An image encoder of `kind` (`dinov2`: a folder; `microworld-reader`: `demo` or a reader file)."""
+    if kind == DINOV2:
+        return load_dinov2(spec, device)
+    if kind == READER:
+        return load_reader_encoder(spec, device)
+    raise AlignerError(f"unknown image encoder {kind!r}; known: {', '.join(ENCODER_NAMES)}")
 
 
 def aligner_metadata(
-    config: AlignerConfig,
-    base_fingerprint: str,
-    dino_fingerprint: str,
-    dino_source: str,
-    extra: Mapping[str, str] | None = None,
+    config: AlignerConfig, base_fingerprint: str, encoder: ImageEncoder, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The header every Aligner file carries (see docs/aligner.md)."""
     return {
@@ -284,9 +365,18 @@ def aligner_metadata(
         "format": FORMAT,
         "config": config.to_json(),
         "base_fingerprint": base_fingerprint,
-        "dino_fingerprint": dino_fingerprint,
-        "dino_source": dino_source,
+        "encoder": encoder.kind,
+        "encoder_fingerprint": encoder.fingerprint,
+        "encoder_source": encoder.source,
     }
+
+
+def recorded_encoder(metadata: Mapping[str, str]) -> tuple[str, str, str]:
+    """(kind, fingerprint, source) of the encoder an Aligner file was trained with; files written before the
+    encoder was pluggable name only a DINOv2 (`dino_fingerprint`, `dino_source`)."""
+    if "encoder" in metadata:
+        return metadata["encoder"], metadata.get("encoder_fingerprint", ""), metadata.get("encoder_source", "")
+    return DINOV2, metadata.get("dino_fingerprint", ""), metadata.get("dino_source", "")
 
 
 def save_aligner(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> None:
@@ -328,19 +418,31 @@ def build_aligner(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, st
     return aligner
 
 
-def check_bindings(metadata: Mapping[str, str], base_fingerprint: str, dino: str | None, source: str) -> None:
-    """Refuse an Aligner made for another base model (or, when `dino` is given, another DINOv2 encoder)."""
+def check_bindings(
+    metadata: Mapping[str, str], base_fingerprint: str, encoder: ImageEncoder | None, source: str
+) -> None:
+    """Refuse an Aligner made for another base model (or, when `encoder` is given, another image encoder: of
+    another kind, or with other weights)."""
     made_for = metadata.get("base_fingerprint", "")
     if made_for != base_fingerprint:
         raise AlignerError(
             f"{source} is an Aligner for another base model (fingerprint {made_for[:12]}..., loaded model "
             f"{base_fingerprint[:12]}...); train one for this model with `familiar aligner train`"
         )
-    expected = metadata.get("dino_fingerprint", "")
-    if dino is not None and dino != expected:
+    if encoder is None:
+        return
+    kind, expected, recorded_source = recorded_encoder(metadata)
+    trained_with = ENCODER_NAMES.get(kind, repr(kind))
+    if encoder.kind != kind:
         raise AlignerError(
-            f"{source} was trained with another DINOv2 encoder (fingerprint {expected[:12]}..., given encoder "
-            f"{dino[:12]}...); pass the one it was trained with ({metadata.get('dino_source', '?')}) via --dino"
+            f"{source} was trained with the {trained_with} as its image encoder, not a "
+            f"{ENCODER_NAMES.get(encoder.kind, encoder.kind)}; use the encoder it records ({recorded_source or '?'})"
+        )
+    if encoder.fingerprint != expected:
+        raise AlignerError(
+            f"{source} was trained with another {trained_with} (fingerprint {expected[:12]}..., given encoder "
+            f"{encoder.fingerprint[:12]}...); pass the one it was trained with ({recorded_source or '?'})"
+            + (" via --dino" if kind == DINOV2 else "")
         )
 
 
@@ -349,7 +451,7 @@ class LoadedAligner:
     """An Aligner ready to predict: its frozen encoder and the base model it is bound to."""
 
     aligner: Aligner
-    encoder: DinoEncoder
+    encoder: ImageEncoder
     base_fingerprint: str
     metadata: dict[str, str]
 
@@ -361,12 +463,13 @@ class LoadedAligner:
         return self.aligner(cls.to(device), patches.to(device))
 
 
-def check_encoder(aligner: Aligner, encoder: DinoEncoder, source: str) -> None:
+def check_encoder(aligner: Aligner, encoder: ImageEncoder, source: str) -> None:
     """The encoder's width and patch size must suit the Aligner."""
     config = aligner.config
     if encoder.hidden_size != config.vision_hidden:
         raise AlignerError(
-            f"{source} expects DINOv2 features of width {config.vision_hidden}, the encoder gives {encoder.hidden_size}"
+            f"{source} expects image features of width {config.vision_hidden}, the "
+            f"{ENCODER_NAMES.get(encoder.kind, encoder.kind)} gives {encoder.hidden_size}"
         )
     if config.image_size % encoder.patch_size:
         raise AlignerError(f"{source}: image size {config.image_size} is not a multiple of patch {encoder.patch_size}")
@@ -375,16 +478,22 @@ def check_encoder(aligner: Aligner, encoder: DinoEncoder, source: str) -> None:
 def load_aligner(
     path: Path, base_fingerprint: str, dino: str | Path | None = None, device: str | torch.device = "cpu"
 ) -> LoadedAligner:
-    """Load an Aligner for the base model with `base_fingerprint`, with the DINOv2 encoder `dino` (default: the
-    one recorded in the file). Refuses files made for another base model or encoder."""
+    """Load an Aligner for the base model with `base_fingerprint`, with the encoder it records; `dino` replaces
+    the recorded DINOv2 folder (an Aligner trained with the micro-world reader refuses it). Refuses files made
+    for another base model or encoder."""
     tensors, metadata = read_aligner_file(path)
     check_bindings(metadata, base_fingerprint, None, str(path))
     aligner = build_aligner(tensors, metadata, str(path))
-    recorded = metadata.get("dino_source", "")
+    kind, _, recorded = recorded_encoder(metadata)
+    if dino is not None and kind != DINOV2:
+        raise AlignerError(
+            f"{path} was trained with the {ENCODER_NAMES.get(kind, repr(kind))} as its image encoder, not "
+            "DINOv2; leave out --dino"
+        )
     if dino is None and not recorded:
-        raise AlignerError(f"{path} does not say which DINOv2 encoder it needs; pass it with --dino")
-    encoder = load_dinov2(dino if dino is not None else recorded, device)
-    check_bindings(metadata, base_fingerprint, encoder.fingerprint, str(path))
+        raise AlignerError(f"{path} does not say which image encoder it needs; pass a DINOv2 folder with --dino")
+    encoder = load_encoder(kind, dino if dino is not None else recorded, device)
+    check_bindings(metadata, base_fingerprint, encoder, str(path))
     check_encoder(aligner, encoder, str(path))
     aligner.to(device).requires_grad_(False).eval()
     return LoadedAligner(aligner, encoder, base_fingerprint, metadata)

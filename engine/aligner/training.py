@@ -1,5 +1,5 @@
 """Train an Aligner once per base model: recognition (and optional fact) questions about identities seen
-through one reference photo, with the base model and DINOv2 frozen and AdamW on the Aligner only.
+through one reference photo, with the base model and the image encoder frozen and AdamW on the Aligner only.
 
 Dataset layout (docs/aligner.md): `DATASET/<identity>/` holds the identity's photos (.jpg, .jpeg, .png,
 .webp); the reference photo is the one named `reference.*`, else the first in sorted order, and the others
@@ -8,7 +8,8 @@ adds question-answer samples.
 
 Each sample puts the concept rows the Aligner predicts from a reference photo into one concept slot and asks
 "Is <identity> in this photo?" about a query photo of the same identity (yes, `positive_share` of the time)
-or of another identity (no). The target is a library concept's target (understanding tokens, then the
+or of another identity (no; `hard_negative_share` of them one of the identities nearest in the encoder's
+global features). The target is a library concept's target (understanding tokens, then the
 answer); the token that says Yes or No is weighted `answer_weight` times in the loss. Runs repeat exactly for
 a seed, so a run resumed from a checkpoint ends bit-identical to an uninterrupted one.
 """
@@ -35,7 +36,7 @@ from engine.aligner.model import (
     Aligner,
     AlignerConfig,
     AlignerError,
-    DinoEncoder,
+    ImageEncoder,
     aligner_metadata,
     build_aligner,
     check_bindings,
@@ -63,6 +64,8 @@ PLACEHOLDER = "identity"
 RESUME_SUFFIX = ".resume.safetensors"
 RESUME_FORMAT = "familiar.aligner-resume/1"
 ENCODE_BATCH = 8
+NEIGHBOURS = 8
+"""How many nearest identities (by the encoder's mean global feature) hard negatives are drawn from."""
 
 Kind = Literal["yes", "no", "qa"]
 
@@ -73,7 +76,9 @@ class AlignerTrainConfig:
     without weight decay (the biases hold the base model's mean rows, decay would pull them to zero); every
     photo of an identity takes its turn as the reference (`rotate_references`), which multiplies the distinct
     references a small dataset offers; `qa_share` of an identity's samples are fact questions when it has a
-    facts.txt. `micro_batch` (0: the whole batch) below `batch_size` accumulates gradients to save memory."""
+    facts.txt. `hard_negative_share` of the negative questions show one of the `NEIGHBOURS` identities that
+    look most alike to the encoder (0 by default, as in PLVM: every negative is a random other identity).
+    `micro_batch` (0: the whole batch) below `batch_size` accumulates gradients to save memory."""
 
     epochs: int = 10
     samples_per_identity: int = 8
@@ -84,6 +89,7 @@ class AlignerTrainConfig:
     answer_weight: float = 10.0
     positive_share: float = 0.6
     qa_share: float = 0.1
+    hard_negative_share: float = 0.0
     rotate_references: bool = True
     seed: int = 0
     max_grad_norm: float = 1.0
@@ -93,8 +99,8 @@ class AlignerTrainConfig:
             raise EngineError("epochs, samples per identity and the batch size must be at least 1")
         if self.micro_batch and self.batch_size % self.micro_batch:
             raise EngineError("batch_size must be a multiple of micro_batch")
-        if not (0 <= self.positive_share <= 1 and 0 <= self.qa_share <= 1):
-            raise EngineError("positive_share and qa_share must be between 0 and 1")
+        if not all(0 <= share <= 1 for share in (self.positive_share, self.qa_share, self.hard_negative_share)):
+            raise EngineError("positive_share, qa_share and hard_negative_share must be between 0 and 1")
         if self.answer_weight <= 0 or self.learning_rate < 0:
             raise EngineError("answer_weight must be positive and learning_rate not negative")
 
@@ -150,26 +156,36 @@ def dataset_digest(identities: Sequence[Identity]) -> str:
 
 @dataclass
 class PreparedData:
-    """Everything training reads, computed once: DINOv2 features and VQ token ids of every photo."""
+    """Everything training reads, computed once: the encoder's features and the VQ token ids of every photo,
+    and each identity's nearest identities (by cosine of the mean global feature), nearest first."""
 
     identities: list[Identity]
     photo_ranges: list[range]
     cls: torch.Tensor
     patches: torch.Tensor
     image_ids: torch.Tensor
-    encoder_fingerprint: str
-    encoder_source: str
+    encoder: ImageEncoder
     digest: str
+    neighbours: list[list[int]]
+
+
+def nearest_identities(cls: torch.Tensor, ranges: Sequence[range], count: int) -> list[list[int]]:
+    """For each identity, the `count` other identities whose mean global feature is closest by cosine."""
+    means = torch.nn.functional.normalize(torch.stack([cls[r.start : r.stop].mean(0) for r in ranges]), dim=-1)
+    similarity = means @ means.T
+    similarity.fill_diagonal_(-float("inf"))
+    k = min(count, len(ranges) - 1)
+    return similarity.topk(k, dim=1).indices.tolist()
 
 
 def prepare_data(
     identities: Sequence[Identity],
     loaded: LoadedModel,
-    encoder: DinoEncoder,
+    encoder: ImageEncoder,
     image_size: int,
     status: Callable[[str], None] | None = None,
 ) -> PreparedData:
-    """Encode every photo once with DINOv2 (features) and with the base model's VQ tokenizer (image ids)."""
+    """Encode every photo once with the image encoder (features) and the base model's VQ tokenizer (image ids)."""
     report = status or (lambda _m: None)
     paths = [photo for identity in identities for photo in identity.photos]
     ranges, start = [], 0
@@ -184,15 +200,16 @@ def prepare_data(
         cls.append(features[0].cpu())
         patches.append(features[1].cpu())
         image_ids.append(loaded.image_tokenizer.encode(images))
+    global_features = torch.cat(cls)
     return PreparedData(
         identities=list(identities),
         photo_ranges=ranges,
-        cls=torch.cat(cls),
+        cls=global_features,
         patches=torch.cat(patches),
         image_ids=torch.cat(image_ids),
-        encoder_fingerprint=encoder.fingerprint,
-        encoder_source=encoder.source,
+        encoder=encoder,
         digest=dataset_digest(identities),
+        neighbours=nearest_identities(global_features, ranges, NEIGHBOURS),
     )
 
 
@@ -225,7 +242,8 @@ def plan_epoch(data: PreparedData, config: AlignerTrainConfig, epoch: int) -> li
             query = rng.choice([p for p in own if p != reference])
             draws.append(Draw(i, reference, query, "yes", *_phrasing(rng, POSITIVE_ANSWERS)))
         else:
-            other = rng.choice([j for j in range(len(data.identities)) if j != i])
+            hard = config.hard_negative_share > 0 and rng.random() < config.hard_negative_share
+            other = rng.choice(data.neighbours[i] if hard else [j for j in range(len(data.identities)) if j != i])
             query = rng.choice(list(data.photo_ranges[other]))
             draws.append(Draw(i, reference, query, "no", *_phrasing(rng, NEGATIVE_ANSWERS)))
     return draws
@@ -453,8 +471,7 @@ def _training_metadata(trainer: AlignerTrainer, checkpoint: AlignerCheckpoint) -
     return aligner_metadata(
         trainer.aligner.config,
         trainer.loaded.fingerprint,
-        data.encoder_fingerprint,
-        data.encoder_source,
+        data.encoder,
         {
             "train_config": trainer.config.to_json(),
             "dataset_digest": data.digest,
@@ -483,7 +500,7 @@ def save_checkpoint(output: Path, trainer: AlignerTrainer, checkpoint: AlignerCh
 
 
 def load_resume(
-    output: Path, loaded: LoadedModel, encoder: DinoEncoder, digest: str
+    output: Path, loaded: LoadedModel, encoder: ImageEncoder, digest: str
 ) -> tuple[Aligner, AlignerTrainConfig, AlignerCheckpoint]:
     """The interrupted run writing `output`: its Aligner, its own options and its last checkpoint. Refused
     for another base model, encoder or dataset."""
@@ -491,7 +508,7 @@ def load_resume(
     if not sidecar.is_file():
         raise AlignerError(f"no interrupted run to resume: {sidecar} does not exist")
     tensors, metadata = read_aligner_file(sidecar, RESUME_FORMAT)
-    check_bindings(metadata, loaded.fingerprint, encoder.fingerprint, str(sidecar))
+    check_bindings(metadata, loaded.fingerprint, encoder, str(sidecar))
     if metadata.get("dataset_digest") != digest:
         raise AlignerError(f"the dataset changed since {sidecar} was written; start a new run instead")
     weights = {k.removeprefix("aligner."): v for k, v in tensors.items() if k.startswith("aligner.")}
@@ -511,7 +528,7 @@ def load_resume(
 
 def train_aligner(
     loaded: LoadedModel,
-    encoder: DinoEncoder,
+    encoder: ImageEncoder,
     dataset: Path,
     output: Path,
     aligner_config: AlignerConfig,

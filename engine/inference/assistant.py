@@ -1,8 +1,9 @@
 """Chat and image generation over a loaded model with attached concepts.
 
-`Assistant.respond` implements the automatic mode: after the prompt, the model's own first token (its
-self-prompt) says whether it is about to draw (begin-of-image or a concept's first generation token) or to
-talk; Familiar follows whichever has more probability.
+`Assistant.respond` implements the automatic mode: a request to draw ("Draw <bo> at the beach", see
+`engine.inference.requests`) is drawn from the description it asks for; otherwise, after the prompt, the model's
+own first token (its self-prompt) says whether it is about to draw (begin-of-image or a concept's first
+generation token) or to talk, and Familiar follows whichever has more probability.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from engine.inference.generation import (
     sample_image_tokens,
     stream_text_tokens,
 )
+from engine.inference.requests import drawing_prompt
 from engine.model.loading import LoadedModel
 from engine.progress import ProgressCallback
 
@@ -179,6 +181,15 @@ class Assistant:
         p_text = float(1 - p_image - probs[self.loaded.image_tokenizer.image_token_ids.to(probs.device)].sum())
         return p_image > p_text
 
+    def drawing_for(self, text: str, image: Image.Image | None = None) -> str | None:
+        """The prompt the automatic mode draws for `text`, or None when it answers in words: a request to draw
+        (with no photo attached: drawing does not take one) becomes the description it asks for; anything
+        else is drawn as written when the model's self-prompt opens an image (`wants_image`)."""
+        request = drawing_prompt(text) if image is None else None
+        if request is not None:
+            return request
+        return text if self.wants_image(text, image) else None
+
     def respond(
         self,
         text: str,
@@ -186,7 +197,8 @@ class Assistant:
         sampling: Sampling | None = None,
         cancelled: Cancelled | None = None,
     ) -> Response:
-        """Answer or draw, as the model's own self-prompt decides."""
-        if self.wants_image(text, image):
-            return Response(kind="image", image=self.generate(text, sampling, cancelled=cancelled))
+        """Draw a request to draw; else answer or draw, as the model's own self-prompt decides."""
+        prompt = self.drawing_for(text, image)
+        if prompt is not None:
+            return Response(kind="image", image=self.generate(prompt, sampling, cancelled=cancelled))
         return Response(kind="text", text="".join(self.chat(text, image, sampling, cancelled=cancelled)))

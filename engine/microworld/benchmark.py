@@ -20,6 +20,9 @@ index plumbing is skipped. Measured for every concept under every condition:
 - generation, pictures drawn for "A photo of <c>." and read by the attribute reader: the share of the 5
   identity attributes drawn right (`generation_attribute_accuracy`) and the embedding cosine to the normalised
   mean of the test renders (`generation_similarity`, like CLIP-I).
+
+`run_seeds` repeats the benchmark over several seeds (each its own concepts and pool) and reports the paired
+difference of trained minus every other condition over all concept-and-seed units, with its standard error.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from engine.microworld.world import (
     sample_pose,
     sample_scene,
 )
+from engine.progress import Progress, ProgressCallback
 from engine.retrieval.index import Neighbour, Neighbours
 from engine.retrieval.plan import ConceptPhoto, PlanSettings, concept_query, plan_from_neighbours
 from engine.training import personalization
@@ -233,13 +237,21 @@ class Benchmark:
     """Runs the conditions on one loaded micro-world model; `run` returns the results as a JSON-ready dict."""
 
     def __init__(
-        self, assistant: Assistant, reader: AttributeReader, settings: BenchSettings, report: Report | None = None
+        self,
+        assistant: Assistant,
+        reader: AttributeReader,
+        settings: BenchSettings,
+        report: Report | None = None,
+        progress: ProgressCallback | None = None,
     ) -> None:
+        """`report` gets a line per concept and condition; `progress` a "benchmark" event after each condition
+        of each concept, with the time left at the pace so far."""
         settings.validate()
         self.assistant = assistant
         self.reader = reader
         self.settings = settings
         self.report = report or (lambda _m: None)
+        self.progress = progress or (lambda _p: None)
         self.base_prompts = assistant.prompts
         self.pool = make_pool(settings)
         self.pool_embeddings = reader.embed([render(s) for s in self.pool])
@@ -397,13 +409,20 @@ class Benchmark:
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
+        return summarize(self.settings, self.concept_results(), time.monotonic() - started)
+
+    def concept_results(self) -> list[dict[str, Any]]:
+        """Every condition's metrics for each of this seed's concepts."""
+        started = time.monotonic()
         settings = self.settings
         concepts = make_concepts(settings)
         per_concept = []
+        total, done = len(concepts) * len(settings.conditions), 0
+        self.progress(Progress("benchmark", 0, total))
         for index, concept in enumerate(concepts, 1):
             words = concept.identity.describe()
             article = "an" if words[0] in "aeiou" else "a"
-            self.report(f"concept {index}/{len(concepts)} <{concept.name}>: {article} {words}")
+            self.report(f"seed {settings.seed}, concept {index}/{len(concepts)} <{concept.name}>: {article} {words}")
             descriptions = describe_photos(self.assistant, [render(s) for s in concept.train[:-1]])
             results = {}
             for name in settings.conditions:
@@ -411,9 +430,13 @@ class Benchmark:
                 results[name] = self.run_condition(concept, CONDITIONS[name], descriptions)
                 line = ", ".join(f"{k} {results[name][k]:.2f}" for k in METRICS if k != "recognition_negative_random")
                 self.report(f"  {name}: {line} ({time.monotonic() - condition_started:.0f} s)")
+                done += 1
+                left = (time.monotonic() - started) / done * (total - done)
+                self.progress(Progress("benchmark", done, total, eta_seconds=left))
             per_concept.append(
                 {
                     "name": concept.name,
+                    "seed": settings.seed,
                     "identity": asdict(concept.identity),
                     "words": concept.identity.describe(),
                     "coarse_words": coarse_words(concept.identity),
@@ -422,18 +445,84 @@ class Benchmark:
                     "conditions": results,
                 }
             )
-        return summarize(settings, per_concept, time.monotonic() - started)
+        return per_concept
+
+
+def run_seeds(
+    assistant: Assistant,
+    reader: AttributeReader,
+    settings: BenchSettings,
+    seeds: int,
+    report: Report | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[dict[str, Any], Benchmark]:
+    """The benchmark for seeds `settings.seed .. settings.seed + seeds - 1`, summarized over every concept of every
+    seed; also the first seed's `Benchmark` (its pictures illustrate the report). `progress` counts each seed's
+    conditions anew."""
+    if seeds < 1:
+        raise ValueError("seeds must be at least 1")
+    started = time.monotonic()
+    per_concept: list[dict[str, Any]] = []
+    first: Benchmark | None = None
+    for seed in range(settings.seed, settings.seed + seeds):
+        bench = Benchmark(assistant, reader, replace(settings, seed=seed), report, progress)
+        first = first or bench
+        per_concept += bench.concept_results()
+    assert first is not None
+    return summarize(settings, per_concept, time.monotonic() - started, seeds), first
 
 
 def _mean_and_error(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error over concepts (0 for a single concept)."""
+    """Mean and standard error over units (0 for a single unit)."""
     mean = float(np.mean(values))
     error = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
     return mean, error
 
 
-def summarize(settings: BenchSettings, per_concept: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Per-condition means (and standard errors) over concepts; the headline keys are the trained condition's."""
+PAIRED_METRICS = ("recognition_weighted", "generation_attribute_accuracy", "qa_accuracy", "generation_similarity")
+
+
+def paired_difference(per_concept: Sequence[dict[str, Any]], other: str, metric: str) -> tuple[float, float]:
+    """Mean over units (concepts, of every seed) of trained minus `other` on `metric`, and its standard error."""
+    return _mean_and_error([c["conditions"]["trained"][metric] - c["conditions"][other][metric] for c in per_concept])
+
+
+def paired(settings: BenchSettings, per_concept: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trained minus every other condition, paired per unit, on `PAIRED_METRICS`: the mean, its standard error,
+    the number of units and the mean per seed."""
+    if "trained" not in settings.conditions:
+        return []
+    rows = []
+    seeds = sorted({c.get("seed", settings.seed) for c in per_concept})
+    for other in settings.conditions:
+        if other == "trained":
+            continue
+        for metric in PAIRED_METRICS:
+            mean, error = paired_difference(per_concept, other, metric)
+            per_seed = {
+                str(seed): paired_difference(
+                    [c for c in per_concept if c.get("seed", settings.seed) == seed], other, metric
+                )[0]
+                for seed in seeds
+            }
+            rows.append(
+                {
+                    "other": other,
+                    "metric": metric,
+                    "mean": mean,
+                    "stderr": error,
+                    "units": len(per_concept),
+                    "per_seed": per_seed,
+                }
+            )
+    return rows
+
+
+def summarize(
+    settings: BenchSettings, per_concept: list[dict[str, Any]], seconds: float, seeds: int = 1
+) -> dict[str, Any]:
+    """Per-condition means (and standard errors) over concepts of every seed, and the paired differences; the
+    headline keys are the trained condition's."""
     conditions: dict[str, dict[str, Any]] = {}
     for name in settings.conditions:
         rows = [c["conditions"][name] for c in per_concept]
@@ -446,9 +535,10 @@ def summarize(settings: BenchSettings, per_concept: list[dict[str, Any]], second
         conditions[name] = summary
     headline = ("recognition_weighted", "generation_attribute_accuracy", "qa_accuracy", "generation_similarity")
     results: dict[str, Any] = {
-        "settings": {**asdict(settings), "conditions": list(settings.conditions)},
+        "settings": {**asdict(settings), "conditions": list(settings.conditions), "seeds": seeds},
         "seconds": round(seconds, 1),
         "concepts": per_concept,
+        "paired": paired(settings, per_concept),
         "conditions": conditions,
         "reference": {
             key: float(np.mean([c["reference"][key] for c in per_concept])) for key in per_concept[0]["reference"]

@@ -16,6 +16,7 @@ from transformers import ChameleonConfig, ChameleonVQVAEConfig
 
 from engine.concepts.prompts import ASSISTANT, USER
 from engine.microworld.world import Identity, sample_scene
+from engine.model.synthetic import TOKENIZER_CONFIG, image_token_name
 from engine.training.data import (
     DESCRIBE_QUESTIONS,
     FACT_QUESTIONS,
@@ -39,21 +40,6 @@ VQ_CONFIG = {
     "attn_resolutions": [],
 }
 LM_SIZES = {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4}
-TOKENIZER_CONFIG = {
-    "tokenizer_class": "PreTrainedTokenizerFast",
-    "bos_token": "<s>",
-    "eos_token": "</s>",
-    "pad_token": "<pad>",
-    "unk_token": "<unk>",
-    "sep_token": "<reserved08706>",
-    "add_bos_token": False,
-    "model_max_length": 4096,
-}
-
-
-def image_token_name(index: int) -> str:
-    """Chameleon's spelling of codebook index `index`: IMGIMG + digits as letters A-J + Z."""
-    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(index)) + "Z"
 
 
 def special_tokens() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Sequence
@@ -18,6 +19,30 @@ MAX_PIXELS = 80_000_000
 """Largest image accepted (width x height); bigger files are refused as likely decompression bombs."""
 MIN_SIDE = 16
 """Smallest accepted width and height, in pixels."""
+HEIC_INSTALL = "pip install 'familiar[heic]'"
+"""How to add HEIC support (the optional pillow-heif package)."""
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+
+
+@functools.cache
+def heif_available() -> bool:
+    """Whether HEIC photos can be read: the optional pillow-heif package is installed (its opener is then
+    registered with Pillow)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def _looks_like_heif(source: Path | io.BytesIO) -> bool:
+    if isinstance(source, io.BytesIO):
+        head = source.getvalue()[:12]
+    else:
+        with open(source, "rb") as file:
+            head = file.read(12)
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
 def _flatten_to_rgb(image: Image.Image) -> Image.Image:
@@ -33,7 +58,9 @@ def _flatten_to_rgb(image: Image.Image) -> Image.Image:
 def open_image(source: Path | bytes) -> Image.Image:
     """Decode a file or bytes into an upright RGB image, or raise ``ImageError`` saying why not.
 
-    EXIF orientation is applied, transparency is composited onto white, and the whole image is
+    JPEG, PNG, WebP and what else Pillow reads; HEIC where the optional pillow-heif is installed (otherwise
+    the error says how to install it). EXIF orientation is applied, transparency is composited onto white, and
+    the whole image is
     decoded up front so that truncated files are caught here. Images over ``MAX_PIXELS`` or with
     a side under ``MIN_SIDE`` are refused.
     """
@@ -44,6 +71,7 @@ def open_image(source: Path | bytes) -> Image.Image:
         if not path.is_file():
             raise ImageError(f"{path} does not exist or is not a file.")
         name, stream = str(path), path
+    heif_available()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -63,6 +91,10 @@ def open_image(source: Path | bytes) -> Image.Image:
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
+        if not heif_available() and _looks_like_heif(stream):
+            raise ImageError(
+                f"{name} is a HEIC photo; reading HEIC needs the optional pillow-heif package: {HEIC_INSTALL}"
+            ) from exc
         raise ImageError(f"{name} is not an image in a format Familiar can read.") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{name} declares an enormous size (a possible decompression bomb) and was refused.") from exc

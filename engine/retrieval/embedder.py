@@ -3,7 +3,9 @@
 Weights come only from a local file; nothing is ever downloaded. Only the image tower is kept. The default,
 ViT-L-14 with the `openai` tag's settings (QuickGELU, OpenAI mean and std), is the model behind the public
 LAION-5B kNN indexes. `demo` is a tiny model with deterministic random weights so every command runs without
-a weights file: its similarities reflect little more than colour statistics.
+a weights file: its similarities reflect little more than colour statistics. `microworld-reader` is the
+micro-world's stand-in for CLIP: the attribute reader's identity features (engine/microworld/reader.py), the
+embedder of the demo model's bundled subset.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from engine.retrieval.embedder_info import EmbedderInfo
 DEFAULT_EMBEDDER = "ViT-L-14"
 DEFAULT_TAG = "openai"
 DEMO_EMBEDDER = "demo"
+READER_EMBEDDER = "microworld-reader"
 DEMO_SEED = 20240611
 DEMO_CONFIG: dict[str, Any] = {
     "embed_dim": 64,
@@ -86,6 +89,26 @@ def _demo_embedder(device: torch.device) -> Embedder:
     return Embedder(model.visual, open_clip.image_transform(size, is_train=False), info, device)
 
 
+class _ReaderFeatures(torch.nn.Module):
+    """The attribute reader's identity features, as an image tower."""
+
+    def __init__(self, reader: torch.nn.Module) -> None:
+        super().__init__()
+        self.reader = reader
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.reader.features(pixels)[0]
+
+
+def _reader_embedder(weights: Path | str | None, device: torch.device) -> Embedder:
+    from engine.microworld.reader import default_reader_path, load_reader, to_pixels
+
+    path = Path(weights) if weights is not None else default_reader_path()
+    reader = load_reader(path)
+    info = EmbedderInfo(READER_EMBEDDER, None, reader.config.identity_dim, untrained=False, weights_file=path.name)
+    return Embedder(_ReaderFeatures(reader), lambda image: to_pixels(image)[0], info, device)
+
+
 def _tag_settings(name: str, tag: str | None) -> dict[str, Any]:
     if tag is None:
         return {}
@@ -134,16 +157,20 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, weights: Path | str | None = Non
 
     ``tag`` names the open_clip release the weights file comes from (e.g. ``openai``, ``laion2b_s32b_b82k``);
     it is looked up in open_clip's built-in table (never fetched) for QuickGELU and the image mean and std.
-    ``name="demo"`` gives the untrained demo embedder and ignores ``weights`` and ``tag``.
+    ``name="demo"`` gives the untrained demo embedder and ignores ``weights`` and ``tag``;
+    ``name="microworld-reader"`` the micro-world's attribute reader (``weights``, default the shipped one),
+    ignoring ``tag``.
     """
     device = torch.device(device)
     if name == DEMO_EMBEDDER:
         return _demo_embedder(device)
+    if name == READER_EMBEDDER:
+        return _reader_embedder(weights, device)
     config = None if ":" in name else open_clip.get_model_config(name)  # a schema would mean a download
     if config is None:
         raise EngineError(
-            f"unknown embedder {name!r}; use 'demo' or an open_clip model name such as {DEFAULT_EMBEDDER} "
-            "(see open_clip.list_models())"
+            f"unknown embedder {name!r}; use 'demo', '{READER_EMBEDDER}' or an open_clip model name such as "
+            f"{DEFAULT_EMBEDDER} (see open_clip.list_models())"
         )
     if "hf_model_name" in config.get("text_cfg", {}):
         raise EngineError(f"{name} needs a text tower from the Hugging Face hub; Familiar does not fetch models")

@@ -7,6 +7,10 @@ way: the base model describes the photos, the concept is attached with its start
 the start rows are checked (before the first step), the `Trainer` runs, every epoch's checkpoint is scored on the
 held-out photos and negatives, and the best one is chosen and left attached. Each check (the start rows' and every
 checkpoint's) goes to `on_check` with its scores and the one picture the scoring drew.
+
+Where recognition cannot be measured (no negatives at all, or no held-out photo) the checkpoints have no `score`;
+the best is then the one with the lowest loss on the held-out photos (their recognition and drawing samples,
+`held_out_loss`), or the lowest training loss of its epoch where no photo is held out, and a `Notice` says so.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+import torch
 from PIL import Image
 
+from engine.concepts.prompts import Sample
 from engine.concepts.state import ConceptState
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
-from engine.progress import ProgressCallback
+from engine.progress import Notice, ProgressCallback, Status
 from engine.training.data import ConceptData, augmentations, build_samples, class_word, describe_photos
 from engine.training.recipe import Recipe, held_out_negatives
 from engine.training.selection import ImageSimilarity, Scores, score
@@ -52,7 +58,7 @@ class Scored:
     """A checkpoint and its scores on the held-out data (`score` decides), with the epoch's mean loss."""
 
     checkpoint: Checkpoint
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
 
 
 @dataclass
@@ -60,7 +66,7 @@ class Check:
     """What the concept showed at `step` (0: the start rows, before training): the scores and a picture."""
 
     step: int
-    metrics: dict[str, float]
+    metrics: dict[str, float | None]
     picture: Image.Image | None
 
 
@@ -84,8 +90,34 @@ def encode(assistant: Assistant, images: Sequence[Image.Image]) -> list[list[int
 
 
 def best(candidates: Sequence[Scored]) -> Scored:
-    """The highest score; the later checkpoint among equal scores."""
-    return max(candidates, key=lambda c: (c.metrics.get("score", 0.0), c.checkpoint.step))
+    """The highest score; where a checkpoint has none (recognition not measured), the lowest held-out loss, else
+    the lowest training loss. The later checkpoint among equals."""
+    if all(c.metrics.get("score") is not None for c in candidates):
+        return max(candidates, key=lambda c: (c.metrics["score"], c.checkpoint.step))
+    key = "held_out_loss" if all(c.metrics.get("held_out_loss") is not None for c in candidates) else "loss"
+    return min(candidates, key=lambda c: (c.metrics[key], -c.checkpoint.step))
+
+
+def selection_notice(negatives: int, held_out: int) -> Notice | None:
+    """What checkpoint selection falls back to when recognition cannot be measured; None when it can."""
+    if negatives and held_out:
+        return None
+    missing = "no negatives (no other concepts and no index)" if not negatives else "no held-out photo"
+    if held_out:
+        by = f"the loss on the {held_out} held-out photo{'s' * (held_out > 1)}"
+    else:
+        by = "the training loss (no photo is held out: a concept needs 3 or more photos for that)"
+    return Notice(f"{missing}: recognition is not measured; checkpoints are chosen by {by}")
+
+
+@torch.no_grad()
+def held_out_loss(trainer: Trainer, samples: Sequence[Sample]) -> float:
+    """The mean training loss over `samples` (the held-out photos' own), without updating anything."""
+    losses = [
+        float(trainer.loss(samples[i : i + trainer.config.micro_batch]))
+        for i in range(0, len(samples), trainer.config.micro_batch)
+    ]
+    return sum(losses) / len(losses)
 
 
 def personalize(
@@ -97,7 +129,7 @@ def personalize(
     cancelled: Callable[[], bool] | None = None,
     on_checkpoint: Callable[[Scored], None] | None = None,
     on_check: Callable[[Check], None] | None = None,
-    status: Callable[[str], None] | None = None,
+    status: Status | None = None,
     resume: Checkpoint | None = None,
     earlier: Sequence[Scored] = (),
 ) -> Personalized:
@@ -141,6 +173,13 @@ def personalize(
     trainer = Trainer(assistant, name, samples, recipe)
     report(f"{len(samples)} samples, {trainer.total_steps} steps")
     held_positive, held_negative = encode(assistant, concept.held_out), concept.negatives[:held]
+    notice = selection_notice(len(held_negative), len(held_positive))
+    held_samples: list[Sample] = []
+    if notice is not None:
+        report(notice)
+        if held_positive:
+            plain = replace(recipe, qa_repeats=0, soft_positives=0)
+            held_samples = build_samples(assistant.prompts, ConceptData(name, concept.kind, held_positive), plain)
     scored = list(earlier)
 
     def check() -> Scores:
@@ -164,7 +203,10 @@ def personalize(
         report(f"scoring the checkpoint at step {checkpoint.step}")
         scores = check()
         window = checkpoint.losses[-trainer.steps_per_epoch :]
-        result = Scored(checkpoint, {**scores.as_dict(), "loss": sum(window) / max(len(window), 1)})
+        metrics = {**scores.as_dict(), "loss": sum(window) / max(len(window), 1)}
+        if held_samples:
+            metrics["held_out_loss"] = held_out_loss(trainer, held_samples)
+        result = Scored(checkpoint, metrics)
         scored.append(result)
         if on_checkpoint is not None:
             on_checkpoint(result)

@@ -3,8 +3,10 @@ and negatives, and the similarity of a generated picture to the real photos.
 
 Recognition asks "Is <name> in this photo?" and compares the model's next-token probability of "Yes"
 and "No" after the understanding tokens (the self-prompt); accuracy is reported on positives, on
-negatives, and as their mean (the weighted accuracy, insensitive to the class balance). A part with nothing to
-measure it on (no held-out photos, no negatives) is None, not 0, and the means leave it out.
+negatives, and as their mean (the weighted accuracy, insensitive to the class balance). A score with nothing
+to measure it on (no held-out photo, no negative) is None, "not measured", never 0; recognition is measured
+only where both exist, and without it there is no `score`: the caller then chooses by a loss instead
+(engine/training/personalization.py). The scores keep the counts they were measured on and the one picture drawn.
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ class Scores:
     held_out_negatives: int = 0
     picture: Image.Image | None = field(default=None, repr=False)
 
-    def as_dict(self) -> dict[str, float]:
-        """The measured scores and the counts (what a checkpoint's metrics keep)."""
-        return {k: v for k, v in asdict(self).items() if v is not None and k != "picture"}
+    def as_dict(self) -> dict[str, float | None]:
+        """Every score, None where it was not measured (image similarity only where it was asked for), and the
+        counts."""
+        scores = {k: v for k, v in asdict(self).items() if k != "picture"}
+        if scores["image_similarity"] is None:
+            del scores["image_similarity"]
+        return scores
 
 
 def answer_tokens(assistant: Assistant) -> tuple[list[int], int, int]:
@@ -76,11 +82,6 @@ def recognition_accuracy(
     return positive, negative
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
-    measured = [v for v in values if v is not None]
-    return sum(measured) / len(measured) if measured else None
-
-
 def draw(assistant: Assistant, name: str, seed: int) -> Image.Image:
     """One picture for "A photo of <name>." without the demo label (it would bias similarity)."""
     return draw_prompt(assistant, f"A photo of <{name}>.", [name], seed)
@@ -107,22 +108,18 @@ def score(
     seed: int = 0,
     sample: bool = False,
 ) -> Scores:
-    """Recognition and, where a similarity function is given, image similarity; `score` is their mean. One
-    picture is drawn when similarity is measured or `sample` asks for it, and kept in the scores."""
+    """Recognition and, where a similarity function is given, image similarity; `score` is their mean, None
+    where recognition is not measured (no held-out photo or no negative). One picture is drawn when similarity is
+    measured or `sample` asks for it, and kept in the scores."""
     positive, negative = recognition_accuracy(assistant, name, positives, negatives)
-    recognition = _mean([positive, negative])
+    recognition = None if positive is None or negative is None else (positive + negative) / 2
     measure = similarity is not None and bool(real_photos)
     picture = draw(assistant, name, seed) if measure or sample else None
     image_similarity = None
-    if measure and similarity is not None and picture is not None:
+    if similarity is not None and measure and picture is not None:
         image_similarity = float(similarity([picture], real_photos))
-    return Scores(
-        positive,
-        negative,
-        recognition,
-        image_similarity,
-        _mean([recognition, image_similarity]),
-        held_out_photos=len(positives),
-        held_out_negatives=len(negatives),
-        picture=picture,
-    )
+    counts = {"held_out_photos": len(positives), "held_out_negatives": len(negatives), "picture": picture}
+    if recognition is None:
+        return Scores(positive, negative, None, image_similarity, None, **counts)
+    parts = [recognition] if image_similarity is None else [recognition, image_similarity]
+    return Scores(positive, negative, recognition, image_similarity, sum(parts) / len(parts), **counts)

@@ -24,6 +24,7 @@ QUICK_TRAINING = {
     "qa_repeats": 1,
     "negatives": 2,
     "describe_photos": False,
+    "bundled_index": False,
     "device": "cpu",
 }
 

@@ -112,3 +112,15 @@ def test_only_the_bitsandbytes_libraries_torch_loads_are_kept(manifest: ModuleTy
     assert unused("bitsandbytes/libbitsandbytes_rocm72.so", "13.0")
     assert unused("bitsandbytes\\libbitsandbytes_cuda130.dll".replace("\\", "/"), None)
     assert not unused("torch/lib/libtorch_cuda.so", "13.0")
+
+
+def test_a_linux_build_without_the_x11_libraries_is_refused_naming_them(manifest: ModuleType) -> None:
+    carried = manifest.xcb_libraries_carried()
+    assert "libxcb-icccm.so.4" in carried and "libxkbcommon-x11.so.0" in carried
+    assert not set(carried) & set(manifest.XCB_FROM_THE_SYSTEM)
+    collected = ["PySide6/Qt/plugins/platforms/libqxcb.so", *carried]
+    assert manifest.xcb_build_problem(collected) is None
+    without = [name for name in collected if name not in ("libxcb-icccm.so.4", "libxcb-keysyms.so.1")]
+    problem = manifest.xcb_build_problem(without)
+    assert problem is not None and "libxcb-icccm.so.4, libxcb-keysyms.so.1" in problem
+    assert "sudo apt install libxcb-icccm4 libxcb-keysyms1" in problem and "xcb-util-wm" in problem

@@ -251,7 +251,7 @@ def test_killed_training_resumes_without_a_duplicate_version(tmp_path: Path) -> 
     root = tmp_path / "lib"
     with Library.open(root) as library:
         library.concepts.add("bo", [write_image(tmp_path / f"bo{i}.jpg", seed=i, size=(96, 96)) for i in range(2)])
-    train = ["train", "bo", "--epochs", "2", "--device", "cpu"]
+    train = ["train", "bo", "--epochs", "2", "--device", "cpu", "--no-index"]
     first = familiar_killed_at(["checkpoint row"], root, *train)
     second = familiar_killed_at(["checkpoint row", "committed"], root, *train)
     assert (first.returncode, second.returncode) == (-signal.SIGKILL, -signal.SIGKILL)

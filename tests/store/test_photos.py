@@ -125,8 +125,10 @@ def test_bad_photos_are_refused(tmp_path: Path, make, message: str) -> None:
     if message == "HEIC" and photos.heif_available():
         pytest.skip("pillow-heif is installed: this checks the message shown without it")
     path = make(tmp_path / "photo.jpg")
-    with pytest.raises(PhotoError, match=message):
+    with pytest.raises(PhotoError, match=message) as refused:
         clean_photo(read_photo_file(path), str(path))
+    if message == "HEIC":
+        assert "pip install 'familiar[heic]'" in str(refused.value)
 
 
 def test_truncated_real_photo_is_refused(dog_photos: list[Path]) -> None:

@@ -156,3 +156,18 @@ def test_a_run_keeps_every_steps_loss_and_its_checks(library: Library) -> None:
     with pytest.raises(RunStateError):
         library.runs.record_losses(run.id, [1.0], first_step=6)
     assert len(library.runs.losses(run.id)) == 4  # a finished run's curve stays readable
+
+
+def test_the_interrupted_run_is_the_latest_stopped_one_unless_a_later_one_finished(library: Library) -> None:
+    library.concepts.add("bo")
+    assert library.runs.interrupted("bo") is None
+    first = library.runs.start(library.runs.create("bo", {}).id)
+    library.runs.finish(first.id, "cancelled")
+    assert library.runs.interrupted("bo").id == first.id
+    second = library.runs.start(library.runs.create("bo", {}).id)
+    assert library.runs.interrupted("bo").id == first.id  # a running run is skipped
+    library.runs.finish(second.id, "failed", error="interrupted")
+    assert library.runs.interrupted("bo").id == second.id
+    library.runs.resume(second.id)
+    library.runs.finish(second.id, "done")
+    assert library.runs.interrupted("bo") is None

@@ -170,3 +170,17 @@ def test_conversations_are_kept_reopened_renamed_and_deleted(chat_window, open_w
     assert [c.title for c in again.library.conversations.list()] == ["hello"]
     assert again.conversation is None and _bubbles(again, ImageBubble) == []
     assert [image.id for image in again.library.gallery.list()] == [drawn.image.id]  # the gallery keeps it
+
+
+def test_auto_mode_draws_a_request_to_draw(chat_window, qtbot, monkeypatch) -> None:
+    chat = chat_window.chat_view
+    asked: list[str] = []
+    wants_image = Assistant.wants_image
+    monkeypatch.setattr(
+        Assistant, "wants_image", lambda self, text, *a: asked.append(text) or wants_image(self, text, *a)
+    )
+    _ask(chat, qtbot, "Draw <bo> at the beach", "auto")
+    (bubble,) = _bubbles(chat, ImageBubble)
+    assert asked == []  # a request to draw is drawn without asking the model
+    assert chat_window.library.gallery.list("bo")[0].prompt == "A photo of <bo> at the beach."
+    assert bubble.image.prompt == "A photo of <bo> at the beach."

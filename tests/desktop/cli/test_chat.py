@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from PIL import Image
 from desktop import __version__
 from desktop.cli.main import main
 from engine.inference.assistant import SHOWN_SIZE, Assistant
+from engine.model import loading
 from engine.model.loading import TRAINED_DEMO, demo_model_dir, load_model
 
 
@@ -110,12 +112,71 @@ def test_pictures_drawn_from_the_cli_go_to_the_gallery_unless_told_not_to(
     assert main([*data, "generate", prompt, "-o", str(tmp_path / "b.png"), "--no-gallery", "--device", "cpu"]) == 0
     monkeypatch.setattr(Assistant, "wants_image", lambda *_args: True)  # --auto: the model chose to draw
     auto = tmp_path / "c.png"
-    assert main([*data, "chat", "Draw a red circle", "--auto", "-o", str(auto), "--seed", "2", "--device", "cpu"]) == 0
+    assert main([*data, "chat", "A red circle", "--auto", "-o", str(auto), "--seed", "2", "--device", "cpu"]) == 0
     capsys.readouterr()
     with Library.open(tmp_path / "lib") as library:
         kept = library.gallery.list()
+    with Image.open(auto) as drawn:
+        auto_prompt = drawn.text["familiar:prompt"]
     assert [(image.prompt, image.seed, image.params["via"]) for image in kept] == [
-        ("Draw a red circle", 2, "familiar chat"),
+        (auto_prompt, 2, "familiar chat"),
         (prompt, 5, "familiar generate"),
     ]
     assert kept[1].path.read_bytes() == out.read_bytes() and kept[0].path.read_bytes() == auto.read_bytes()
+
+
+@pytest.mark.parametrize(("name", "fmt"), [("bo.jpg", "JPEG"), ("bo.JPEG", "JPEG"), ("bo.webp", "WEBP")])
+def test_generate_writes_the_format_its_name_asks_for(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, fmt: str
+) -> None:
+    out = tmp_path / name
+    prompt = "A photo of a small blue dotted square on sand."
+    assert main(["generate", prompt, "-o", str(out), "--seed", "3", "--device", "cpu"]) == 0
+    assert "seed 3" in capsys.readouterr().out
+    with Image.open(out) as image:
+        assert image.format == fmt and image.size == (SHOWN_SIZE, SHOWN_SIZE)
+        about = json.loads(image.getexif()[0x010E])
+    assert about["familiar:prompt"] == prompt and about["familiar:seed"] == "3"
+    assert about["familiar:warning"] == f"made by the {TRAINED_DEMO.warning}"
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: what is checked here must be checked before the model loads."""
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["generate", "a cat", "-o", "{tmp}/cat.gif"], "the name must end in .png, .jpg, .jpeg, .webp"),
+        (["generate", "a cat", "-o", "{tmp}/missing/cat.png"], "the folder {tmp}/missing does not exist"),
+        (["generate", "<nobody> at sea", "-o", "{tmp}/cat.png"], "no concept named 'nobody'"),
+        (["chat", "Draw a cat", "--auto", "-o", "{tmp}/cat.bmp"], "the name must end in .png"),
+        (["chat", "What is this?", "--image", "{tmp}/missing.jpg"], "missing.jpg does not exist"),
+        (["chat", "Where is <nobody>?"], "no concept named 'nobody'"),
+        (["chat", "Hi", "--concept", "nobody"], "no concept named 'nobody'"),
+        (["chat", "Hi", "--concept-file", "{tmp}/missing.safetensors"], "cannot read concept state"),
+    ],
+)
+def test_checks_that_need_no_model_come_before_it_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_loading: None, argv: list[str], expected: str
+) -> None:
+    assert main([arg.format(tmp=tmp_path) for arg in argv]) == 2
+    assert expected.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_auto_draws_a_request_to_draw(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    loaded = load_model("demo", device="cpu")
+    Assistant(loaded).slots.initial_state("bo", loaded.tokenizer, "dog").save(tmp_path / "bo.safetensors")
+    out = tmp_path / "beach.jpg"
+    args = ["chat", "Draw <bo> at the beach", "--auto", "-o", str(out), "--seed", "2", "--device", "cpu"]
+    assert main([*args, "--concept-file", str(tmp_path / "bo.safetensors")]) == 0
+    assert f"saved {out} (seed 2)" in capsys.readouterr().out
+    with Image.open(out) as image:
+        assert image.format == "JPEG"
+        assert json.loads(image.getexif()[0x010E])["familiar:prompt"] == "A photo of <bo> at the beach."

@@ -116,3 +116,29 @@ def test_end_to_end_on_two_dreambooth_subjects(
         assert picture.size == (32, 32)
     report = (out / "report.md").read_text()
     assert "## Recognition" in report and "| dog |" in report and "![training](training.png)" in report
+
+
+def test_a_chart_with_nothing_to_show_is_not_written_and_the_report_says_so(tmp_path: Path) -> None:
+    results = _results(tmp_path)
+    for concept in results["concepts"].values():
+        concept.pop("clip_i")
+    commands_eval.write_report(results, tmp_path)
+    assert not (tmp_path / "similarity.png").exists() and (tmp_path / "recognition.png").is_file()
+    report = (tmp_path / "report.md").read_text()
+    assert "(No similarity chart: CLIP-I, CLIP-T and DINO were not measured.)" in report
+    assert "![similarity]" not in report and "![recognition](recognition.png)" in report
+
+
+def test_bars_carry_error_bars_and_value_labels(tmp_path: Path) -> None:
+    from desktop.cli.charts import bar_chart, line_chart
+
+    series = {"accuracy": [0.5, 0.8]}
+    assert bar_chart(tmp_path / "plain.png", "t", ["a", "b"], series)
+    assert bar_chart(tmp_path / "errors.png", "t", ["a", "b"], series, {"accuracy": [0.1, None]})
+    with Image.open(tmp_path / "plain.png") as plain, Image.open(tmp_path / "errors.png") as errors:
+        above = (0, 0, CHART_SIZE[0], CHART_SIZE[1] // 2)  # the first bar's top (0.5) and its error bar to 0.6
+        assert plain.crop(above).tobytes() != errors.crop(above).tobytes()
+        assert min(plain.convert("L").crop((60, 60, 400, 200)).tobytes()) < 100  # black labels, such as "0.80"
+    assert not bar_chart(tmp_path / "empty.png", "t", ["a"], {"x": [None]})
+    assert not line_chart(tmp_path / "empty.png", "t", {"a": []}, "epoch")
+    assert not (tmp_path / "empty.png").exists()

@@ -51,6 +51,18 @@ def test_build_with_vq_tokens_for_the_demo_model(
     assert tokens.shape == (5, 64) and tokens.dtype == np.int32
 
 
+def test_build_with_the_demo_model_uses_the_demo_embedder(
+    dreambooth: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = tmp_path / "index"
+    assert main(["index", "build", str(dreambooth / "cat"), "--model", "demo", "-o", str(index)]) == 0
+    out, err = capsys.readouterr()
+    assert "indexed 5 new images" in out and "UNTRAINED" in err
+    assert main(["index", "info", str(index)]) == 0
+    info = capsys.readouterr().out
+    assert "embedder:  demo, dim 64" in info and "vq tokens: none" in info
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

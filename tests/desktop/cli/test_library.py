@@ -39,8 +39,8 @@ def test_add_list_show_rename_export_import_remove(
     assert code == 0 and "added bo (pet, 3 photos)" in out
 
     code, out, _ = familiar(capsys, data, "concept", "list")
-    assert code == 0 and out.splitlines()[0].split() == ["NAME", "KIND", "STATE", "PHOTOS", "UPDATED"]
-    assert out.splitlines()[1].split()[:4] == ["bo", "pet", "untrained", "3"]
+    assert code == 0 and out.splitlines()[0].split() == ["NAME", "KIND", "STATE", "PHOTOS", "LAST", "RUN", "UPDATED"]
+    assert out.splitlines()[1].split()[:5] == ["bo", "pet", "untrained", "3", "-"]
 
     code, out, _ = familiar(capsys, data, "concept", "list", "--json")
     (listed,) = json.loads(out)
@@ -222,3 +222,44 @@ def test_show_gives_the_active_versions_verdict(tmp_path: Path, photos: list[Pat
     )
     assert verdict[1] == "  Advice: Add photos from other angles and in other light, then retrain."
     assert verdict[2].startswith("  Advice: Add another concept")
+
+
+def test_list_and_show_give_run_history_and_how_to_resume_an_interrupted_run(
+    tmp_path: Path, photos: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from store.library import Library
+
+    data = tmp_path / "lib"
+    with Library.open(data) as library:
+        library.concepts.add("bo", photos, kind="pet")
+        library.concepts.add("kiki", photos[:1], kind="pet")
+        done = library.runs.create("bo", {"epochs": 2})
+        library.runs.start(done.id)
+        library.runs.finish(done.id, "done")
+        killed = library.runs.create("bo", {"epochs": 15})
+        library.runs.start(killed.id)
+        library.runs.report(killed.id, 0.3, step=12, total_steps=40)
+        library.db.execute("UPDATE runs SET pid = ? WHERE id = ?", [2**22 + 12345, killed.id])  # its process died
+    hint = (
+        f"<bo>: training run {killed.id} stopped (interrupted at 12/40); continue it with: familiar train bo --resume"
+    )
+
+    code, out, _ = familiar(capsys, data, "concept", "list")
+    lines = out.splitlines()
+    assert code == 0 and "interrupted at 12/40" in lines[1] and lines[2].split()[4] == "-"
+    assert lines[-1] == hint and "kiki" not in lines[-1]
+
+    code, out, _ = familiar(capsys, data, "concept", "show", "bo")
+    assert code == 0 and "training runs (2):" in out and hint in out
+    history = out.split("training runs (2):")[1].splitlines()
+    assert history[1].split()[:5] == ["run", str(killed.id), "interrupted", "at", "12/40"]
+    assert "interrupted: the process running it stopped" in history[1] and "15 epochs" in history[1]
+    assert history[2].split()[:3] == ["run", str(done.id), "done"] and "2 epochs" in history[2]
+
+    code, out, _ = familiar(capsys, data, "concept", "show", "bo", "--json")
+    assert [(r["id"], r["status"]) for r in json.loads(out)["runs"]] == [(killed.id, "failed"), (done.id, "done")]
+    code, out, _ = familiar(capsys, data, "concept", "list", "--json")
+    assert [c["last_run"] and c["last_run"]["status"] for c in json.loads(out)] == ["failed", None]
+
+    code, out, _ = familiar(capsys, data, "concept", "show", "kiki")
+    assert "training runs (0):" in out and "--resume" not in out

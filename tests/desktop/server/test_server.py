@@ -307,6 +307,12 @@ def test_familiar_generate_draws_through_the_server(
     with Library.open(library_dir) as library:
         (kept,) = library.gallery.list()
     assert kept.path.read_bytes() == out.read_bytes() and kept.params["server"] and kept.seed == 5
+    jpeg = tmp_path / "drawn.jpg"
+    assert main(["--data-dir", str(library_dir), "generate", DRAWN, "-o", str(jpeg), "--seed", "5"]) == 0
+    with Image.open(jpeg) as image:
+        assert image.format == "JPEG" and '"familiar:seed": "5"' in image.getexif()[0x010E]
+    assert main(["--data-dir", str(library_dir), "generate", DRAWN, "-o", str(tmp_path / "drawn.gif")]) == 2
+    assert "the name must end in" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags", [["--no-server"], ["--model", str(loading.demo_model_dir())]])

@@ -30,6 +30,7 @@ QUICK = TrainOptions(
     generation_per_photo=1,
     qa_repeats=1,
     augment=False,
+    bundled_index=False,  # the demo model's bundled subset is tested in test_bundled_subset.py
 )
 
 
@@ -122,7 +123,7 @@ def test_killed_run_resumes_to_the_same_step_count_and_the_concept_works(
     library: Library, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = library.layout.root
-    args = ["train", "bo", "--epochs", "3", "--device", "cpu", "--learning-rate", "0.03"]
+    args = ["train", "bo", "--epochs", "3", "--device", "cpu", "--learning-rate", "0.03", "--no-index"]
     process = _familiar(*args, data=data)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
@@ -200,7 +201,7 @@ def test_training_with_an_index_uses_soft_positives_and_image_similarity(
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(library: Library) -> None:
     data = library.layout.root
-    process = _familiar("train", "bo", "--epochs", "3", "--device", "cpu", data=data)
+    process = _familiar("train", "bo", "--epochs", "3", "--device", "cpu", "--no-index", data=data)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         runs = library.runs.list("bo")

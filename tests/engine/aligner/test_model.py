@@ -61,7 +61,7 @@ def save_tiny(path: Path, demo: LoadedModel, encoder: DinoEncoder, fingerprint: 
     aligner = new_aligner(TINY, demo, seed=1)
     torch.nn.init.normal_(aligner.latent_embed.weight, std=0.1)
     torch.nn.init.normal_(aligner.identifier_head[-1].weight, std=0.1)
-    metadata = aligner_metadata(TINY, fingerprint or demo.fingerprint, encoder.fingerprint, encoder.source)
+    metadata = aligner_metadata(TINY, fingerprint or demo.fingerprint, encoder)
     save_aligner(path, aligner.state_dict(), metadata)
     return aligner
 
@@ -133,7 +133,7 @@ def test_another_base_model_or_encoder_is_refused(
         load_aligner(tmp_path / "other.safetensors", demo.fingerprint)
     save_tiny(tmp_path / "mine.safetensors", demo, encoder)
     tiny_dino(1).save_pretrained(tmp_path / "dino-1")
-    with pytest.raises(AlignerError, match="another DINOv2 encoder"):
+    with pytest.raises(AlignerError, match="trained with another DINOv2"):
         load_aligner(tmp_path / "mine.safetensors", demo.fingerprint, dino=tmp_path / "dino-1")
     loaded = load_aligner(tmp_path / "mine.safetensors", demo.fingerprint)
     with pytest.raises(AlignerError, match="another base model"):

@@ -225,7 +225,7 @@ def test_resume_after_cancel_matches_an_uninterrupted_run(
     tensors, metadata = read_aligner_file(output)
     final = build_aligner(tensors, metadata, "test").state_dict()
     assert all(torch.equal(final[k], v) for k, v in whole.aligner.state_dict().items())
-    assert metadata["base_fingerprint"] == demo.fingerprint and metadata["dino_fingerprint"] == encoder.fingerprint
+    assert metadata["base_fingerprint"] == demo.fingerprint and metadata["encoder_fingerprint"] == encoder.fingerprint
 
 
 def test_resuming_for_another_base_model_or_dataset_is_refused(

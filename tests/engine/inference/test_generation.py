@@ -137,7 +137,7 @@ def test_automatic_mode_follows_the_first_token(assistant: Assistant, demo: Load
     if "bo" not in assistant.slots.names():
         assistant.attach(assistant.slots.initial_state("bo", demo.tokenizer, "dog"))
     params = assistant.slots.params("bo")
-    text = "Draw <bo> in a library"
+    text = "<bo> in a library"
     with torch.no_grad():
         params.head[1] = 0.0
         assert not assistant.wants_image(text)
@@ -147,3 +147,19 @@ def test_automatic_mode_follows_the_first_token(assistant: Assistant, demo: Load
     assert assistant.wants_image(text)
     response = assistant.respond(text, sampling=Sampling(seed=0))
     assert response.kind == "image" and response.image is not None
+
+
+def test_automatic_mode_draws_a_request_to_draw(assistant: Assistant, demo: LoadedModel) -> None:
+    """ "Draw <bo> at the beach" is drawn, as "A photo of <bo> at the beach.", even where the model's first token
+    would open an answer; the same words with a photo attached are left to the model."""
+    if "bo" not in assistant.slots.names():
+        assistant.attach(assistant.slots.initial_state("bo", demo.tokenizer, "dog"))
+    text = "Draw <bo> at the beach"
+    with torch.no_grad():
+        assistant.slots.params("bo").head[1] = 0.0
+        assert not assistant.wants_image(text)
+    response = assistant.respond(text, sampling=Sampling(seed=0))
+    assert response.kind == "image" and response.image is not None
+    assert response.image.prompt == "A photo of <bo> at the beach."
+    photo = Image.new("RGB", (32, 32), "white")
+    assert assistant.drawing_for(text, photo) is None

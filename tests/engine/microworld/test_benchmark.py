@@ -17,6 +17,7 @@ from engine.inference.assistant import Assistant
 from engine.microworld.benchmark import Benchmark, BenchSettings, coarse_words, make_concepts
 from engine.microworld.reader import load_reader
 from engine.microworld.world import IDENTITY, Scene, render
+from engine.progress import Progress
 from engine.retrieval.plan import concept_query
 from engine.training import personalization
 from engine.training.recipe import Recipe
@@ -101,8 +102,11 @@ def test_benchmark_trains_measures_and_reports_and_leaves_the_base_model_untouch
 ) -> None:
     reference = {k: v.clone() for k, v in assistant.loaded.model.state_dict().items()}
     settings = replace(SMALL, concepts=1, epochs=2, drawings=1, conditions=("trained", "text_prompt"))
-    bench = Benchmark(assistant, load_reader(), settings)
+    updates: list[Progress] = []
+    bench = Benchmark(assistant, load_reader(), settings, progress=updates.append)
     results = bench.run()
+    assert [(u.phase, u.step, u.total) for u in updates] == [("benchmark", n, 2) for n in range(3)]
+    assert updates[1].eta_seconds is not None and updates[2].eta_seconds == 0.0
     assert recipes == [settings.recipe()]  # the trained condition is the product's function and recipe
     trained = results["concepts"][0]["conditions"]["trained"]
     assert trained["steps"] > 0 and trained["last_epoch_loss"] < trained["first_epoch_loss"]
@@ -115,6 +119,9 @@ def test_benchmark_trains_measures_and_reports_and_leaves_the_base_model_untouch
     docs = tmp_path / "docs" / "personalization.md"
     write_report(results, docs, tmp_path / "results.json", bench)
     assert "| trained |" in docs.read_text() and (docs.parent / "personalization-examples.png").is_file()
+    assert "![baselines](personalization-baselines.png)" in docs.read_text()
+    assert (docs.parent / "personalization-baselines.png").is_file()
+    assert "![ablations]" not in docs.read_text() and not (docs.parent / "personalization-ablations.png").exists()
 
 
 def test_bench_command_refuses_unknown_conditions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -132,7 +139,7 @@ def test_familiar_train_runs_the_function_the_benchmark_runs(tmp_path: Path, rec
     with Library.open(tmp_path / "library") as library:
         library.concepts.add("bo", photos, kind="pet")
     args = ["--data-dir", str(tmp_path / "library"), "train", "bo", "--epochs", "1", "--learning-rate", "0.01"]
-    assert main([*args, "--device", "cpu", "--seed", "5"]) == 0
+    assert main([*args, "--device", "cpu", "--seed", "5", "--no-index"]) == 0
     (recipe,) = recipes
     expected = Recipe(epochs=1, learning_rate=0.01, seed=5)  # the rest: the recipe's own defaults
     assert {f.name: getattr(recipe, f.name) for f in fields(Recipe)} == vars(expected)

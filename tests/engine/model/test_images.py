@@ -155,3 +155,19 @@ def test_real_photo() -> None:
     pixels = to_pixel_values([image], 64)
     assert pixels.shape == (1, 3, 64, 64)
     assert pixels.min() >= -1 and pixels.max() <= 1 and pixels.std() > 0.05
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_a_heic_photo_without_pillow_heif_says_how_to_install_it(tmp_path: Path, as_bytes: bool) -> None:
+    from engine.model.images import heif_available
+
+    if heif_available():
+        pytest.skip("pillow-heif is installed: this checks the message shown without it")
+    data = b"\x00\x00\x00\x18ftypheic" + b"\x00" * 64
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(data)
+    with pytest.raises(ImageError, match=r"is a HEIC photo; .* pip install 'familiar\[heic\]'"):
+        open_image(data if as_bytes else path)
+    path.write_bytes(b"\x00\x00\x00\x18ftypqt  " + b"\x00" * 64)  # another ISO container: no HEIC hint
+    with pytest.raises(ImageError, match="not an image in a format Familiar can read"):
+        open_image(path)

@@ -68,13 +68,9 @@ def test_prediction_is_within_a_factor_of_two_of_a_measured_step(demo: LoadedMod
 
 def test_a_full_size_nf4_training_step_at_batch_4_is_predicted_under_8_gib() -> None:
     """The goal of issue #17 (7B NF4, micro-batch 4 of full-length image samples, checkpointing on CUDA)."""
-    import sys
-    from pathlib import Path
+    from engine.model.synthetic import chameleon_7b_config
 
-    sys.path.insert(0, str(Path(__file__).parents[3] / "scripts"))
-    from bench_engine import full_size_config
-
-    config = full_size_config()
+    config = chameleon_7b_config()
     assert tokens_per_image(config) == 1024 and image_vocabulary(config) == 8192
     step = training_step(config, torch.bfloat16, True, TrainingShape(4, checkpointing=True))
     assert step.peak < 8 * 2**30

@@ -1,0 +1,51 @@
+"""`familiar bench personalization` writes files only where asked, runs several seeds, and reports paired
+differences with standard errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from desktop.cli.main import main
+
+
+def test_bench_writes_nothing_without_out_and_pairs_over_seeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    args = ["bench", "personalization", "--concepts", "1", "--seeds", "2", "--epochs", "1", "--threads", "1"]
+    assert main([*args, "--conditions", "trained", "text_prompt"]) == 0
+    assert list(work.iterdir()) == []  # no docs/, no results: nothing was asked for
+    out = capsys.readouterr().out
+    assert "wrote" not in out
+    assert "trained - text_prompt: recognition_weighted " in out and "(2 concepts over 2 seeds)" in out
+
+    results, docs = tmp_path / "r.json", tmp_path / "report" / "bench.md"
+    assert (
+        main([*args, "--seed", "3", "--conditions", "trained", "untrained", "-o", str(results), "--docs", str(docs)])
+        == 0
+    )
+    saved = json.loads(results.read_text())
+    assert [(c["name"], c["seed"]) for c in saved["concepts"]] == [("c0", 3), ("c0", 4)]
+    assert saved["settings"]["seeds"] == 2 and saved["command"].endswith(f"--seeds 2 -o {results} --docs {docs}")
+    row = next(r for r in saved["paired"] if r["other"] == "untrained" and r["metric"] == "recognition_weighted")
+    diffs = [
+        c["conditions"]["trained"]["recognition_weighted"] - c["conditions"]["untrained"]["recognition_weighted"]
+        for c in saved["concepts"]
+    ]
+    assert row["units"] == 2 and row["mean"] == pytest.approx(sum(diffs) / 2)
+    assert row["stderr"] == pytest.approx(abs(diffs[0] - diffs[1]) / 2)
+    assert row["per_seed"] == {"3": pytest.approx(diffs[0]), "4": pytest.approx(diffs[1])}
+    text = docs.read_text()
+    assert "1 concepts x 2 seeds" in text and "`<c0>` (seed 4)" in text
+    assert sorted(p.name for p in docs.parent.iterdir()) == ["bench-baselines.png", "bench-examples.png", "bench.md"]
+
+
+def test_report_only_needs_both_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "personalization", "--report-only", "-o", str(tmp_path / "r.json")]) == 2
+    assert "give both" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
