@@ -1,8 +1,9 @@
 """What a training run will take, said before it starts: steps, time and memory on the named device.
 
 - Steps: the samples `personalize` will build from the concept's photos (augmented x3), the negatives it trains on
-  (the other concepts' photos, less the held-out fifth), the facts' and descriptions' questions and, with an index,
-  up to `soft_positives` look-alikes and `negatives` retrieved ones (an upper bound: the index may hold fewer);
+  (the other concepts' photos, less the held-out fifth), the facts' and descriptions' questions and, with an index
+  (or the demo model's bundled subset), up to `soft_positives` look-alikes and `negatives` retrieved ones (an upper
+  bound: the index may hold fewer);
   `ceil(samples / batch) x epochs`.
 - Time: steps x seconds per step, measured on this library's latest finished run on the same model and device (its
   time from start to end over its steps, so describing, encoding and scoring are included). With no such run the
@@ -83,8 +84,9 @@ def won_t_fit(detail: str, device: str) -> str:
     )
 
 
-def sample_count(library: Library, name: str, options: TrainOptions) -> tuple[int, bool]:
-    """(samples `personalize` builds for `name`, whether retrieval makes it an upper bound)."""
+def sample_count(library: Library, name: str, options: TrainOptions, demo: bool) -> tuple[int, bool]:
+    """(samples `personalize` builds for `name`, whether retrieval makes it an upper bound); `demo`: the model is
+    the demo model, whose bundled subset is the index unless `bundled_index` is off."""
     from desktop.services.personalize import split_photos
     from engine.training.data import fact_pairs
     from engine.training.recipe import held_out_negatives
@@ -93,7 +95,7 @@ def sample_count(library: Library, name: str, options: TrainOptions) -> tuple[in
     train, _held = split_photos(library.concepts.photos(name))
     others = sum(c.photo_count for c in library.concepts.list() if c.id != concept.id)
     negatives = min(others, options.negatives)
-    retrieval = options.index is not None
+    retrieval = options.index is not None or (options.bundled_index and demo)
     if retrieval:
         negatives += 2 * (options.negatives // 2)
     trained_negatives = negatives - held_out_negatives(negatives)
@@ -123,7 +125,8 @@ def estimate_training(
     library: Library, name: str, options: TrainOptions, assistant: Assistant | None = None
 ) -> TrainingEstimate:
     """Steps, time and (with the loaded model in `assistant`) memory of training `name` with `options`."""
-    samples, upper = sample_count(library, name, options)
+    demo = assistant.loaded.is_demo if assistant is not None else options.model == "demo"
+    samples, upper = sample_count(library, name, options, demo)
     steps = math.ceil(samples / options.batch_size) * options.epochs
     pace = measured_pace(library, options)
     memory = None

@@ -82,8 +82,8 @@ def test_without_negatives_recognition_of_others_is_not_measured(library: Librar
     library.concepts.remove("mimi")
     run = train_concept(library, "bo", replace(QUICK, epochs=1))
     for metrics in [run.metrics, *(c.metrics for c in library.runs.checks(run.id))]:
-        assert "recognition_negative" not in metrics and metrics["held_out_negatives"] == 0
-        assert metrics["recognition"] == metrics["recognition_positive"]
+        assert metrics["recognition_negative"] is None and metrics["held_out_negatives"] == 0
+        assert metrics["recognition"] is None and metrics["held_out_photos"] == 1
 
 
 def test_cancel_keeps_the_library_consistent_and_resume_finishes(library: Library) -> None:
@@ -256,10 +256,10 @@ def test_familiar_train_says_its_estimate_first_and_its_verdict_last(
     library: Library, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = str(library.layout.root)
-    assert main(["--data-dir", data, "train", "bo", "--epochs", "1", "--device", "cpu", "--soft-positives", "0"]) == 0
+    assert main(["--data-dir", data, "train", "bo", "--epochs", "1", "--device", "cpu", "--no-index"]) == 0
     captured = capsys.readouterr()
     run = library.runs.list("bo")[0]
     assert f"familiar: Estimate: {run.step} steps, time: shown once it starts" in captured.err
     assert captured.out.splitlines()[1].startswith("Recognises <bo> in ")
-    assert main(["--data-dir", data, "train", "mimi", "--epochs", "1", "--device", "cpu"]) == 0
+    assert main(["--data-dir", data, "train", "mimi", "--epochs", "1", "--device", "cpu", "--no-index"]) == 0
     assert f"measured on run {run.id} of <bo>" in capsys.readouterr().err  # the same model and device
