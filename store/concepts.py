@@ -260,9 +260,9 @@ class Concepts:
         self._delete(self.remove(name).id)
 
     def _delete(self, concept_id: int) -> bool:
-        """Delete a trashed concept with its photos, learned tokens, runs and the generated images only it
-        made; False when it is no longer in the trash. Files shared with another concept stay, and so do
-        images that also show another concept (they lose the link to this concept's versions)."""
+        """Delete a trashed concept with its photos, learned tokens, runs (with their checks' pictures) and the
+        generated images only it made; False when it is no longer in the trash. Files shared with another concept
+        stay, and so do images that also show another concept (they lose the link to this concept's versions)."""
         db = self._lib.db
         with self._lib.change(lock=True) as change:
             trashed = db.execute("SELECT 1 FROM concepts WHERE id = ? AND trashed_at IS NOT NULL", [concept_id])
@@ -275,6 +275,11 @@ class Concepts:
                 [concept_id, concept_id],
             ).fetchall()
             images = db.execute(_OWN_IMAGES, [concept_id, concept_id]).fetchall()
+            samples = db.execute(
+                "SELECT k.sha256, k.format FROM run_checks k JOIN runs r ON r.id = k.run_id"
+                " WHERE r.concept_id = ? AND k.sha256 IS NOT NULL",
+                [concept_id],
+            ).fetchall()
             folders = [
                 self._lib.layout.runs / uid
                 for (uid,) in db.execute("SELECT uid FROM runs WHERE concept_id = ?", [concept_id])
@@ -291,6 +296,8 @@ class Concepts:
             for _, sha, fmt in images:
                 change.discard("generated", sha, extension(fmt))
                 change.discard("thumbs", sha, "jpg")
+            for sha, fmt in samples:
+                change.discard("generated", sha, extension(fmt))
             for folder in folders:
                 change.discard_run_folder(folder)
         return True

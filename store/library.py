@@ -21,6 +21,7 @@ from sqlite_utils import Database
 
 from store import archive, files, schema
 from store.concepts import Concepts
+from store.conversations import Conversations
 from store.errors import LibraryBusyError, NotFoundError, StoreError, storage_errors
 from store.gallery import Gallery
 from store.models import Concept
@@ -40,6 +41,7 @@ class Library:
         self.tokens = Tokens(self)
         self.runs = Runs(self)
         self.gallery = Gallery(self)
+        self.conversations = Conversations(self)
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str] | None = None) -> Library:

@@ -162,3 +162,37 @@ class GeneratedImage:
     created_at: str
     path: Path
     thumbnail: Path
+
+
+@dataclass(frozen=True)
+class RunCheck:
+    """What a run showed at `step` (0: before training, from the start rows): the recognition scores and a
+    sample picture (`path` None when none was drawn)."""
+
+    run_id: int
+    step: int
+    metrics: dict[str, Any]
+    path: Path | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a conversation: the user's (with an attached `photo`) or the assistant's (text, or a
+    picture kept in the gallery: `image`, None when it was deleted there)."""
+
+    id: int
+    role: str  # user, assistant
+    text: str
+    photo: Path | None
+    image: GeneratedImage | None
+    created_at: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    title: str
+    created_at: str
+    updated_at: str
+    message_count: int

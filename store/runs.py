@@ -12,7 +12,7 @@ import os
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,8 @@ import psutil
 
 from store import faults
 from store.errors import InvalidValueError, NotFoundError, RunStateError
-from store.models import Checkpoint, LogLine, Run, loads, utc_now
+from store.models import Checkpoint, LogLine, Run, RunCheck, loads, utc_now
+from store.photos import check_generated_image, extension
 from store.tokens import read_state
 from store.validation import check_count, check_fraction, to_json
 
@@ -230,6 +231,72 @@ class Runs:
             for row in rows
         ]
 
+    def record_losses(self, run_id: int, losses: Sequence[float], *, first_step: int = 1) -> None:
+        """Keep a running run's per-step losses: `losses[i]` is step `first_step + i`'s (a step recorded again,
+        as after a resume, takes the new value)."""
+        check_count(first_step, "first step")
+        if first_step < 1:
+            raise InvalidValueError("steps count from 1")
+        rows = [(run_id, first_step + i, _loss(value)) for i, value in enumerate(losses)]
+        with self._lib.change(lock=True):
+            self._require_status(run_id, "running")
+            self._lib.db.conn.executemany(
+                "INSERT INTO run_losses (run_id, step, loss) VALUES (?, ?, ?)"
+                " ON CONFLICT (run_id, step) DO UPDATE SET loss = excluded.loss",
+                rows,
+            )
+
+    def forget_losses_after(self, run_id: int, step: int) -> None:
+        """Drop the losses recorded after `step` (a resumed run trains those steps again)."""
+        with self._lib.change(lock=True):
+            self._require_status(run_id, "running")
+            self._lib.db.execute("DELETE FROM run_losses WHERE run_id = ? AND step > ?", [run_id, step])
+
+    def losses(self, run_id: int) -> list[tuple[int, float]]:
+        """(step, loss) of every recorded step, in order."""
+        self._require_status(run_id, *STATUSES)
+        rows = self._lib.db.execute("SELECT step, loss FROM run_losses WHERE run_id = ? ORDER BY step", [run_id])
+        return [(int(step), float(loss)) for step, loss in rows]
+
+    def add_check(
+        self, run_id: int, *, step: int, metrics: Mapping[str, Any], picture: bytes | None = None
+    ) -> RunCheck:
+        """Keep what a running run showed at `step` (0 before training): its scores and a PNG or JPEG sample."""
+        check_count(step, "step")
+        metrics_json = to_json(metrics, "metrics")
+        with self._lib.change() as change:
+            sha = fmt = None
+            if picture is not None:
+                fmt, _width, _height, _thumb = check_generated_image(picture, "sample picture")
+                sha = change.stage("generated", picture, extension(fmt))
+            change.lock()
+            self._require_status(run_id, "running")
+            self._lib.db.execute(
+                "INSERT INTO run_checks (run_id, step, metrics, sha256, format, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id, step) DO UPDATE SET metrics = excluded.metrics, sha256 = excluded.sha256,"
+                " format = excluded.format, created_at = excluded.created_at",
+                [run_id, step, metrics_json, sha, fmt, utc_now()],
+            )
+            faults.reach("run check row")
+        return next(c for c in self.checks(run_id) if c.step == step)
+
+    def checks(self, run_id: int) -> list[RunCheck]:
+        """A run's checks by step: before training (step 0) and at each checkpoint."""
+        self._require_status(run_id, *STATUSES)
+        rows = self._lib.db["run_checks"].rows_where("run_id = ?", [run_id], order_by="step")
+        return [
+            RunCheck(
+                run_id=run_id,
+                step=row["step"],
+                metrics=loads(row["metrics"]),
+                path=self._lib.layout.file("generated", row["sha256"], extension(row["format"]))
+                if row["sha256"]
+                else None,
+                created_at=row["created_at"],
+            )
+            for row in rows
+        ]
+
     def folder(self, run_id: int) -> Path:
         """The run's own folder (created on demand) for files the engine keeps, e.g. optimizer state.
 
@@ -305,6 +372,12 @@ class Runs:
             updated_at=row["updated_at"],
             folder=self._lib.layout.runs / row["uid"],
         )
+
+
+def _loss(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise InvalidValueError(f"a step's loss must be a number, not {value!r}")
+    return float(value)
 
 
 def _text(value: str, what: str) -> str:

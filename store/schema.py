@@ -15,16 +15,16 @@ from sqlite_utils import Database
 
 from store.errors import SchemaError, StoreError, storage_errors
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 APPLICATION_ID = 0x46414D49  # "FAMI": marks the file as a Familiar library
 BUSY_TIMEOUT_S = 10.0
 
 # Where each file area's content hashes are referenced; a file no row references is garbage.
 FILE_REFERENCES: dict[str, tuple[tuple[str, str], ...]] = {
-    "photos": (("photos", "sha256"),),
+    "photos": (("photos", "sha256"), ("messages", "photo_sha256")),
     "thumbs": (("photos", "sha256"), ("generated_images", "sha256")),
     "tokens": (("token_versions", "sha256"), ("checkpoints", "sha256")),
-    "generated": (("generated_images", "sha256"),),
+    "generated": (("generated_images", "sha256"), ("run_checks", "sha256")),
 }
 
 _V1 = """
@@ -166,11 +166,63 @@ def _add_concept_trash(db: Database) -> None:
     db.execute("CREATE INDEX concepts_trashed ON concepts(trashed_at) WHERE trashed_at IS NOT NULL")
 
 
+_V5 = """
+CREATE TABLE run_losses (
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL CHECK (step >= 1),
+    loss REAL NOT NULL,
+    PRIMARY KEY (run_id, step)
+) STRICT;
+
+CREATE TABLE run_checks (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    step INTEGER NOT NULL CHECK (step >= 0),
+    metrics TEXT NOT NULL DEFAULT '{}',
+    sha256 TEXT,
+    format TEXT CHECK (format IN ('jpeg', 'png')),
+    created_at TEXT NOT NULL,
+    UNIQUE (run_id, step)
+) STRICT;
+CREATE INDEX run_checks_sha256 ON run_checks(sha256);
+
+CREATE TABLE conversations (
+    id INTEGER PRIMARY KEY,
+    title TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    text TEXT NOT NULL DEFAULT '',
+    photo_sha256 TEXT,
+    photo_format TEXT CHECK (photo_format IN ('jpeg', 'png')),
+    image_id INTEGER REFERENCES generated_images(id) ON DELETE SET NULL,
+    created_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX messages_conversation ON messages(conversation_id);
+CREATE INDEX messages_photo ON messages(photo_sha256);
+CREATE INDEX messages_image ON messages(image_id);
+"""
+
+
+def _add_run_checks_and_conversations(db: Database) -> None:
+    """Version 5: a run keeps every step's loss and a check (sample picture and recognition scores) before
+    training and at each checkpoint; conversations and their messages are kept."""
+    for statement in _V5.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 STEPS: dict[int, Callable[[Database], None]] = {
     0: _create_v1,
     1: _add_photo_roles,
     2: _add_log_warnings,
     3: _add_concept_trash,
+    4: _add_run_checks_and_conversations,
 }
 
 

@@ -1,6 +1,11 @@
 """The chat: questions with `<concept>` mentions and an optional photo; answers stream in piece by piece;
 pictures appear inline (save, copy) and in the gallery. In Auto mode the model itself chooses between
-answering and drawing (`Assistant.wants_image`)."""
+answering and drawing (`Assistant.wants_image`).
+
+Conversations are kept in the library (`store.conversations`): the first question starts one, named after it; the
+list beside the transcript reopens one, renames it (F2 or double-click) and deletes it (Delete, after asking).
+Each turn is answered on its own, as before: a reopened conversation shows what was said, and the model does not
+read the earlier turns."""
 
 from __future__ import annotations
 
@@ -8,14 +13,17 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QImage
+from PySide6.QtCore import QEvent, QObject, Qt, Signal
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QImage, QKeyEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFrame,
     QHBoxLayout,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -29,14 +37,19 @@ from desktop.app.mentions import MentionEdit
 from desktop.app.tasks import Report
 from desktop.app.widgets import fitted_pixmap, heading, square_pixmap
 from engine.progress import Progress
+from store.conversations import title_from
+from store.errors import StoreError
 from store.library import Library
 from store.models import GeneratedImage as StoredImage
+from store.models import Message
 
 if TYPE_CHECKING:
     from desktop.services.conversation import Reply
     from engine.inference.assistant import Assistant
 
 MODES = {"auto": "Auto: the model decides", "answer": "Answer in words", "draw": "Draw a picture"}
+LIST_WIDTH = 160
+PICTURE_GONE = "(this picture was deleted from the gallery)"
 IMAGE_SIDE = 320
 PHOTO_SIDE = 120
 DRAW_REPORT_EVERY = 32
@@ -130,8 +143,41 @@ class ChatView(QWidget):
         self.reply: QWidget | None = None
         self.reply_row: QHBoxLayout | None = None
         self.busy = False
+        self.conversation: int | None = None
+        """The kept conversation the transcript shows (None: a new one starts with the next question)."""
+        self.dialog: QMessageBox | None = None
         self.setAcceptDrops(True)
-        layout = QVBoxLayout(self)
+        outer = QHBoxLayout(self)
+        side_panel = QWidget()
+        side_panel.setFixedWidth(LIST_WIDTH)
+        side = QVBoxLayout(side_panel)
+        side.setContentsMargins(0, 0, 0, 0)
+        side.addWidget(QLabel("Conversations"))
+        self.conversations = QListWidget()
+        self.conversations.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.conversations.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.conversations.setToolTip("Click to reopen; F2 or double-click renames; Delete removes")
+        self.conversations.itemClicked.connect(lambda item: self.open_conversation(item.data(Qt.ItemDataRole.UserRole)))
+        self.conversations.itemChanged.connect(self._renamed)
+        side.addWidget(self.conversations, 1)
+        row = QHBoxLayout()
+        self.new_button = QToolButton()
+        self.new_button.setText("New")
+        self.new_button.setToolTip("Start a new conversation")
+        self.new_button.clicked.connect(self.new_conversation)
+        self.rename_button = QToolButton()
+        self.rename_button.setText("Rename")
+        self.rename_button.clicked.connect(self.start_rename)
+        self.delete_button = QToolButton()
+        self.delete_button.setText("Delete")
+        self.delete_button.clicked.connect(self.ask_delete)
+        for button in (self.new_button, self.rename_button, self.delete_button):
+            row.addWidget(button)
+        side.addLayout(row)
+        outer.addWidget(side_panel)
+        self.conversations.installEventFilter(self)  # Delete asks to delete; F2 and double-click edit (the list's own)
+        layout = QVBoxLayout()
+        outer.addLayout(layout, 1)
         layout.addWidget(heading("Chat"))
         self.transcript_host = QWidget()
         self.transcript = QVBoxLayout(self.transcript_host)
@@ -173,6 +219,8 @@ class ChatView(QWidget):
         self.mode = QComboBox()
         for key, label in MODES.items():
             self.mode.addItem(label, key)
+        self.mode.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.mode.setMinimumContentsLength(12)
         inputs.addWidget(self.mode)
         self.send_button = QPushButton("Send")
         self.send_button.clicked.connect(self.send)
@@ -183,10 +231,142 @@ class ChatView(QWidget):
         inputs.addWidget(self.stop_button)
         layout.addLayout(inputs)
         self.refresh()
+        self.list_conversations()
 
     def refresh(self) -> None:
         """Offer the trained concepts' names for `<` mentions."""
         self.edit.set_names([c.name for c in self.library.concepts.list() if c.active is not None])
+
+    def list_conversations(self) -> None:
+        """Re-read the kept conversations, the most recently used first, keeping the open one selected."""
+        self.conversations.blockSignals(True)
+        self.conversations.clear()
+        for kept in self.library.conversations.list():
+            item = QListWidgetItem(kept.title)
+            item.setData(Qt.ItemDataRole.UserRole, kept.id)
+            item.setToolTip(f"{kept.message_count} messages, last {kept.updated_at[:16].replace('T', ' ')}")
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+            self.conversations.addItem(item)
+            if kept.id == self.conversation:
+                self.conversations.setCurrentItem(item)
+        self.conversations.blockSignals(False)
+        chosen = self.conversations.currentItem() is not None
+        self.rename_button.setEnabled(chosen)
+        self.delete_button.setEnabled(chosen and not self.busy)
+
+    def new_conversation(self) -> None:
+        """An empty transcript; the next question starts a new kept conversation."""
+        if self.busy:
+            return
+        self.conversation = None
+        self._clear_transcript()
+        self.list_conversations()
+        self.edit.setFocus()
+
+    def open_conversation(self, conversation_id: int) -> None:
+        """Show a kept conversation's messages; the next question continues it."""
+        if self.busy:
+            self.list_conversations()
+            return
+        self.conversation = conversation_id
+        self._clear_transcript()
+        for message in self.library.conversations.messages(conversation_id):
+            self._show_message(message)
+        self.list_conversations()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if (
+            watched is self.conversations
+            and isinstance(event, QKeyEvent)
+            and event.type() == QEvent.Type.KeyPress
+            and event.key() == Qt.Key.Key_Delete
+            and self.conversations.state() != self.conversations.State.EditingState
+        ):
+            self.ask_delete()
+            return True
+        return super().eventFilter(watched, event)
+
+    def start_rename(self) -> None:
+        item = self.conversations.currentItem()
+        if item is not None:
+            self.conversations.editItem(item)
+
+    def _renamed(self, item: QListWidgetItem) -> None:
+        conversation_id = item.data(Qt.ItemDataRole.UserRole)
+        try:
+            self.library.conversations.rename(conversation_id, item.text())
+        except StoreError as exc:
+            self._note(str(exc))
+        self.list_conversations()
+
+    def ask_delete(self) -> None:
+        """Ask, then delete the selected conversation for good (its pictures stay in the gallery)."""
+        item = self.conversations.currentItem()
+        if item is None or self.busy:
+            return
+        conversation_id = item.data(Qt.ItemDataRole.UserRole)
+        question = QMessageBox(
+            QMessageBox.Icon.Question,
+            "Delete the conversation?",
+            f"Delete \u201c{item.text()}\u201d for good? Its pictures stay in the gallery.",
+            QMessageBox.StandardButton.Cancel,
+            self,
+        )
+        delete = question.addButton("Delete", QMessageBox.ButtonRole.DestructiveRole)
+        question.buttonClicked.connect(lambda button: button is delete and self.delete_conversation(conversation_id))
+        question.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        question.finished.connect(lambda _result: self.dialog is question and setattr(self, "dialog", None))
+        self.dialog = question
+        question.open()
+
+    def delete_conversation(self, conversation_id: int) -> None:
+        self.library.conversations.remove(conversation_id)
+        if self.conversation == conversation_id:
+            self.conversation = None
+            self._clear_transcript()
+        self.list_conversations()
+
+    def _keep(self, role: str, text: str = "", photo: Path | None = None, image_id: int | None = None) -> None:
+        """Add a message to the open conversation (starting one for a first question); a photo that cannot be
+        kept is left out with a note."""
+        try:
+            if self.conversation is None:
+                self.conversation = self.library.conversations.create(title_from(text)).id
+            try:
+                self.library.conversations.add_message(self.conversation, role, text, photo=photo, image_id=image_id)
+            except StoreError as exc:
+                if photo is None:
+                    raise
+                self.library.conversations.add_message(self.conversation, role, text)
+                self._note(f"The photo was not kept with the conversation: {exc}")
+        except StoreError as exc:
+            self._note(f"This message was not kept: {exc}")
+        self.list_conversations()
+
+    def _show_message(self, message: Message) -> None:
+        if message.role == "user":
+            self._user_message(message.text, message.photo)
+        elif message.image is not None:
+            self._add(ImageBubble(message.image))
+        else:
+            self._add(TextBubble(message.text or PICTURE_GONE, False))
+
+    def _clear_transcript(self) -> None:
+        while self.transcript.count() > 1:
+            item = self.transcript.takeAt(0)
+            if item is None:
+                continue
+            widgets = [item.widget()] if item.widget() is not None else []
+            row = item.layout()
+            while row is not None and row.count():
+                child = row.takeAt(0)
+                if child is not None and child.widget() is not None:
+                    widgets.append(child.widget())
+            for widget in widgets:
+                widget.setParent(None)
+                widget.deleteLater()
+            if row is not None:
+                row.deleteLater()
 
     def mention(self, name: str) -> None:
         self.edit.setText(f"{self.edit.text()} <{name}> ".lstrip())
@@ -221,6 +401,7 @@ class ChatView(QWidget):
         photo, mode = self.photo, self.mode.currentData()
         self.follow = True
         self._user_message(question, photo)
+        self._keep("user", question, photo)
         self.edit.clear()
         self.clear_photo()
         waiting = "\u2026" if self.engine.state == "ready" else "Waiting for the model to load\u2026"
@@ -275,11 +456,16 @@ class ChatView(QWidget):
     def _answered(self, reply: Reply | None) -> None:
         if reply is None:
             self._finish_text(" (stopped)")
+            if isinstance(self.reply, TextBubble):
+                self._keep("assistant", self.reply.label.text())
         elif reply.kind == "image" and reply.image is not None:
             self._replace(ImageBubble(reply.image))
+            self._keep("assistant", image_id=reply.image.id)
             self.image_added.emit()
-        elif self.reply is not None and self.reply.property("placeholder"):
-            self._replace(TextBubble(reply.text or "(no words came out)", False))
+        else:
+            if self.reply is not None and self.reply.property("placeholder"):
+                self._replace(TextBubble(reply.text or "(no words came out)", False))
+            self._keep("assistant", reply.text or "(no words came out)")
         self._end_turn()
 
     def _failed(self, message: str) -> None:
@@ -335,6 +521,8 @@ class ChatView(QWidget):
         self.busy = busy
         self.send_button.setEnabled(not busy)
         self.stop_button.setEnabled(busy)
+        self.new_button.setEnabled(not busy)
+        self.delete_button.setEnabled(not busy and self.conversations.currentItem() is not None)
 
     def _pick_photo(self) -> None:
         path, _ = QFileDialog.getOpenFileName(

@@ -4,33 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.training.metrics_text import shown
+from desktop.services.verdict import raw_numbers
 from store.library import Library
 from store.models import Run
-
-SCORE_LABELS = (
-    ("recognition", "recognition"),
-    ("recognition_positive", "yes on its photos"),
-    ("recognition_negative", "no on others"),
-    ("image_similarity", "image similarity"),
-    ("score", "score"),
-)
-
-
-def describe_scores(metrics: dict[str, object]) -> str:
-    """e.g. "recognition 0.83 · yes on its photos 1.00 · no on others 0.67 · score 0.83". A score stored as None
-    reads "not measured", and the loss the checkpoint was then chosen by follows."""
-    parts = []
-    for key, label in SCORE_LABELS:
-        value = metrics.get(key, "")
-        if value is None or isinstance(value, float | int):
-            parts.append(f"{label} {shown(None if value is None else float(value), 2)}")
-    if "score" in metrics and metrics["score"] is None:
-        for key, label in (("held_out_loss", "held-out loss"), ("loss", "training loss")):
-            if isinstance(metrics.get(key), float | int):
-                parts.append(f"chosen by {label} {float(metrics[key]):.2f}")  # type: ignore[arg-type]
-                break
-    return " \u00b7 ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -61,17 +37,22 @@ def resumable_run(library: Library, name: str) -> Stopped | None:
     return None
 
 
-def epoch_losses(library: Library, run: Run) -> list[tuple[int, float]]:
-    """(step, mean loss of the epoch) at each of the run's checkpoints."""
-    return [
+def run_losses(library: Library, run: Run) -> tuple[list[tuple[int, float]], bool]:
+    """The run's loss curve and whether it is per step: every step's loss where the run kept them, else (runs from
+    before schema 5) the mean loss of each epoch at its checkpoints."""
+    steps = library.runs.losses(run.id)
+    if steps:
+        return steps, True
+    epochs = [
         (c.step, float(c.metrics["loss"]))
         for c in library.runs.checkpoints(run.id)
         if isinstance(c.metrics.get("loss"), float | int)
     ]
+    return epochs, False
 
 
 def describe_run(run: Run) -> str:
     """One line for the run list: number, status, steps and scores or error."""
-    detail = describe_scores(run.metrics) if run.status == "done" else (run.error or run.message)
+    detail = raw_numbers(run.metrics) if run.status == "done" else (run.error or run.message)
     parts = [f"Run {run.id}", run.status, f"step {run.step}/{run.total_steps}" if run.total_steps else "", detail]
     return " \u00b7 ".join(part for part in parts if part)

@@ -32,10 +32,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.app.history import describe_scores, resumable_run
+from desktop.app.history import resumable_run
 from desktop.app.tasks import Report, Runner
 from desktop.app.undo import UndoHistory
 from desktop.app.widgets import Banner, FlowLayout, heading, square_pixmap
+from desktop.services.verdict import verdict
 from store.archive import SUFFIX
 from store.errors import ConceptExistsError, InvalidValueError, StoreError
 from store.library import Library
@@ -115,11 +116,28 @@ class ConceptCard(QFrame):
         row.addWidget(photos)
         row.addStretch(1)
         layout.addLayout(row)
-        self.scores = QLabel(describe_scores(concept.active.metrics) if concept.active else "")
-        self.scores.setWordWrap(True)
-        self.scores.setStyleSheet("color: #333; font-size: 11px;")
-        self.scores.setVisible(bool(self.scores.text()))
-        layout.addWidget(self.scores)
+        self.verdict = QLabel()
+        self.verdict.setWordWrap(True)
+        self.verdict.setStyleSheet("color: #333; font-size: 11px;")
+        self.numbers = QLabel()
+        self.numbers.setWordWrap(True)
+        self.numbers.setStyleSheet("color: #555; font-size: 10px;")
+        self.numbers.hide()
+        self.numbers_button = QToolButton()
+        self.numbers_button.setText("Numbers")
+        self.numbers_button.setCheckable(True)
+        self.numbers_button.setToolTip("The raw scores behind the verdict")
+        self.numbers_button.toggled.connect(self.numbers.setVisible)
+        if concept.active is not None:
+            judged = verdict(
+                concept.name, concept.active.metrics, kind=concept.active.kind, photo_count=concept.photo_count
+            )
+            self.verdict.setText("\n".join(judged.lines()))
+            self.numbers.setText(judged.numbers)
+            layout.addWidget(self.verdict)
+            if judged.numbers:
+                layout.addWidget(self.numbers_button, alignment=Qt.AlignmentFlag.AlignLeft)
+                layout.addWidget(self.numbers)
         if interrupted:
             note = QLabel("Training was interrupted")
             note.setStyleSheet("color: #a15c00;")

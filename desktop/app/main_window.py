@@ -280,6 +280,7 @@ class MainWindow(QMainWindow):
             self.demo_banner.label.setText(f"Familiar is running its {info.notice}. {HOW_TO_SET_A_MODEL}")
         self.demo_banner.setVisible(info.is_demo)
         self._offer_instant()
+        self.training_view.refresh()  # its estimate needs the loaded model
 
     def _model_failed(self, message: str) -> None:
         self.busy.hide()

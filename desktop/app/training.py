@@ -19,6 +19,7 @@ from desktop.app.settings import AppSettings
 from desktop.app.tasks import Report, Runner
 from engine.progress import Progress
 from store.library import Library
+from store.models import RunCheck
 
 if TYPE_CHECKING:
     from desktop.services.personalize import TrainOptions
@@ -28,11 +29,13 @@ if TYPE_CHECKING:
 class TrainingController(QObject):
     """One training run at a time. `progress` carries the trainer's `engine.progress.Progress` events, `status`
     its phase lines (a `str`) and warnings to keep in view (an `engine.progress.Notice`, e.g. a remote kNN fallback),
-    `finished` the library's Run record (done or cancelled), `failed` a message."""
+    `checked` each check the run keeps (a `store.models.RunCheck`: scores and sample picture, before training and at
+    every checkpoint), `finished` the library's Run record (done or cancelled), `failed` a message."""
 
     started = Signal(str)
     progress = Signal(object)
     status = Signal(object)
+    checked = Signal(object)
     finished = Signal(object)
     failed = Signal(str)
 
@@ -97,7 +100,9 @@ class TrainingController(QObject):
         options: TrainOptions,
         resume: bool,
     ) -> Any:
+        from desktop.services.estimate import won_t_fit
         from desktop.services.personalize import train_concept
+        from engine.errors import InsufficientMemoryError
 
         attached.clear()  # train_concept detaches every concept; chat re-attaches the ones it mentions
         try:
@@ -110,13 +115,18 @@ class TrainingController(QObject):
                 status=lambda message: report(message),
                 resume=resume,
                 assistant=assistant,
+                checked=lambda check: report(check),
             )
+        except InsufficientMemoryError as exc:
+            raise InsufficientMemoryError(won_t_fit(str(exc), str(assistant.loaded.device))) from exc
         finally:
             attached.clear()
 
     def _relay(self, update: object) -> None:
         if isinstance(update, Progress):
             self.progress.emit(update)
+        elif isinstance(update, RunCheck):
+            self.checked.emit(update)
         else:
             self.status.emit(update)
 

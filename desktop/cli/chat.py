@@ -63,6 +63,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="load a concept state file (.safetensors) directly; repeatable",
     )
     parser.add_argument("--no-server", action="store_true", help="load the model here even when `familiar serve` runs")
+    parser.add_argument("--no-gallery", action="store_true", help="do not also keep a drawn picture in the gallery")
 
 
 def _check_before_loading(args: argparse.Namespace, text: str, output: Path | None) -> list[ConceptState]:
@@ -116,15 +117,21 @@ def _assistant(args: argparse.Namespace, text: str, files: list[ConceptState]) -
     return assistant
 
 
-def _save(picture: GeneratedImage, path: Path, source: str) -> None:
-    from desktop.services.drawing import picture_bytes, picture_format
+def _save(picture: GeneratedImage, path: Path, assistant: Assistant, args: argparse.Namespace) -> None:
+    """Write the picture, and keep it in the gallery unless --no-gallery."""
+    from desktop.services.drawing import keep_in_gallery, picture_bytes, picture_format
     from engine.errors import EngineError
 
     try:
-        path.write_bytes(picture_bytes(picture, source, picture_format(path)))
+        path.write_bytes(picture_bytes(picture, assistant.loaded.source, picture_format(path)))
     except OSError as exc:
         raise EngineError(f"cannot write {path}: {exc.strerror or exc}") from None
     print(f"saved {path} (seed {picture.seed})")
+    if not args.no_gallery:
+        from store.library import Library
+
+        with Library.open(args.data_dir) as library:
+            keep_in_gallery(library, assistant, picture, {"via": f"familiar {args.command}"})
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -142,7 +149,7 @@ def run_chat(args: argparse.Namespace) -> int:
     drawn = assistant.drawing_for(args.question, image) if args.auto else None
     if drawn is not None:
         picture = assistant.generate(drawn, sampling, progress=progress_bar())
-        _save(picture, args.output or Path(f"familiar-{picture.seed}.png"), assistant.loaded.source)
+        _save(picture, args.output or Path(f"familiar-{picture.seed}.png"), assistant, args)
         return 0
     for piece in assistant.chat(args.question, image, sampling, max_new_tokens=args.max_tokens):
         print(piece, end="", flush=True)
@@ -161,5 +168,5 @@ def run_generate(args: argparse.Namespace) -> int:
     assistant = _assistant(args, args.prompt, files)
     sampling = Sampling(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
     picture = assistant.generate(args.prompt, sampling, guidance_scale=args.guidance, progress=progress_bar())
-    _save(picture, args.output, assistant.loaded.source)
+    _save(picture, args.output, assistant, args)
     return 0

@@ -261,6 +261,13 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"  run {r.id:<3} {_run_cell(r):<24} {r.created_at}  {detail}{why}".rstrip())
     if stopped is not None:
         print(_resume_hint(stopped))
+    if concept.active is not None:
+        from desktop.services.verdict import verdict
+
+        judged = verdict(concept.name, concept.active.metrics, kind=concept.active.kind, photo_count=len(photos))
+        print(f"verdict (v{concept.active.number}):")
+        for line in judged.lines():
+            print(f"  {_shown(line)}")
     return 0
 
 

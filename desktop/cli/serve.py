@@ -117,4 +117,10 @@ def use_server(args: argparse.Namespace, command: str) -> bool:
     except OSError as exc:
         raise EngineError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     print(f"saved {args.output} (seed {seed})")
+    if not args.no_gallery:
+        from desktop.services.drawing import keep_png
+        from store.library import Library
+
+        with Library.open(args.data_dir) as library:
+            keep_png(library, png, args.prompt, seed, {"via": "familiar generate", "model": served, "server": True})
     return True

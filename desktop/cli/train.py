@@ -94,6 +94,10 @@ def run_train(args: argparse.Namespace) -> int:
         remote_knn_url=args.remote_knn,
     )
     with stop_on_ctrl_c() as cancelled, Library.open(args.data_dir) as library:
+        if not args.resume:
+            from desktop.services.estimate import estimate_training
+
+            print(f"familiar: {estimate_training(library, args.name, options).describe()}", file=sys.stderr)
         run = train_concept(
             library,
             args.name,
@@ -103,9 +107,14 @@ def run_train(args: argparse.Namespace) -> int:
             status=_print_status,
             resume=args.resume,
         )
+        photo_count = len(library.concepts.photos(args.name))
     if run.status == "cancelled":
         print(f"cancelled at step {run.step}; continue with: familiar train {args.name} --resume", file=sys.stderr)
         return 130
+    from desktop.services.verdict import verdict
+
     metrics = ", ".join(f"{k} {shown(v)}" for k, v in run.metrics.items())
     print(f"trained <{args.name}> ({metrics})")
+    for line in verdict(run.concept, run.metrics, photo_count=photo_count).lines():
+        print(line)
     return 0

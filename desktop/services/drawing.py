@@ -89,20 +89,31 @@ def draw_into_gallery(
 ) -> StoredImage:
     """Draw `prompt` (its mentioned concepts must already be attached) and store the PNG in the gallery."""
     picture = assistant.generate(prompt, sampling, progress=progress, cancelled=cancelled)
+    return keep_in_gallery(library, assistant, picture, params)
+
+
+def keep_in_gallery(
+    library: Library, assistant: Assistant, picture: GeneratedImage, params: dict[str, object] | None = None
+) -> StoredImage:
+    """Store a drawn picture in the gallery, tied to the active versions of the library concepts it mentions."""
+    return keep_png(
+        library,
+        png_bytes(picture, assistant.loaded.source),
+        picture.prompt,
+        picture.seed,
+        {"model": assistant.loaded.source, "demo": picture.from_demo, "warning": picture.notice, **(params or {})},
+    )
+
+
+def keep_png(library: Library, png: bytes, prompt: str, seed: int, params: dict[str, object]) -> StoredImage:
+    """Store a PNG drawn for `prompt` in the gallery, tied to the active versions of the library concepts it
+    mentions (those a model loads for `<name>`; a name the library lacks ties nothing)."""
+    from engine.concepts.prompts import MENTION
+
     versions = []
-    for name in assistant.prompts.mentions(prompt):
-        active = library.concepts.get(name).active
+    for name in dict.fromkeys(found.group(1).lower() for found in MENTION.finditer(prompt)):
+        found = library.find_concept(name)
+        active = library.concepts.get(found[1]).active if found is not None else None
         if active is not None:
             versions.append(active.id)
-    return library.gallery.add(
-        png_bytes(picture, assistant.loaded.source),
-        prompt=prompt,
-        seed=picture.seed,
-        version_ids=versions,
-        params={
-            "model": assistant.loaded.source,
-            "demo": picture.from_demo,
-            "warning": picture.notice,
-            **(params or {}),
-        },
-    )
+    return library.gallery.add(png, prompt=prompt, seed=seed, version_ids=versions, params=params)

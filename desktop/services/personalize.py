@@ -7,7 +7,9 @@ concepts' photos plus, with an index, the retrieval plan's hard and easy negativ
 (`resources/demo-subset`, engine/microworld/subset.py) unless `bundled_index` is off, so even the first concept
 of an empty library has look-alikes and negatives. The base model describes each training photo once (greedy,
 no concept loaded) and those descriptions become question-answer targets. Every epoch ends with a
-checkpoint scored on the held-out photos; the best score becomes the concept's active version.
+checkpoint scored on the held-out photos; the best score becomes the concept's active version. The run keeps
+every step's loss (written at each checkpoint) and a check (scores and sample picture) before training and at
+each checkpoint.
 
 `train_concept` loads its own model unless it is handed one that is already loaded (the desktop app's): it
 then detaches every concept from that model first, so training sees the model exactly as freshly loaded, and
@@ -18,6 +20,7 @@ offline index with a warning (`engine.progress.Notice`) in the run's log and sta
 
 from __future__ import annotations
 
+import io
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +35,7 @@ from engine.progress import Notice, Status
 from engine.training.metrics_text import shown
 from engine.training.recipe import Recipe
 from store.library import Library
-from store.models import Concept, Photo, Run
+from store.models import Concept, Photo, Run, RunCheck
 
 if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use them
     from PIL import Image
@@ -40,7 +43,7 @@ if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use 
     from engine.concepts.state import ConceptState
     from engine.inference.assistant import Assistant
     from engine.progress import Progress, ProgressCallback
-    from engine.training.personalization import ConceptPhotos, Scored
+    from engine.training.personalization import Check, ConceptPhotos, Scored
     from engine.training.selection import ImageSimilarity
     from engine.training.trainer import Checkpoint
 
@@ -265,11 +268,13 @@ def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint | None, lis
         )
         for c in saved
     ]
+    losses = [loss for step, loss in library.runs.losses(run.id) if step <= last.step]
     checkpoint = Checkpoint(
         state=earlier[-1].checkpoint.state,
         optimizer=last.optimizer_state.read_bytes(),
         step=last.step,
         epoch=last.epoch,
+        losses=losses if len(losses) == last.step else [],
     )
     return run, checkpoint, earlier
 
@@ -289,8 +294,10 @@ def train_concept(
     resume: bool = False,
     similarity: ImageSimilarity | None = None,
     assistant: Assistant | None = None,
+    checked: Callable[[RunCheck], None] | None = None,
 ) -> Run:
-    """Train `name` and make the best checkpoint its active version; returns the finished run.
+    """Train `name` and make the best checkpoint its active version; returns the finished run. `checked` gets each
+    check the run keeps (before training and at every checkpoint) once it is in the library.
 
     Cancelling saves a checkpoint and returns the run marked cancelled; `resume=True` continues the
     latest interrupted or cancelled run from its last checkpoint, with that run's options (a run stopped before
@@ -331,7 +338,18 @@ def train_concept(
     _detach_all(assistant)
     try:
         return _train(
-            library, name, options, progress, cancelled, report, run, resume_from, earlier, similarity, assistant
+            library,
+            name,
+            options,
+            progress,
+            cancelled,
+            report,
+            run,
+            resume_from,
+            earlier,
+            similarity,
+            assistant,
+            checked,
         )
     finally:
         _detach_all(assistant)
@@ -349,6 +367,7 @@ def _train(
     earlier: list[Scored],
     similarity: ImageSimilarity | None,
     assistant: Assistant,
+    checked: Callable[[RunCheck], None] | None,
 ) -> Run:
     from engine.training import personalization
     from engine.training.loop import TrainingCancelled
@@ -363,6 +382,8 @@ def _train(
         library.runs.resume(run.id)
         if resume_from is None:
             library.runs.log(run.id, f"{RESTARTED.format(run=run.id)}: started again from the beginning")
+        library.runs.forget_losses_after(run.id, resume_from.step if resume_from is not None else 0)
+    recorded = resume_from.step if resume_from is not None else 0
 
     def log(line: str | Notice) -> None:
         if isinstance(line, Notice):
@@ -387,8 +408,15 @@ def _train(
 
     stored: dict[int, int] = {c.step: c.id for c in library.runs.checkpoints(run.id)}
 
+    def keep_losses(losses: Sequence[float]) -> None:
+        nonlocal recorded
+        if len(losses) > recorded:
+            library.runs.record_losses(run.id, losses[recorded:], first_step=recorded + 1)
+            recorded = len(losses)
+
     def on_checkpoint(scored: Scored) -> None:
         checkpoint, metrics = scored.checkpoint, scored.metrics
+        keep_losses(checkpoint.losses)
         optimizer = library.runs.folder(run.id) / f"optimizer-{checkpoint.step:07d}.safetensors"
         write_atomic(optimizer, checkpoint.optimizer)
         row = library.runs.add_checkpoint(
@@ -400,9 +428,19 @@ def _train(
             optimizer_state=optimizer,
         )
         stored[checkpoint.step] = row.id
-        library.runs.log(
-            run.id, f"checkpoint at step {checkpoint.step}: " + ", ".join(f"{k} {shown(v)}" for k, v in metrics.items())
-        )
+        library.runs.log(run.id, f"checkpoint at step {checkpoint.step}: {_metrics_line(metrics)}")
+
+    def on_check(check: Check) -> None:
+        picture = None
+        if check.picture is not None:
+            buffer = io.BytesIO()
+            check.picture.save(buffer, format="PNG")
+            picture = buffer.getvalue()
+        stored_check = library.runs.add_check(run.id, step=check.step, metrics=check.metrics, picture=picture)
+        if check.step == 0:
+            library.runs.log(run.id, f"before training: {_metrics_line(check.metrics)}")
+        if checked is not None:
+            checked(stored_check)
 
     def on_status(message: str | Notice) -> None:
         report(message)
@@ -416,6 +454,7 @@ def _train(
             progress=on_progress,
             cancelled=cancelled,
             on_checkpoint=on_checkpoint,
+            on_check=on_check,
             status=on_status,
             resume=resume_from,
             earlier=earlier,
@@ -426,6 +465,11 @@ def _train(
     except BaseException as exc:
         library.runs.finish(run.id, "failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    keep_losses(result.losses)
     best = result.chosen
     library.tokens.add_from_checkpoint(stored[best.checkpoint.step])
     return library.runs.finish(run.id, "done", metrics={**best.metrics, "best_step": best.checkpoint.step})
+
+
+def _metrics_line(metrics: dict[str, float | None]) -> str:
+    return ", ".join(f"{k} {shown(v)}" for k, v in metrics.items())

@@ -4,8 +4,9 @@ and the benchmark alike.
 The caller gathers what the concept is learned from (`ConceptPhotos`: its photos, the photos held out to score
 checkpoints, negatives and soft positives, however it found them); `personalize` does the rest, always the same
 way: the base model describes the photos, the concept is attached with its start rows, the samples are built,
-the `Trainer` runs, every epoch's checkpoint is scored on the held-out photos and negatives, and the best one is
-chosen and left attached.
+the start rows are checked (before the first step), the `Trainer` runs, every epoch's checkpoint is scored on the
+held-out photos and negatives, and the best one is chosen and left attached. Each check (the start rows' and every
+checkpoint's) goes to `on_check` with its scores and the one picture the scoring drew.
 
 Where recognition cannot be measured (no negatives at all, or no held-out photo) the checkpoints have no `score`;
 the best is then the one with the lowest loss on the held-out photos (their recognition and drawing samples,
@@ -27,7 +28,7 @@ from engine.inference.assistant import Assistant
 from engine.progress import Notice, ProgressCallback, Status
 from engine.training.data import ConceptData, augmentations, build_samples, class_word, describe_photos
 from engine.training.recipe import Recipe, held_out_negatives
-from engine.training.selection import ImageSimilarity, score
+from engine.training.selection import ImageSimilarity, Scores, score
 from engine.training.trainer import Checkpoint, Trainer
 
 ENCODE_BATCH = 8
@@ -58,6 +59,15 @@ class Scored:
 
     checkpoint: Checkpoint
     metrics: dict[str, float | None]
+
+
+@dataclass
+class Check:
+    """What the concept showed at `step` (0: the start rows, before training): the scores and a picture."""
+
+    step: int
+    metrics: dict[str, float | None]
+    picture: Image.Image | None
 
 
 @dataclass
@@ -118,13 +128,15 @@ def personalize(
     progress: ProgressCallback | None = None,
     cancelled: Callable[[], bool] | None = None,
     on_checkpoint: Callable[[Scored], None] | None = None,
+    on_check: Callable[[Check], None] | None = None,
     status: Status | None = None,
     resume: Checkpoint | None = None,
     earlier: Sequence[Scored] = (),
 ) -> Personalized:
     """Train `concept` by `recipe` on the assistant's model and attach the best checkpoint's rows.
 
-    `on_checkpoint` gets every scored checkpoint as it is made (to store it). `resume` continues a run from its
+    `on_checkpoint` gets every scored checkpoint as it is made (to store it), then `on_check` its check; `on_check`
+    also gets the start rows' check before the first step (not when resuming). `resume` continues a run from its
     last checkpoint, and `earlier` are that run's checkpoints scored before it stopped: the best is chosen among
     them too. Cancelling raises `TrainingCancelled` after the cancel checkpoint went to the trainer's callback.
     The concept must not be attached yet; it is left attached.
@@ -170,11 +182,26 @@ def personalize(
             held_samples = build_samples(assistant.prompts, ConceptData(name, concept.kind, held_positive), plain)
     scored = list(earlier)
 
+    def check() -> Scores:
+        return score(
+            assistant,
+            name,
+            held_positive,
+            held_negative,
+            concept.photos,
+            concept.similarity,
+            seed=recipe.seed,
+            sample=recipe.sample_checkpoints,
+        )
+
+    if resume is None and on_check is not None:
+        report("checking the start rows before training")
+        before = check()
+        on_check(Check(0, before.as_dict(), before.picture))
+
     def on_epoch(checkpoint: Checkpoint) -> None:
         report(f"scoring the checkpoint at step {checkpoint.step}")
-        scores = score(
-            assistant, name, held_positive, held_negative, concept.photos, concept.similarity, seed=recipe.seed
-        )
+        scores = check()
         window = checkpoint.losses[-trainer.steps_per_epoch :]
         metrics = {**scores.as_dict(), "loss": sum(window) / max(len(window), 1)}
         if held_samples:
@@ -183,6 +210,8 @@ def personalize(
         scored.append(result)
         if on_checkpoint is not None:
             on_checkpoint(result)
+        if on_check is not None:
+            on_check(Check(checkpoint.step, result.metrics, scores.picture))
 
     losses = trainer.run(progress, cancelled, on_epoch, resume)
     chosen = best(scored)

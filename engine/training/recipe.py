@@ -9,7 +9,9 @@ because the 66 rows are new parameters, like textual-inversion embeddings, which
 fine-tuning existing weights; no weight decay, since it would pull rows towards zero on steps where they get no
 gradient; up to 1,000 soft positives and 200 negatives as in the paper; 4 recognition questions and 2 drawings
 per (augmented) photo and the facts' questions twice. A fifth of the negatives (at least one) is held out to
-score checkpoints, and the best checkpoint by that score is kept.
+score checkpoints, and the best checkpoint by that score is kept. Every checkpoint (and the start rows, before the
+first step) gets one sample picture, so the concept can be watched as it appears: the picture the image-similarity
+score draws where that is measured, else one drawn for the sample only (`sample_checkpoints=False` skips it).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Recipe:
     qa_repeats: int = 2
     augment: bool = True
     describe_photos: bool = True
+    sample_checkpoints: bool = True
     layout: PromptLayout = field(default_factory=PromptLayout)
 
     def __post_init__(self) -> None:

@@ -6,13 +6,13 @@ and "No" after the understanding tokens (the self-prompt); accuracy is reported 
 negatives, and as their mean (the weighted accuracy, insensitive to the class balance). A score with nothing
 to measure it on (no held-out photo, no negative) is None, "not measured", never 0; recognition is measured
 only where both exist, and without it there is no `score`: the caller then chooses by a loss instead
-(engine/training/personalization.py).
+(engine/training/personalization.py). The scores keep the counts they were measured on and the one picture drawn.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from PIL import Image
@@ -26,15 +26,21 @@ QUESTION = "Is <{n}> in this photo?"
 
 @dataclass
 class Scores:
+    """A checkpoint's scores, the counts they were measured on, and the picture drawn (not in `as_dict`)."""
+
     recognition_positive: float | None
     recognition_negative: float | None
     recognition: float | None
     image_similarity: float | None
     score: float | None
+    held_out_photos: int = 0
+    held_out_negatives: int = 0
+    picture: Image.Image | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, float | None]:
-        """Every score, None where it was not measured (image similarity only where it was asked for)."""
-        scores = asdict(self)
+        """Every score, None where it was not measured (image similarity only where it was asked for), and the
+        counts."""
+        scores = {k: v for k, v in asdict(self).items() if k != "picture"}
         if scores["image_similarity"] is None:
             del scores["image_similarity"]
         return scores
@@ -100,15 +106,20 @@ def score(
     real_photos: Sequence[Image.Image] = (),
     similarity: ImageSimilarity | None = None,
     seed: int = 0,
+    sample: bool = False,
 ) -> Scores:
     """Recognition and, where a similarity function is given, image similarity; `score` is their mean, None
-    where recognition is not measured (no held-out photo or no negative)."""
+    where recognition is not measured (no held-out photo or no negative). One picture is drawn when similarity is
+    measured or `sample` asks for it, and kept in the scores."""
     positive, negative = recognition_accuracy(assistant, name, positives, negatives)
     recognition = None if positive is None or negative is None else (positive + negative) / 2
+    measure = similarity is not None and bool(real_photos)
+    picture = draw(assistant, name, seed) if measure or sample else None
     image_similarity = None
-    if similarity is not None and real_photos:
-        image_similarity = float(similarity([draw(assistant, name, seed)], real_photos))
+    if similarity is not None and measure and picture is not None:
+        image_similarity = float(similarity([picture], real_photos))
+    counts = {"held_out_photos": len(positives), "held_out_negatives": len(negatives), "picture": picture}
     if recognition is None:
-        return Scores(positive, negative, None, image_similarity, None)
+        return Scores(positive, negative, None, image_similarity, None, **counts)
     parts = [recognition] if image_similarity is None else [recognition, image_similarity]
-    return Scores(positive, negative, recognition, image_similarity, sum(parts) / len(parts))
+    return Scores(positive, negative, recognition, image_similarity, sum(parts) / len(parts), **counts)

@@ -97,6 +97,8 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
         run = library.runs.start(library.runs.create("rex", {"epochs": 1}).id)
         (library.runs.folder(run.id) / "optimizer.bin").write_bytes(b"adam")
         checkpoint = library.runs.add_checkpoint(run.id, state_bytes(seed=2), step=5, epoch=1)
+        library.runs.record_losses(run.id, [2.0, 1.5, 1.2, 1.1, 1.0])
+        library.runs.add_check(run.id, step=5, metrics={"recognition": 1.0}, picture=(folder / "rex1.jpg").read_bytes())
         library.tokens.add_from_checkpoint(checkpoint.id)
         library.runs.finish(run.id, "done")
         dog = library.tokens.add("dog", state_bytes(seed=3))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from store.errors import InvalidValueError, NotFoundError, RunStateError
+from store.errors import InvalidValueError, NotFoundError, PhotoError, RunStateError
 from store.library import Library
 from tests.store.helpers import state_bytes
 
@@ -125,6 +125,37 @@ def test_a_cancelled_or_interrupted_run_resumes(library: Library) -> None:
     library.runs.finish(run.id, "done")
     with pytest.raises(RunStateError, match="done"):
         library.runs.resume(run.id)
+
+
+def test_a_run_keeps_every_steps_loss_and_its_checks(library: Library) -> None:
+    from tests.store.helpers import image_bytes, noise_image
+
+    library.concepts.add("bo")
+    run = library.runs.start(library.runs.create("bo", {}).id)
+    before = library.runs.add_check(run.id, step=0, metrics={"recognition_positive": 0.5, "held_out_photos": 2})
+    library.runs.record_losses(run.id, [3.0, 2.5, 2.25])
+    library.runs.record_losses(run.id, [2.0, 1.5], first_step=4)
+    picture = image_bytes(noise_image(seed=5))
+    at_3 = library.runs.add_check(run.id, step=3, metrics={"recognition_positive": 1.0}, picture=picture)
+    assert before.path is None and at_3.path is not None and at_3.path.read_bytes() == picture
+    assert library.runs.losses(run.id) == [(1, 3.0), (2, 2.5), (3, 2.25), (4, 2.0), (5, 1.5)]
+
+    library.runs.finish(run.id, "cancelled")
+    library.runs.resume(run.id)
+    library.runs.forget_losses_after(run.id, 3)  # resumed from step 3: steps 4-5 are trained again
+    library.runs.record_losses(run.id, [1.75], first_step=4)
+    library.runs.add_check(run.id, step=3, metrics={"recognition_positive": 0.75}, picture=picture)
+    assert library.runs.losses(run.id) == [(1, 3.0), (2, 2.5), (3, 2.25), (4, 1.75)]
+    assert [(c.step, c.metrics["recognition_positive"]) for c in library.runs.checks(run.id)] == [(0, 0.5), (3, 0.75)]
+
+    with pytest.raises(InvalidValueError, match="loss"):
+        library.runs.record_losses(run.id, [float("nan")])
+    with pytest.raises(PhotoError, match="sample picture"):
+        library.runs.add_check(run.id, step=6, metrics={}, picture=b"not an image")
+    library.runs.finish(run.id, "done")
+    with pytest.raises(RunStateError):
+        library.runs.record_losses(run.id, [1.0], first_step=6)
+    assert len(library.runs.losses(run.id)) == 4  # a finished run's curve stays readable
 
 
 def test_the_interrupted_run_is_the_latest_stopped_one_unless_a_later_one_finished(library: Library) -> None:

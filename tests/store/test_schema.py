@@ -128,3 +128,22 @@ def test_other_databases_are_refused(tmp_path: Path) -> None:
     (garbage / "library.db").write_bytes(b"this is not SQLite at all" * 100)
     with pytest.raises(SchemaError, match="not a Familiar library"):
         Library.open(garbage)
+
+
+def test_version_4_library_gains_run_checks_and_conversations(tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    database_at(root / "library.db", 4)
+    with sqlite3.connect(root / "library.db") as conn:
+        assert "conversations" not in [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
+        conn.execute(
+            "INSERT INTO concepts (name, kind, facts, created_at, updated_at)"
+            " VALUES ('bo', 'pet', '', '2024-01-01T00:00:00.000Z', '2024-01-01T00:00:00.000Z')"
+        )
+        conn.execute(
+            "INSERT INTO runs (uid, concept_id, config, status, step, total_steps, created_at, updated_at)"
+            " VALUES ('r1', 1, '{}', 'done', 18, 18, '2024-01-01T00:00:00.000Z', '2024-01-01T00:00:00.000Z')"
+        )
+    with Library.open(root) as library:
+        assert library.runs.losses(1) == [] and library.runs.checks(1) == []  # an old run recorded neither
+        talk = library.conversations.create("first")
+        assert [c.title for c in library.conversations.list()] == [talk.title]

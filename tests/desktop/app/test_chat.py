@@ -117,6 +117,61 @@ def test_mentions_that_cannot_be_used_are_explained(chat_window, qtbot) -> None:
     assert "no concept named 'zed'" in replies[1]
 
 
+def test_conversations_are_kept_reopened_renamed_and_deleted(chat_window, open_window, qtbot, dreambooth: Path) -> None:
+    from PySide6.QtWidgets import QLineEdit, QMessageBox
+
+    chat = chat_window.chat_view
+    assert chat.conversations.count() == 0
+    chat.attach_photo(dreambooth / "dog" / "04.jpg")
+    _ask(chat, qtbot, "What is <bo> doing?", "answer")
+    _ask(chat, qtbot, "<bo> at the beach", "draw")
+    (drawn,) = _bubbles(chat, ImageBubble)
+    answer = _bubbles(chat, TextBubble)[1].label.text()
+    chat.new_conversation()
+    assert _bubbles(chat, TextBubble) == [] and chat.conversation is None
+    _ask(chat, qtbot, "hello", "answer")
+    assert [chat.conversations.item(i).text() for i in range(2)] == ["hello", "What is <bo> doing?"]
+    chat_window.close()
+    qtbot.waitUntil(lambda: not chat_window.isVisible(), timeout=WAIT_MS)
+
+    window = open_window()  # a new window on the same library: the conversations are still there
+    window.show_page("Chat")
+    again = window.chat_view
+    assert [again.conversations.item(i).text() for i in range(2)] == ["hello", "What is <bo> doing?"]
+    kept = again.conversations.item(1)
+    qtbot.mouseClick(
+        again.conversations.viewport(), Qt.MouseButton.LeftButton, pos=again.conversations.visualItemRect(kept).center()
+    )
+    texts = [b.label.text() for b in _bubbles(again, TextBubble)]
+    assert texts == ["What is <bo> doing?", answer, "<bo> at the beach"]
+    assert [b.image.id for b in _bubbles(again, ImageBubble)] == [drawn.image.id]
+    question = _bubbles(again, TextBubble)[0]
+    assert len(question.findChildren(type(question.label))) == 2  # the question and the photo it asked about
+
+    qtbot.keyClick(again.conversations, Qt.Key.Key_F2)
+    editor = again.conversations.findChild(QLineEdit)
+    qtbot.waitUntil(lambda: editor is not None and editor.isVisible(), timeout=5000)
+    editor.selectAll()
+    qtbot.keyClicks(editor, "Bo at the beach")
+    qtbot.keyClick(editor, Qt.Key.Key_Return)  # the list commits the edit on its next event loop pass
+
+    def titles() -> list[str]:
+        return [c.title for c in again.library.conversations.list()]
+
+    qtbot.waitUntil(lambda: "Bo at the beach" in titles(), timeout=5000)
+    assert "What is <bo> doing?" not in titles()
+    assert again.conversations.currentItem().text() == "Bo at the beach"
+
+    qtbot.keyClick(again.conversations, Qt.Key.Key_Delete)
+    dialog = again.dialog
+    assert isinstance(dialog, QMessageBox) and "Bo at the beach" in dialog.text()
+    (delete,) = [b for b in dialog.buttons() if b.text() == "Delete"]
+    delete.click()
+    assert [c.title for c in again.library.conversations.list()] == ["hello"]
+    assert again.conversation is None and _bubbles(again, ImageBubble) == []
+    assert [image.id for image in again.library.gallery.list()] == [drawn.image.id]  # the gallery keeps it
+
+
 def test_auto_mode_draws_a_request_to_draw(chat_window, qtbot, monkeypatch) -> None:
     chat = chat_window.chat_view
     asked: list[str] = []

@@ -74,7 +74,11 @@ def test_wizard_refuses_bad_files_with_reasons_and_adds_the_concept(
     )
     assert window.stack.currentWidget() is window.library_view
     card = window.library_view.cards["bo"]
-    assert card.badge.text() == "untrained" and not card.scores.isVisible()
+    assert (
+        card.badge.text() == "untrained"
+        and not card.verdict.isVisibleTo(card)
+        and not card.numbers_button.isVisibleTo(card)
+    )
 
     window.library_view.add.emit()
     assert wizard.photos == [] and wizard.name.text() == ""

@@ -100,6 +100,31 @@ def test_bad_input_exits_non_zero_without_traceback(tmp_path: Path, make: str, e
     assert "Traceback" not in result.stderr
 
 
+def test_pictures_drawn_from_the_cli_go_to_the_gallery_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from store.library import Library
+
+    data = ["--data-dir", str(tmp_path / "lib")]
+    prompt = "A photo of a small blue dotted square on sand, in the centre."
+    out = tmp_path / "a.png"
+    assert main([*data, "generate", prompt, "-o", str(out), "--seed", "5", "--device", "cpu"]) == 0
+    assert main([*data, "generate", prompt, "-o", str(tmp_path / "b.png"), "--no-gallery", "--device", "cpu"]) == 0
+    monkeypatch.setattr(Assistant, "wants_image", lambda *_args: True)  # --auto: the model chose to draw
+    auto = tmp_path / "c.png"
+    assert main([*data, "chat", "A red circle", "--auto", "-o", str(auto), "--seed", "2", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    with Library.open(tmp_path / "lib") as library:
+        kept = library.gallery.list()
+    with Image.open(auto) as drawn:
+        auto_prompt = drawn.text["familiar:prompt"]
+    assert [(image.prompt, image.seed, image.params["via"]) for image in kept] == [
+        (auto_prompt, 2, "familiar chat"),
+        (prompt, 5, "familiar generate"),
+    ]
+    assert kept[1].path.read_bytes() == out.read_bytes() and kept[0].path.read_bytes() == auto.read_bytes()
+
+
 @pytest.mark.parametrize(("name", "fmt"), [("bo.jpg", "JPEG"), ("bo.JPEG", "JPEG"), ("bo.webp", "WEBP")])
 def test_generate_writes_the_format_its_name_asks_for(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, fmt: str

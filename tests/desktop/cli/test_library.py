@@ -204,6 +204,26 @@ def test_unicode_names_one_photo_warns_and_the_default_kind(tmp_path: Path, caps
     assert code == 2 and "one identifier token" in err and "any alphabet" in err
 
 
+def test_show_gives_the_active_versions_verdict(tmp_path: Path, photos: list[Path], capsys) -> None:
+    from store.library import Library
+    from tests.store.helpers import state_bytes
+
+    data = tmp_path / "lib"
+    with Library.open(data) as library:
+        library.concepts.add("bo", photos, kind="pet")
+        metrics = {"recognition_positive": 0.5, "recognition": 0.5, "score": 0.5, "held_out_photos": 2}
+        library.tokens.add("bo", state_bytes(), metrics={**metrics, "held_out_negatives": 0})
+    code, out, _ = familiar(capsys, data, "concept", "show", "bo")
+    assert code == 0
+    verdict = out.split("verdict (v1):\n")[1].splitlines()
+    assert verdict[0] == (
+        "  Recognises <bo> in 1 of 2 held-out photos; look-alikes were not checked: there were no other photos to"
+        " compare with."
+    )
+    assert verdict[1] == "  Advice: Add photos from other angles and in other light, then retrain."
+    assert verdict[2].startswith("  Advice: Add another concept")
+
+
 def test_list_and_show_give_run_history_and_how_to_resume_an_interrupted_run(
     tmp_path: Path, photos: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -304,6 +304,9 @@ def test_familiar_generate_draws_through_the_server(
     assert "using the server" in captured.err and captured.out == f"saved {out} (seed 5)\n"
     with Image.open(out) as image:
         assert image.text["familiar:seed"] == "5" and image.size == (SHOWN_SIZE, SHOWN_SIZE)
+    with Library.open(library_dir) as library:
+        (kept,) = library.gallery.list()
+    assert kept.path.read_bytes() == out.read_bytes() and kept.params["server"] and kept.seed == 5
     jpeg = tmp_path / "drawn.jpg"
     assert main(["--data-dir", str(library_dir), "generate", DRAWN, "-o", str(jpeg), "--seed", "5"]) == 0
     with Image.open(jpeg) as image:

@@ -25,6 +25,7 @@ HEAVY = ("torch", "PySide6", "argparse")
         "model_check",
         "model_download",
         "personalize",
+        "verdict",
     ],
 )
 def test_importing_a_service_loads_no_heavy_module(module: str) -> None:

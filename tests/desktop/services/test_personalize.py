@@ -51,7 +51,8 @@ def test_class_word_comes_from_facts_or_kind() -> None:
 
 def test_training_makes_a_trained_active_version(library: Library) -> None:
     updates: list[Progress] = []
-    run = train_concept(library, "bo", QUICK, progress=updates.append)
+    checked = []
+    run = train_concept(library, "bo", QUICK, progress=updates.append, checked=checked.append)
     assert run.status == "done" and run.progress == 1.0
     assert updates[-1].step == updates[-1].total == run.step
     checkpoints = library.runs.checkpoints(run.id)
@@ -65,6 +66,25 @@ def test_training_makes_a_trained_active_version(library: Library) -> None:
     assert concept.active.run_id == run.id and run.metrics["best_step"] in [c.step for c in checkpoints]
     assert library.concepts.get("mimi").state == "untrained"
 
+    # every step's loss is kept, as the trainer reported it; a check before training and at each checkpoint
+    assert library.runs.losses(run.id) == [(u.step, pytest.approx(u.loss)) for u in updates if u.phase == "training"]
+    checks = library.runs.checks(run.id)
+    assert [c.step for c in checks] == [0, *(c.step for c in checkpoints)] == [c.step for c in checked]
+    pictures = [c.path.read_bytes() for c in checks if c.path is not None]
+    assert len(pictures) == len(checks) and all(Image.open(c.path).format == "PNG" for c in checks if c.path)
+    assert len(set(pictures)) > 1  # the same seed draws something else once the rows have trained
+    assert checks[-1].metrics == {k: v for k, v in checkpoints[-1].metrics.items()}
+    assert checks[0].metrics["held_out_photos"] == 1 and checks[0].metrics["held_out_negatives"] == 1
+    assert "loss" not in checks[0].metrics  # the start rows have not been trained
+
+
+def test_without_negatives_recognition_of_others_is_not_measured(library: Library) -> None:
+    library.concepts.remove("mimi")
+    run = train_concept(library, "bo", replace(QUICK, epochs=1))
+    for metrics in [run.metrics, *(c.metrics for c in library.runs.checks(run.id))]:
+        assert metrics["recognition_negative"] is None and metrics["held_out_negatives"] == 0
+        assert metrics["recognition"] is None and metrics["held_out_photos"] == 1
+
 
 def test_cancel_keeps_the_library_consistent_and_resume_finishes(library: Library) -> None:
     updates: list[Progress] = []
@@ -74,9 +94,15 @@ def test_cancel_keeps_the_library_consistent_and_resume_finishes(library: Librar
     assert saved and saved[-1].step == 2 and saved[-1].optimizer_state is not None
     assert library.concepts.get("bo").state == "untrained"
 
+    losses_before = library.runs.losses(run.id)
+    start_check = library.runs.checks(run.id)[0]
+    assert [step for step, _ in losses_before] == [1, 2]
     finished = train_concept(library, "bo", replace(QUICK, epochs=99), resume=True)
     assert finished.id == run.id and finished.status == "done"
     assert finished.step == updates[0].total  # the run's own options (2 epochs) were kept
+    losses = library.runs.losses(run.id)
+    assert losses[:2] == losses_before and [step for step, _ in losses] == list(range(1, finished.step + 1))
+    assert library.runs.checks(run.id)[0] == start_check  # the start rows' check was not made again
     assert library.concepts.get("bo").state == "trained"
 
 
@@ -119,7 +145,7 @@ def test_killed_run_resumes_to_the_same_step_count_and_the_concept_works(
     resumed = _familiar(*args, "--resume", data=data)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
-    assert "trained <bo>" in out
+    assert "trained <bo>" in out and "Recognises <bo> in" in out  # the run's verdict, in words
 
     final = Library.open(data)
     run = final.runs.list("bo")[0]
@@ -132,6 +158,9 @@ def test_killed_run_resumes_to_the_same_step_count_and_the_concept_works(
     assert main(["--data-dir", str(data), "generate", "<bo> at the beach", "-o", str(out_png), "--seed", "1"]) == 0
     with Image.open(out_png) as picture:
         assert picture.size == (SHOWN_SIZE, SHOWN_SIZE)
+    with Library.open(data) as kept:  # the picture is in the gallery too, tied to the version that drew it
+        (stored,) = kept.gallery.list("bo")
+        assert stored.version_ids == (kept.concepts.get("bo").active.id,) and stored.prompt == "<bo> at the beach"
     assert main(["--data-dir", str(data), "chat", "What is <bo> doing?", "--max-tokens", "6"]) == 0
     assert capsys.readouterr().out.strip()
     assert main(["--data-dir", str(data), "chat", "Is <mimi> here?", "--max-tokens", "4"]) == 2
@@ -221,3 +250,16 @@ def test_rows_match_the_rows_trained_before_the_recipe_moved(tmp_path: Path) -> 
     saved = load_file(str(Path(__file__).parents[2] / "data" / "recipe_rows_seed3.safetensors"))
     torch.testing.assert_close(state.embed, saved["embed"], rtol=0, atol=1e-6)
     torch.testing.assert_close(state.head, saved["head"], rtol=0, atol=1e-6)
+
+
+def test_familiar_train_says_its_estimate_first_and_its_verdict_last(
+    library: Library, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(library.layout.root)
+    assert main(["--data-dir", data, "train", "bo", "--epochs", "1", "--device", "cpu", "--no-index"]) == 0
+    captured = capsys.readouterr()
+    run = library.runs.list("bo")[0]
+    assert f"familiar: Estimate: {run.step} steps, time: shown once it starts" in captured.err
+    assert captured.out.splitlines()[1].startswith("Recognises <bo> in ")
+    assert main(["--data-dir", data, "train", "mimi", "--epochs", "1", "--device", "cpu", "--no-index"]) == 0
+    assert f"measured on run {run.id} of <bo>" in capsys.readouterr().err  # the same model and device
