@@ -10,6 +10,9 @@ chosen and left attached.
 Where recognition cannot be measured (no negatives at all, or no held-out photo) the checkpoints have no `score`;
 the best is then the one with the lowest loss on the held-out photos (their recognition and drawing samples,
 `held_out_loss`), or the lowest training loss of its epoch where no photo is held out, and a `Notice` says so.
+
+Early stopping: with `Recipe.patience` P > 0, the run ends after the epoch that made P checkpoints in a row without
+a strictly better value of that same criterion; it says so in a status line and ends as a finished run.
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ class Personalized:
     chosen: Scored
     samples: int
     steps: int
+    """Steps run: fewer than the recipe's epochs make when the run stopped early."""
+    epochs: int
     losses: list[float]
+    stopped_early: bool = False
 
 
 def encode(assistant: Assistant, images: Sequence[Image.Image]) -> list[list[int]]:
@@ -79,13 +85,31 @@ def encode(assistant: Assistant, images: Sequence[Image.Image]) -> list[list[int
     return out
 
 
-def best(candidates: Sequence[Scored]) -> Scored:
-    """The highest score; where a checkpoint has none (recognition not measured), the lowest held-out loss, else
-    the lowest training loss. The later checkpoint among equals."""
+CRITERIA = {"score": "held-out score", "held_out_loss": "held-out loss", "loss": "training loss"}
+"""What checkpoints are compared by, in order of preference, and how the run names it."""
+
+
+def criterion(candidates: Sequence[Scored]) -> tuple[str, float]:
+    """The metric every candidate has that checkpoints are compared by, and its sign (1: higher is better): the
+    score; where a checkpoint has none (recognition not measured), the held-out loss, else the training loss."""
     if all(c.metrics.get("score") is not None for c in candidates):
-        return max(candidates, key=lambda c: (c.metrics["score"], c.checkpoint.step))
+        return "score", 1.0
     key = "held_out_loss" if all(c.metrics.get("held_out_loss") is not None for c in candidates) else "loss"
-    return min(candidates, key=lambda c: (c.metrics[key], -c.checkpoint.step))
+    return key, -1.0
+
+
+def best(candidates: Sequence[Scored]) -> Scored:
+    """The best checkpoint by `criterion`; the later one among equals."""
+    key, sign = criterion(candidates)
+    return max(candidates, key=lambda c: (sign * c.metrics[key], c.checkpoint.step))
+
+
+def epochs_without_improvement(candidates: Sequence[Scored]) -> int:
+    """How many checkpoints came after the first one to reach the best value by `criterion` (a tie is no
+    improvement)."""
+    key, sign = criterion(candidates)
+    values = [sign * c.metrics[key] for c in sorted(candidates, key=lambda c: c.checkpoint.step)]
+    return len(values) - 1 - values.index(max(values))
 
 
 def selection_notice(negatives: int, held_out: int) -> Notice | None:
@@ -169,8 +193,10 @@ def personalize(
             plain = replace(recipe, qa_repeats=0, soft_positives=0)
             held_samples = build_samples(assistant.prompts, ConceptData(name, concept.kind, held_positive), plain)
     scored = list(earlier)
+    stopping = False
 
     def on_epoch(checkpoint: Checkpoint) -> None:
+        nonlocal stopping
         report(f"scoring the checkpoint at step {checkpoint.step}")
         scores = score(
             assistant, name, held_positive, held_negative, concept.photos, concept.similarity, seed=recipe.seed
@@ -183,8 +209,14 @@ def personalize(
         scored.append(result)
         if on_checkpoint is not None:
             on_checkpoint(result)
+        stale = epochs_without_improvement(scored)
+        if recipe.patience and stale >= recipe.patience and not checkpoint.final:
+            stopping = True
+            what = CRITERIA[criterion(scored)[0]]
+            report(f"stopped early at epoch {checkpoint.epoch}: no better {what} for {stale} epochs")
 
-    losses = trainer.run(progress, cancelled, on_epoch, resume)
+    losses = trainer.run(progress, cancelled, on_epoch, resume, stop=lambda: stopping)
     chosen = best(scored)
     assistant.slots.load(name, chosen.checkpoint.state)
-    return Personalized(chosen, len(samples), trainer.total_steps, losses)
+    epochs = len(losses) // trainer.steps_per_epoch
+    return Personalized(chosen, len(samples), len(losses), epochs, losses, stopping)

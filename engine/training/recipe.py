@@ -9,7 +9,8 @@ because the 66 rows are new parameters, like textual-inversion embeddings, which
 fine-tuning existing weights; no weight decay, since it would pull rows towards zero on steps where they get no
 gradient; up to 1,000 soft positives and 200 negatives as in the paper; 4 recognition questions and 2 drawings
 per (augmented) photo and the facts' questions twice. A fifth of the negatives (at least one) is held out to
-score checkpoints, and the best checkpoint by that score is kept.
+score checkpoints, and the best checkpoint by that score is kept. Patience 3: training stops once 3 epochs in a
+row brought no better held-out score (docs/training.md says why 3).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ class Recipe:
     generation_per_photo: int = 2
     qa_repeats: int = 2
     augment: bool = True
+    patience: int = 3
+    """Stop after this many epochs in a row without a better held-out score (or held-out loss where the score
+    is not measured); 0 runs every epoch. 3, not 1-2: with a handful of held-out photos and negatives the score
+    moves in steps of 0.05-0.1 and often ties for an epoch or two while the rows still improve."""
     describe_photos: bool = True
     layout: PromptLayout = field(default_factory=PromptLayout)
 
@@ -51,6 +56,8 @@ class Recipe:
             raise EngineError("the batch size must be a multiple of the micro-batch")
         if self.learning_rate <= 0:
             raise EngineError("the learning rate must be positive")
+        if self.patience < 0:
+            raise EngineError("patience cannot be negative (0 runs every epoch)")
         counts = (self.soft_positives, self.negatives, self.recognition_per_photo)
         if min(*counts, self.generation_per_photo, self.qa_repeats) < 0:
             raise EngineError("sample counts cannot be negative")
