@@ -516,7 +516,7 @@ def _mean_and_error(values: Sequence[float]) -> tuple[float, float]:
 
 PAIRED_METRICS = ("recognition_weighted", "generation_attribute_accuracy", "qa_accuracy", "generation_similarity")
 COMPARED = {"instant": ("trained", "untrained"), "refined": ("trained", "untrained")}
-"""Conditions compared with others than by trained minus them: each of these minus its others."""
+"""Conditions reported as themselves minus these others (not as trained minus them)."""
 
 
 def paired_difference(

@@ -44,8 +44,8 @@ class Recipe:
     augment: bool = True
     patience: int = 3
     """Stop after this many epochs in a row without a better held-out score (or held-out loss where the score
-    is not measured); 0 runs every epoch. 3, not 1-2: with a handful of held-out photos and negatives the score
-    moves in steps of 0.05-0.1 and often ties for an epoch or two while the rows still improve."""
+    is not measured); 0 runs every epoch. 3, not 1-2: recognition on one or two held-out photos moves in big
+    steps (one photo: right or wrong) and can stay flat for an epoch or two while the rows still improve."""
     describe_photos: bool = True
     layout: PromptLayout = field(default_factory=PromptLayout)
 
