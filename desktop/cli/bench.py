@@ -28,7 +28,7 @@ SHOWN = (
     ("generation_attribute_accuracy", "drawn attributes"),
     ("generation_similarity", "drawn similarity"),
 )
-BASELINES = ("trained", "untrained", "text_prompt", "text_full")
+BASELINES = ("trained", "untrained", "instant", "refined", "text_prompt", "text_full")
 ABLATIONS = ("trained", "positives_only", "shared_prompt", "no_self_prompting", "tokens_4", "tokens_8")
 TILE = 64
 
@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "personalization",
         help="train micro-world concepts with the product's recipe and measure them against baselines",
     )
-    p.add_argument("--quick", action="store_true", help="3 concepts and the baselines only (under 10 minutes)")
+    p.add_argument(
+        "--quick", action="store_true", help="3 concepts, the baselines and the Aligner's conditions, no ablations"
+    )
     p.add_argument("-o", "--output", type=Path, help="results JSON file to write (none unless given)")
     p.add_argument("--docs", type=Path, help="Markdown report to write, charts beside it (none unless given)")
     p.add_argument("--model", default="demo", help="a micro-world model (default: the embedded demo model)")
@@ -51,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--conditions",
         nargs="+",
         metavar="NAME",
-        help="only these conditions (default: all; the baselines with --quick)",
+        help="only these conditions (default: all; no ablations with --quick)",
     )
     p.add_argument("--seed", type=int, default=0, help="the first seed: concepts, training and drawing")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
@@ -133,7 +135,8 @@ def run_personalization(args: argparse.Namespace) -> int:
     for row in results["paired"]:
         if row["metric"] in HEADLINE:
             print(
-                f"trained - {row['other']}: {row['metric']} {row['mean']:+.3f} ± {row['stderr']:.3f} "
+                f"{row.get('condition', 'trained')} - {row['other']}: {row['metric']} "
+                f"{row['mean']:+.3f} ± {row['stderr']:.3f} "
                 f"({row['units']} concepts over {args.seeds} seeds)"
             )
     return 0
@@ -165,14 +168,17 @@ def _table(conditions: dict[str, Any], names: tuple[str, ...]) -> list[str]:
 
 HEADLINE = ("recognition_weighted", "generation_attribute_accuracy")
 CLAIMS = (
-    ("untrained", "trained concepts beat the untrained start rows", HEADLINE),
-    ("text_prompt", "trained concepts beat the user's text prompt", HEADLINE),
-    ("positives_only", "paper: soft positives improve generation", (HEADLINE[1], "generation_similarity")),
-    ("shared_prompt", "paper: dual prompts beat one shared prompt", HEADLINE),
-    ("no_self_prompting", "paper: self-prompting helps", HEADLINE),
-    ("tokens_4", "paper: 16 latent tokens beat fewer", HEADLINE),
-    ("tokens_8", "paper: 16 latent tokens beat fewer", HEADLINE),
+    ("trained", "untrained", "trained concepts beat the untrained start rows", HEADLINE),
+    ("trained", "text_prompt", "trained concepts beat the user's text prompt", HEADLINE),
+    ("instant", "untrained", "instant concepts beat the untrained start rows", HEADLINE),
+    ("refined", "trained", "refined concepts match or beat trained ones", HEADLINE),
+    ("trained", "positives_only", "paper: soft positives improve generation", (HEADLINE[1], "generation_similarity")),
+    ("trained", "shared_prompt", "paper: dual prompts beat one shared prompt", HEADLINE),
+    ("trained", "no_self_prompting", "paper: self-prompting helps", HEADLINE),
+    ("trained", "tokens_4", "paper: 16 latent tokens beat fewer", HEADLINE),
+    ("trained", "tokens_8", "paper: 16 latent tokens beat fewer", HEADLINE),
 )
+"""(condition, other, claim, metrics): the claim holds where condition minus other is positive."""
 
 
 def _verdict(mean: float, error: float) -> str:
@@ -184,19 +190,21 @@ def _verdict(mean: float, error: float) -> str:
 
 
 def _claims(results: dict[str, Any]) -> list[str]:
-    """Each baseline and ablation against the trained condition, by paired differences over concepts."""
+    """Each claim of `CLAIMS` whose two conditions were run, by paired differences over concepts."""
     from engine.microworld.benchmark import paired_difference
 
     conditions, concepts = results["conditions"], results["concepts"]
-    if "trained" not in conditions:
+    claims = [c for c in CLAIMS if c[0] in conditions and c[1] in conditions]
+    if not claims:
         return []
-    lines = ["| claim | metric | trained - other (± s.e.) | verdict |", "|---|---|---|---|"]
-    for other, claim, keys in CLAIMS:
-        if other not in conditions:
-            continue
+    lines = ["| claim | metric | condition - other (± s.e.) | verdict |", "|---|---|---|---|"]
+    for condition, other, claim, keys in claims:
         for key in keys:
-            mean, error = paired_difference(concepts, other, key)
-            lines.append(f"| {claim} (vs `{other}`) | {key} | {mean:+.3f} ± {error:.3f} | {_verdict(mean, error)} |")
+            mean, error = paired_difference(concepts, other, key, condition)
+            lines.append(
+                f"| {claim} (`{condition}` vs `{other}`) | {key} | {mean:+.3f} ± {error:.3f} | "
+                f"{_verdict(mean, error)} |"
+            )
     return [*lines, ""]
 
 
@@ -206,7 +214,7 @@ def _examples(results: dict[str, Any], bench: Any | None, path: Path) -> list[st
     from engine.microworld.benchmark import make_concepts
     from engine.microworld.world import render
 
-    names = [n for n in ("trained", "untrained", "text_prompt", "text_full") if n in results["conditions"]]
+    names = [n for n in BASELINES if n in results["conditions"]]
     header = ", ".join(["training photos"] * results["settings"]["train_renders"] + names)
     if bench is None:
         return (
@@ -272,7 +280,7 @@ def write_report(results: dict[str, Any], docs: Path, output: Path | None, bench
         "",
     ]
     lines += [f"![baselines]({charts['baselines'].name})" if "baselines" in charts else "", ""]
-    lines += ["## Claims", "", "Paired over concepts (of every seed): the mean of (trained - other) per concept.", ""]
+    lines += ["## Claims", "", "Paired over concepts (of every seed): the mean of (condition - other) per concept.", ""]
     lines += _claims(results)
     if any(n in conditions for n in ABLATIONS[1:]):
         lines += ["## Ablations", "", *_table(conditions, ABLATIONS)]

@@ -18,6 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("name", help="the library concept to train")
     train.add_argument("--epochs", type=int, default=DEFAULT.epochs, help="passes over the samples")
     train.add_argument(
+        "--patience",
+        type=int,
+        default=DEFAULT.patience,
+        help=f"stop after this many epochs without a better held-out score (default {DEFAULT.patience}; 0: off)",
+    )
+    train.add_argument(
         "--index",
         type=Path,
         help="an offline embedding index for soft positives and negatives (default: the demo model's bundled subset)",
@@ -84,6 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         epochs=args.epochs,
+        patience=args.patience,
         seed=args.seed,
         learning_rate=args.learning_rate,
         soft_positives=args.soft_positives,

@@ -67,9 +67,10 @@ class TrainOptions(Recipe):
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TrainOptions:
         """The options stored with a run (older runs lack some fields: they take the defaults, except that a run
-        from before the bundled subset existed resumes without it, as it started)."""
+        from before the bundled subset or early stopping existed resumes without them, as it started)."""
         known = {k: v for k, v in config.items() if k in cls.__dataclass_fields__}
         known.setdefault("bundled_index", False)
+        known.setdefault("patience", 0)
         if isinstance(known.get("layout"), dict):
             known["layout"] = PromptLayout(**known["layout"])
         return cls(**known)

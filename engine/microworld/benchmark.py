@@ -21,8 +21,13 @@ index plumbing is skipped. Measured for every concept under every condition:
   identity attributes drawn right (`generation_attribute_accuracy`) and the embedding cosine to the normalised
   mean of the test renders (`generation_similarity`, like CLIP-I).
 
-`run_seeds` repeats the benchmark over several seeds (each its own concepts and pool) and reports the paired
-difference of trained minus every other condition over all concept-and-seed units, with its standard error.
+`instant` and `refined` start from the demo Aligner's rows, predicted from the concept's first training photo
+(`instant_rows`, the calls `familiar concept add --instant` makes): `instant` measures them as they are, `refined`
+trains them with the product's recipe (as `familiar train` refines an instant concept).
+
+`run_seeds` repeats the benchmark over several seeds (each its own concepts and pool) and reports paired differences
+over all concept-and-seed units, with their standard errors: trained minus every other condition, and `instant` and
+`refined` each minus trained and minus the untrained rows (`COMPARED`).
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine.aligner.model import LoadedAligner, demo_aligner_path, instant_state, load_aligner
 from engine.concepts.layout import PromptLayout
 from engine.concepts.prompts import Prompts
+from engine.concepts.state import ConceptState
 from engine.evaluation.metrics import clip_i
 from engine.inference.assistant import Assistant
 from engine.microworld.abilities import answers_right
@@ -84,11 +91,13 @@ METRICS = (
 @dataclass(frozen=True)
 class Condition:
     """One way of referring to a concept: learned tokens (trained by a recipe, or the start rows untrained) or
-    plain words. `changes` turn the benchmark's base recipe into this condition's."""
+    plain words. `changes` turn the benchmark's base recipe into this condition's; the start rows are the class
+    word's, or with `from_aligner` the demo Aligner's."""
 
     name: str
     what: str
     trained: bool = True
+    from_aligner: bool = False
     changes: dict[str, Any] = field(default_factory=dict)
     words: str | None = None  # "coarse" or "full": a text prompt instead of a concept
 
@@ -101,6 +110,13 @@ CONDITIONS = {
     for c in (
         Condition("trained", "the product's recipe: dual sets of 16 tokens, self-prompting, soft positives"),
         Condition("untrained", "the concept's start rows (the class word), not trained", trained=False),
+        Condition(
+            "instant",
+            "the demo Aligner's rows, predicted from one training photo, not trained",
+            trained=False,
+            from_aligner=True,
+        ),
+        Condition("refined", "the product's recipe, starting from the demo Aligner's rows", from_aligner=True),
         Condition(
             "text_prompt",
             "the user's own coarse words, e.g. 'red striped creature with a hat'",
@@ -147,6 +163,8 @@ class BenchSettings:
     conditions: tuple[str, ...] = (
         "trained",
         "untrained",
+        "instant",
+        "refined",
         "text_prompt",
         "text_full",
         "positives_only",
@@ -170,8 +188,8 @@ class BenchSettings:
         )
 
 
-QUICK = BenchSettings(concepts=3, conditions=("trained", "untrained", "text_prompt", "text_full"))
-"""A few concepts and the baselines, no ablation: under 10 minutes on a 2-core CPU."""
+QUICK = BenchSettings(concepts=3, conditions=("trained", "untrained", "instant", "refined", "text_prompt", "text_full"))
+"""A few concepts, the baselines and the Aligner's conditions, no ablation."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +274,7 @@ class Benchmark:
         self.pool = make_pool(settings)
         self.pool_embeddings = reader.embed([render(s) for s in self.pool])
         self._tokens: dict[Scene, list[int]] = {}
+        self._aligner: LoadedAligner | None = None
         self.pictures: dict[tuple[str, str], Image.Image] = {}
         """The first picture drawn for each (concept, condition)."""
 
@@ -316,10 +335,21 @@ class Benchmark:
         truth = {a: getattr(concept.identity, a) for a in IDENTITY}
         return float(np.mean([[r[a] == v for a, v in truth.items()] for r in self.reader.read(list(images))]))
 
-    def train(self, concept: BenchConcept, recipe: Recipe, descriptions: list[str]) -> Personalized:
+    def instant_rows(self, concept: BenchConcept) -> ConceptState:
+        """The demo Aligner's rows for `concept`, predicted from its first training photo, as `familiar concept
+        add --instant` makes them; the Aligner is loaded on first use."""
+        fingerprint = self.assistant.loaded.fingerprint
+        if self._aligner is None:
+            self._aligner = load_aligner(demo_aligner_path(), fingerprint)
+        return instant_state(self._aligner, render(concept.train[0]), concept.name, fingerprint)
+
+    def train(
+        self, concept: BenchConcept, recipe: Recipe, descriptions: list[str], start: ConceptState | None = None
+    ) -> Personalized:
         """Train the concept by `recipe` with the product's function, as `familiar train` does with a library's
-        photos; leaves the best epoch's rows attached. As in the app (3 or more photos, none marked for testing),
-        the last training render is held out; negatives are the retrieval's hard ones, then random pool scenes."""
+        photos, from `start` (default: the class word's rows); leaves the best epoch's rows attached. As in the app
+        (3 or more photos, none marked for testing), the last training render is held out; negatives are the
+        retrieval's hard ones, then random pool scenes."""
         photos, held_out = concept.train[:-1], concept.train[-1:]
         tiers, negatives = self.retrieval(concept, photos, recipe.layout.tokens)
         inputs = ConceptPhotos(
@@ -330,6 +360,7 @@ class Benchmark:
             negatives=self.tokens(negatives),
             soft_positive_tiers=[(n, self.tokens(scenes)) for n, scenes in tiers],
             similarity=self.similarity,
+            start=start,
             descriptions=descriptions,
         )
         return personalization.personalize(self.assistant, inputs, recipe)
@@ -372,20 +403,24 @@ class Benchmark:
         assistant.prompts = Prompts(loaded.tokenizer, assistant.slots, tokens.boi_id, tokens.eoi_id, recipe.layout)
         try:
             extra: dict[str, Any] = {}
+            start = self.instant_rows(concept) if condition.from_aligner else None
             if condition.trained:
                 started = time.monotonic()
-                trained = self.train(concept, recipe, descriptions)
-                per_epoch = trained.steps // recipe.epochs
+                trained = self.train(concept, recipe, descriptions, start)
+                per_epoch = trained.steps // trained.epochs
                 extra = {
                     "samples": trained.samples,
                     "steps": trained.steps,
+                    "epochs": trained.epochs,
                     "best_epoch": trained.chosen.checkpoint.epoch,
                     "train_seconds": round(time.monotonic() - started, 1),
                     "first_epoch_loss": float(np.mean(trained.losses[:per_epoch])),
                     "last_epoch_loss": float(np.mean(trained.losses[-per_epoch:])),
                 }
             else:
-                assistant.attach(assistant.slots.initial_state(concept.name, loaded.tokenizer, class_word(KIND, "")))
+                assistant.attach(
+                    start or assistant.slots.initial_state(concept.name, loaded.tokenizer, class_word(KIND, ""))
+                )
             subject = f"<{concept.name}>"
             drawing = f"A photo of {subject}."
             return {**self.measure(concept, condition.name, subject, drawing, [concept.name]), **extra}
@@ -480,33 +515,45 @@ def _mean_and_error(values: Sequence[float]) -> tuple[float, float]:
 
 
 PAIRED_METRICS = ("recognition_weighted", "generation_attribute_accuracy", "qa_accuracy", "generation_similarity")
+COMPARED = {"instant": ("trained", "untrained"), "refined": ("trained", "untrained")}
+"""Conditions reported as themselves minus these others (not as trained minus them)."""
 
 
-def paired_difference(per_concept: Sequence[dict[str, Any]], other: str, metric: str) -> tuple[float, float]:
-    """Mean over units (concepts, of every seed) of trained minus `other` on `metric`, and its standard error."""
-    return _mean_and_error([c["conditions"]["trained"][metric] - c["conditions"][other][metric] for c in per_concept])
+def paired_difference(
+    per_concept: Sequence[dict[str, Any]], other: str, metric: str, condition: str = "trained"
+) -> tuple[float, float]:
+    """Mean over units (concepts, of every seed) of `condition` minus `other` on `metric`, and its standard
+    error."""
+    return _mean_and_error([c["conditions"][condition][metric] - c["conditions"][other][metric] for c in per_concept])
+
+
+def compared_pairs(conditions: Sequence[str]) -> list[tuple[str, str]]:
+    """(condition, other) for every paired difference: trained minus every other condition but `COMPARED`'s,
+    then each of `COMPARED`'s minus its others, where both were run."""
+    pairs = []
+    if "trained" in conditions:
+        pairs = [("trained", other) for other in conditions if other != "trained" and other not in COMPARED]
+    pairs += [(name, other) for name, others in COMPARED.items() if name in conditions for other in others]
+    return [(name, other) for name, other in pairs if other in conditions]
 
 
 def paired(settings: BenchSettings, per_concept: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Trained minus every other condition, paired per unit, on `PAIRED_METRICS`: the mean, its standard error,
-    the number of units and the mean per seed."""
-    if "trained" not in settings.conditions:
-        return []
+    """Every `compared_pairs` difference, paired per unit, on `PAIRED_METRICS`: the mean, its standard error, the
+    number of units and the mean per seed."""
     rows = []
     seeds = sorted({c.get("seed", settings.seed) for c in per_concept})
-    for other in settings.conditions:
-        if other == "trained":
-            continue
+    for condition, other in compared_pairs(settings.conditions):
         for metric in PAIRED_METRICS:
-            mean, error = paired_difference(per_concept, other, metric)
+            mean, error = paired_difference(per_concept, other, metric, condition)
             per_seed = {
                 str(seed): paired_difference(
-                    [c for c in per_concept if c.get("seed", settings.seed) == seed], other, metric
+                    [c for c in per_concept if c.get("seed", settings.seed) == seed], other, metric, condition
                 )[0]
                 for seed in seeds
             }
             rows.append(
                 {
+                    "condition": condition,
                     "other": other,
                     "metric": metric,
                     "mean": mean,
@@ -548,7 +595,7 @@ def summarize(
         results.update({key: conditions["trained"][key] for key in headline})
     results["baselines"] = {
         name: {key: conditions[name][key] for key in headline}
-        for name in ("untrained", "text_prompt")
+        for name in ("untrained", "instant", "text_prompt")
         if name in conditions
     }
     return results

@@ -7,7 +7,8 @@ gradients over micro-batches of `micro_batch` items (0: the whole batch) and cli
 frozen model runs in train mode (with gradient checkpointing on CUDA) and is back in eval mode afterwards. Runs
 repeat exactly for a seed, so a run resumed from any checkpoint ends bit-identical to an uninterrupted one.
 
-A checkpoint goes to `on_checkpoint` at the end of every epoch. A cancelled run raises `TrainingCancelled` with the
+A checkpoint goes to `on_checkpoint` at the end of every epoch; where `stop` then says so (early stopping), the run
+ends there as finished, not cancelled. A cancelled run raises `TrainingCancelled` with the
 checkpoint of the step it stopped at: the one it last handed over (or resumed from) when that is at this step,
 else a new one, handed over first. No two checkpoints for the same step are ever handed over.
 """
@@ -172,9 +173,11 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
         cancelled: Callable[[], bool] | None = None,
         on_checkpoint: Callable[[CheckpointT], None] | None = None,
         resume: CheckpointT | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> list[float]:
         """Train to the end (or raise TrainingCancelled), from `resume` when given; returns the loss of every
-        step. `progress` gets a "training" event after every step."""
+        step. `progress` gets a "training" event after every step. `stop` is asked after each epoch's checkpoint
+        was handed over: True ends the run there (an early stop; the steps so far are returned)."""
         report = progress or (lambda _p: None)
         save = on_checkpoint or (lambda _c: None)
         step, losses = 0, []
@@ -214,6 +217,8 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
                 if step % self.steps_per_epoch == 0:
                     saved = self._checkpoint(step, losses)
                     self._hand_over(saved, save)
+                    if stop is not None and stop():
+                        break
         finally:
             self._set_training(False)
         return losses

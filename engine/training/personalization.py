@@ -11,6 +11,9 @@ checkpoint's) goes to `on_check` with its scores and the one picture the scoring
 Where recognition cannot be measured (no negatives at all, or no held-out photo) the checkpoints have no `score`;
 the best is then the one with the lowest loss on the held-out photos (their recognition and drawing samples,
 `held_out_loss`), or the lowest training loss of its epoch where no photo is held out, and a `Notice` says so.
+
+Early stopping: with `Recipe.patience` P > 0, the run ends after the epoch that made P checkpoints in a row without
+a strictly better value of that same criterion; it says so in a status line and ends as a finished run.
 """
 
 from __future__ import annotations
@@ -77,7 +80,10 @@ class Personalized:
     chosen: Scored
     samples: int
     steps: int
+    """Steps run: fewer than the recipe's epochs make when the run stopped early."""
+    epochs: int
     losses: list[float]
+    stopped_early: bool = False
 
 
 def encode(assistant: Assistant, images: Sequence[Image.Image]) -> list[list[int]]:
@@ -89,13 +95,31 @@ def encode(assistant: Assistant, images: Sequence[Image.Image]) -> list[list[int
     return out
 
 
-def best(candidates: Sequence[Scored]) -> Scored:
-    """The highest score; where a checkpoint has none (recognition not measured), the lowest held-out loss, else
-    the lowest training loss. The later checkpoint among equals."""
+CRITERIA = {"score": "held-out score", "held_out_loss": "held-out loss", "loss": "training loss"}
+"""What checkpoints are compared by, in order of preference, and how the run names it."""
+
+
+def criterion(candidates: Sequence[Scored]) -> tuple[str, float]:
+    """The metric every candidate has that checkpoints are compared by, and its sign (1: higher is better): the
+    score; where a checkpoint has none (recognition not measured), the held-out loss, else the training loss."""
     if all(c.metrics.get("score") is not None for c in candidates):
-        return max(candidates, key=lambda c: (c.metrics["score"], c.checkpoint.step))
+        return "score", 1.0
     key = "held_out_loss" if all(c.metrics.get("held_out_loss") is not None for c in candidates) else "loss"
-    return min(candidates, key=lambda c: (c.metrics[key], -c.checkpoint.step))
+    return key, -1.0
+
+
+def best(candidates: Sequence[Scored]) -> Scored:
+    """The best checkpoint by `criterion`; the later one among equals."""
+    key, sign = criterion(candidates)
+    return max(candidates, key=lambda c: (sign * c.metrics[key], c.checkpoint.step))
+
+
+def epochs_without_improvement(candidates: Sequence[Scored]) -> int:
+    """How many checkpoints came after the first one to reach the best value by `criterion` (a tie is no
+    improvement)."""
+    key, sign = criterion(candidates)
+    values = [sign * c.metrics[key] for c in sorted(candidates, key=lambda c: c.checkpoint.step)]
+    return len(values) - 1 - values.index(max(values))
 
 
 def selection_notice(negatives: int, held_out: int) -> Notice | None:
@@ -181,6 +205,7 @@ def personalize(
             plain = replace(recipe, qa_repeats=0, soft_positives=0)
             held_samples = build_samples(assistant.prompts, ConceptData(name, concept.kind, held_positive), plain)
     scored = list(earlier)
+    stopping = False
 
     def check() -> Scores:
         return score(
@@ -200,6 +225,7 @@ def personalize(
         on_check(Check(0, before.as_dict(), before.picture))
 
     def on_epoch(checkpoint: Checkpoint) -> None:
+        nonlocal stopping
         report(f"scoring the checkpoint at step {checkpoint.step}")
         scores = check()
         window = checkpoint.losses[-trainer.steps_per_epoch :]
@@ -212,8 +238,14 @@ def personalize(
             on_checkpoint(result)
         if on_check is not None:
             on_check(Check(checkpoint.step, result.metrics, scores.picture))
+        stale = epochs_without_improvement(scored)
+        if recipe.patience and stale >= recipe.patience and not checkpoint.final:
+            stopping = True
+            what = CRITERIA[criterion(scored)[0]]
+            report(f"stopped early at epoch {checkpoint.epoch}: no better {what} for {stale} epochs")
 
-    losses = trainer.run(progress, cancelled, on_epoch, resume)
+    losses = trainer.run(progress, cancelled, on_epoch, resume, stop=lambda: stopping)
     chosen = best(scored)
     assistant.slots.load(name, chosen.checkpoint.state)
-    return Personalized(chosen, len(samples), trainer.total_steps, losses)
+    epochs = len(losses) // trainer.steps_per_epoch
+    return Personalized(chosen, len(samples), len(losses), epochs, losses, stopping)

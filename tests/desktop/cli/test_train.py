@@ -11,6 +11,7 @@ import pytest
 from desktop.cli.main import main
 from desktop.services import personalize
 from desktop.services.personalize import TrainOptions
+from engine.training.recipe import Recipe
 from store.library import Library
 
 QUICK = TrainOptions(
@@ -128,3 +129,16 @@ def test_mistakes_are_refused_before_the_model_loads(
         library.concepts.add("empty", kind="pet")
     assert main(["--data-dir", str(data), *(arg.format(tmp=tmp_path) for arg in argv)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_patience_comes_from_the_recipe_and_the_command_line(
+    data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen = _captured_options(monkeypatch)
+    assert main(["--data-dir", str(data), "train", "bo"]) == 130
+    assert main(["--data-dir", str(data), "train", "bo", "--patience", "0"]) == 130
+    assert [options.patience for options in seen] == [Recipe().patience, 0]
+    assert main(["--data-dir", str(data), "train", "bo", "--patience", "-1"]) == 2
+    assert "patience cannot be negative" in capsys.readouterr().err and len(seen) == 2
+    old_run = {k: v for k, v in asdict(seen[0]).items() if k != "patience"}
+    assert TrainOptions.from_config(old_run).patience == 0  # a run from before early stopping resumes without it

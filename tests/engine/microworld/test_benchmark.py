@@ -14,7 +14,7 @@ from desktop.cli.main import main
 from engine.concepts.layout import N_GENERATION, PromptLayout
 from engine.concepts.prompts import Prompts
 from engine.inference.assistant import Assistant
-from engine.microworld.benchmark import Benchmark, BenchSettings, coarse_words, make_concepts
+from engine.microworld.benchmark import Benchmark, BenchSettings, coarse_words, compared_pairs, make_concepts
 from engine.microworld.reader import load_reader
 from engine.microworld.world import IDENTITY, Scene, render
 from engine.progress import Progress
@@ -143,3 +143,61 @@ def test_familiar_train_runs_the_function_the_benchmark_runs(tmp_path: Path, rec
     (recipe,) = recipes
     expected = Recipe(epochs=1, learning_rate=0.01, seed=5)  # the rest: the recipe's own defaults
     assert {f.name: getattr(recipe, f.name) for f in fields(Recipe)} == vars(expected)
+
+
+def test_compared_pairs_put_the_aligner_conditions_against_trained_and_untrained() -> None:
+    assert compared_pairs(("trained", "untrained", "instant", "refined", "text_prompt")) == [
+        ("trained", "untrained"),
+        ("trained", "text_prompt"),
+        ("instant", "trained"),
+        ("instant", "untrained"),
+        ("refined", "trained"),
+        ("refined", "untrained"),
+    ]
+    assert compared_pairs(("instant", "untrained")) == [("instant", "untrained")]
+
+
+def test_instant_measures_the_aligner_rows_and_refined_trains_from_them(
+    assistant: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = replace(
+        SMALL, concepts=1, epochs=1, drawings=1, conditions=("trained", "untrained", "instant", "refined")
+    )
+    bench = Benchmark(assistant, load_reader(), settings)
+    concept = make_concepts(settings)[0]
+    predicted = bench.instant_rows(concept)
+    starts: list[torch.Tensor | None] = []
+    real_personalize = personalization.personalize
+
+    def spy(assistant: Assistant, photos: personalization.ConceptPhotos, recipe: Recipe, **kwargs: object):
+        starts.append(None if photos.start is None else photos.start.embed.clone())
+        return real_personalize(assistant, photos, recipe, **kwargs)
+
+    measured: dict[str, torch.Tensor] = {}
+    real_measure = Benchmark.measure
+
+    def measure(self: Benchmark, concept, condition: str, subject: str, drawing: str, names: list[str]):
+        measured[condition] = self.assistant.slots.state(concept.name).embed.clone()
+        return real_measure(self, concept, condition, subject, drawing, names)
+
+    monkeypatch.setattr(personalization, "personalize", spy)
+    monkeypatch.setattr(Benchmark, "measure", measure)
+    results = bench.run()
+    assert starts[0] is None and torch.equal(starts[1], predicted.embed)  # trained, then refined
+    assert torch.equal(measured["instant"], predicted.embed)
+    assert not torch.equal(measured["untrained"], predicted.embed)
+    assert not torch.equal(measured["refined"], predicted.embed)  # trained away from the Aligner's rows
+    row = results["concepts"][0]["conditions"]
+    assert row["refined"]["steps"] > 0 and "steps" not in row["instant"]
+    pairs = {(r["condition"], r["other"]) for r in results["paired"]}
+    assert pairs == {
+        ("trained", "untrained"),
+        *((c, o) for c in ("instant", "refined") for o in ("trained", "untrained")),
+    }
+    difference = next(
+        r
+        for r in results["paired"]
+        if (r["condition"], r["other"], r["metric"]) == ("instant", "untrained", "qa_accuracy")
+    )
+    assert difference["mean"] == pytest.approx(row["instant"]["qa_accuracy"] - row["untrained"]["qa_accuracy"])
+    assert assistant.slots.names() == []
