@@ -50,13 +50,11 @@ SELECTED_BORDER = "2px solid #2b6cd4"
 PLAIN_BORDER = "1px solid #d8d8d8"
 
 
-def dropped_paths(event: QDragEnterEvent | QDropEvent) -> list[Path]:
-    """The local files a drag carries."""
-    return [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
-
-
-def is_archive(path: Path) -> bool:
-    return path.suffix.lower() == SUFFIX
+def dropped(event: QDragEnterEvent | QDropEvent) -> tuple[list[Path], list[Path]]:
+    """The local files a drag carries: (`.familiar` archives, the other files)."""
+    paths = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+    archives = [p for p in paths if p.suffix.lower() == SUFFIX]
+    return archives, [p for p in paths if p not in archives]
 
 
 class ConceptCard(QFrame):
@@ -209,16 +207,14 @@ class ConceptCard(QFrame):
         self.menu_requested.emit(self.concept.name, event.globalPos())
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if dropped_paths(event):
+        if any(dropped(event)):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
-        paths = dropped_paths(event)
-        if not paths:
+        archives, photos = dropped(event)
+        if not archives and not photos:
             return
         event.acceptProposedAction()
-        archives = [p for p in paths if is_archive(p)]
-        photos = [p for p in paths if not is_archive(p)]
         if archives:
             self.archives_dropped.emit(archives)
         if photos:
@@ -514,19 +510,17 @@ class LibraryView(QWidget):
         dialog.open()
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if dropped_paths(event):
+        if any(dropped(event)):
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
         """`.familiar` files are imported; photos start a new concept (drop them on a card to add them to it)."""
-        paths = dropped_paths(event)
-        if not paths:
+        archives, photos = dropped(event)
+        if not archives and not photos:
             return
         event.acceptProposedAction()
-        archives = [p for p in paths if is_archive(p)]
         if archives:
             self.import_files(archives)
-        photos = [p for p in paths if not is_archive(p)]
         if photos:
             self.add_with.emit(photos)
 

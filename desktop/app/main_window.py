@@ -28,7 +28,7 @@ from desktop.app.concept_editor import ConceptEditor
 from desktop.app.engine_host import HOW_TO_SET_A_MODEL, EngineHost, ModelInfo
 from desktop.app.gallery_view import GalleryView
 from desktop.app.history import resumable_run
-from desktop.app.library_view import LibraryView, dropped_paths, is_archive
+from desktop.app.library_view import LibraryView, dropped
 from desktop.app.settings import AppSettings
 from desktop.app.settings_view import SettingsView
 from desktop.app.tasks import Runner
@@ -239,12 +239,12 @@ class MainWindow(QMainWindow):
         self.show_page("Library")
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if any(is_archive(p) for p in dropped_paths(event)):
+        if dropped(event)[0]:
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:
         """`.familiar` files dropped anywhere on the window are imported (the library view shows them)."""
-        archives = [p for p in dropped_paths(event) if is_archive(p)]
+        archives, _ = dropped(event)
         if archives:
             event.acceptProposedAction()
             self.show_page("Library")
