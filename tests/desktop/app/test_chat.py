@@ -12,6 +12,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
 from desktop.app.chat_view import ChatView, ImageBubble, TextBubble
+from engine.inference import assistant as assistant_module
 from engine.inference.assistant import SHOWN_SIZE, Assistant
 from engine.model.loading import TRAINED_DEMO
 
@@ -69,6 +70,14 @@ def test_question_with_a_photo_streams_its_answer(chat_window, qtbot, dreambooth
     pieces: list[str] = []
     append = TextBubble.append
     monkeypatch.setattr(TextBubble, "append", lambda self, piece: (pieces.append(piece), append(self, piece)))
+    # The chat samples with a fresh seed, and a sampled answer may be one token long; without a stop token
+    # the answer is always eight tokens, so it must arrive in several pieces.
+    sample = assistant_module.stream_text_tokens
+    monkeypatch.setattr(
+        assistant_module,
+        "stream_text_tokens",
+        lambda model, prompt, blocked, _stops, _most, *rest: sample(model, prompt, blocked, [], 8, *rest),
+    )
     assert chat.attach_photo(dreambooth / "dog" / "04.jpg") and chat.attachment.isVisibleTo(chat)
     _ask(chat, qtbot, "What is <bo> doing in this photo?", "answer")
     assert not chat.attachment.isVisibleTo(chat)
