@@ -23,7 +23,7 @@ from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocab
 
 from engine.microworld import model_files, pretrain
 from engine.model.loading import DEMO_MARKER
-from engine.model.vqgan import DECODER_FILE, VQGANDecoder, save_decoder
+from engine.model.vqgan import DECODER_FILE, VQGANDecoder, load_decoder, save_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,14 +32,24 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def tokenizer_stage(work: Path, seed: int) -> PreTrainedTokenizerFast:
-    if not (work / "tokenizer.json").is_file():
+def tokenizer_stage(work: Path, seed: int, start: Path | None) -> PreTrainedTokenizerFast:
+    if not (work / "tokenizer.json").is_file() and start is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(start / name, work / name)
+        log(f"tokenizer copied from {start}")
+    elif not (work / "tokenizer.json").is_file():
         model_files.write_tokenizer(model_files.build_tokenizer(model_files.corpus(seed)), work)
         log(f"tokenizer written ({work / 'tokenizer.json'})")
     return PreTrainedTokenizerFast.from_pretrained(work)
 
 
-def vq_stage(work: Path, steps: int, seed: int) -> tuple[ChameleonVQVAE, VQGANDecoder]:
+def _start_weights(start: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The exported model's weights whose names start with `prefix`, with the prefix removed."""
+    weights = load_file(start / "model.safetensors")
+    return {name[len(prefix) :]: tensor for name, tensor in weights.items() if name.startswith(prefix)}
+
+
+def vq_stage(work: Path, steps: int, seed: int, start: Path | None) -> tuple[ChameleonVQVAE, VQGANDecoder]:
     config = ChameleonVQVAEConfig(**model_files.VQ_CONFIG)
     encoder_file, decoder_file = work / "vq_encoder.safetensors", work / DECODER_FILE
     if encoder_file.is_file() and decoder_file.is_file():
@@ -48,7 +58,13 @@ def vq_stage(work: Path, steps: int, seed: int) -> tuple[ChameleonVQVAE, VQGANDe
         decoder.load_state_dict(load_file(decoder_file))
         return vqmodel.eval(), decoder.eval()
     started = time.monotonic()
-    result = pretrain.train_vq(config, steps, seed, log)
+    if start is None:
+        result = pretrain.train_vq(config, steps, seed, log)
+    else:
+        vqmodel, decoder = ChameleonVQVAE(config), load_decoder(start, config)
+        vqmodel.load_state_dict(_start_weights(start, "model.vqmodel."))
+        log(f"vq fine-tuned from {start}")
+        result = pretrain.train_vq(config, steps, seed, log, start=(vqmodel, decoder), peak_lr=5e-4)
     minutes = (time.monotonic() - started) / 60
     save_file(result.vqmodel.state_dict(), encoder_file)
     save_decoder(result.decoder, decoder_file)
@@ -67,6 +83,11 @@ def lm_stage(
     optimizer = torch.optim.AdamW(pretrain.lm_parameters(model), lr=1e-3, weight_decay=0.01)
     state = pretrain.LMState(model, optimizer, 0, [])
     weights, moments, meta = work / "lm.safetensors", work / "lm_optimizer.safetensors", work / "lm.json"
+    if args.start_from is not None and not meta.is_file():
+        start = _start_weights(args.start_from)
+        start.update({f"model.vqmodel.{k}": v for k, v in vqmodel.state_dict().items()})
+        model.load_state_dict(start)
+        log(f"language model starts from {args.start_from}")
     if weights.is_file() and meta.is_file():
         model.load_state_dict(load_file(weights))
         names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -103,6 +124,9 @@ def lm_stage(
 
 
 def export(out: Path, work: Path, state: pretrain.LMState, decoder: VQGANDecoder, args: argparse.Namespace) -> None:
+    earlier = 0
+    if args.start_from is not None:
+        earlier = json.loads((args.start_from / DEMO_MARKER).read_text()).get("language_model_steps", 0)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -115,7 +139,7 @@ def export(out: Path, work: Path, state: pretrain.LMState, decoder: VQGANDecoder
         "(32x32 scenes of creatures with shapes, colours, patterns and accessories).",
         "warning": "Demo model: it knows only the micro-world's 32x32 scenes; configure a real model for photos.",
         "trained": True,
-        "language_model_steps": state.step,
+        "language_model_steps": earlier + state.step,
         "seed": args.seed,
         "built_by": "scripts/train_microworld.py",
     }
@@ -126,7 +150,13 @@ def export(out: Path, work: Path, state: pretrain.LMState, decoder: VQGANDecoder
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=ROOT / "build" / "microworld")
+    parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "familiar" / "microworld")
+    parser.add_argument(
+        "--start-from",
+        type=Path,
+        default=None,
+        help="an exported model folder to continue from: its tokenizer, VQ (fine-tuned) and language model",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "resources" / "demo-model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vq-steps", type=int, default=3000)
@@ -136,8 +166,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     args.work.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenizer_stage(args.work, args.seed)
-    vqmodel, decoder = vq_stage(args.work, args.vq_steps, args.seed)
+    tokenizer = tokenizer_stage(args.work, args.seed, args.start_from)
+    vqmodel, decoder = vq_stage(args.work, args.vq_steps, args.seed, args.start_from)
     state = lm_stage(args.work, tokenizer, vqmodel, args)
     if state.step < args.lm_steps and not args.export_only:
         log(f"stopped at step {state.step} of {args.lm_steps}; rerun to continue")
