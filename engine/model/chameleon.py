@@ -20,6 +20,10 @@ class FamiliarChameleon(ChameleonForConditionalGeneration):
     samples have a few labelled tokens out of about a thousand, and a full logits tensor is large.
     """
 
+    _keep_in_fp32_modules_strict = ["vqmodel"]  # noqa: RUF012 - the type transformers declares and reads
+    """The VQ encoder is read in float32 whatever dtype is asked for: rounding its weights to bfloat16 at load
+    time changes the codes it picks (docs/engine.md)."""
+
     def forward(  # type: ignore[override]
         self,
         input_ids: torch.LongTensor | None = None,
