@@ -318,19 +318,7 @@ class Concepts:
     def add_photos(self, name: str, photos: Sequence[str | Path], *, role: str = "train") -> list[Photo]:
         """Add photos to an existing concept, all or nothing; a photo it already has is refused."""
         check_role(role)
-        existing = self.photos(name)
-        cleaned = self._clean(photos, existing=existing)
-        now = utc_now()
-        with self._lib.change() as change:
-            for photo in cleaned:
-                stage_photo(change, photo)
-            change.lock()
-            concept_id = self._lib.concept_id(name)
-            self._refuse_duplicates(cleaned, self.photos(name))
-            for photo in cleaned:
-                insert_photo(self._lib, concept_id, photo_row(photo, role, now))
-            self._touch(concept_id, now)
-        added = {p.sha256 for p in cleaned}
+        added = {p.sha256 for p in self._change_photos(name, photos, (), role, {})}
         return [p for p in self.photos(name) if p.sha256 in added]
 
     def set_photo_role(self, name: str, sha256: str, role: str) -> Photo:
@@ -371,6 +359,22 @@ class Concepts:
             changes["kind"] = check_kind(kind)
         if facts is not None:
             changes["facts"] = check_facts(facts)
+        self._change_photos(name, add, remove, role, changes)
+        return self.get(name)
+
+    def _photo_id(self, concept_id: int, name: str, sha256: str) -> int:
+        row = self._lib.db.execute(
+            "SELECT id FROM photos WHERE concept_id = ? AND sha256 = ?", [concept_id, sha256]
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"{name!r} has no photo {sha256[:12]}")
+        return int(row[0])
+
+    def _change_photos(
+        self, name: str, add: Sequence[str | Path], remove: Sequence[str], role: str, changes: dict[str, str]
+    ) -> list[CleanPhoto]:
+        """Stage the added photos, then under the lock remove photos by sha256, insert the added ones and update
+        the concept's row with `changes`: all of it or none. Returns the added photos."""
         gone = set(remove)
         kept = [p for p in self.photos(name) if p.sha256 not in gone]
         cleaned = self._clean(add, existing=kept)
@@ -391,15 +395,7 @@ class Concepts:
             for sha, fmt in formats.items():
                 change.discard("photos", sha, extension(fmt))
                 change.discard("thumbs", sha, "jpg")
-        return self.get(name)
-
-    def _photo_id(self, concept_id: int, name: str, sha256: str) -> int:
-        row = self._lib.db.execute(
-            "SELECT id FROM photos WHERE concept_id = ? AND sha256 = ?", [concept_id, sha256]
-        ).fetchone()
-        if row is None:
-            raise NotFoundError(f"{name!r} has no photo {sha256[:12]}")
-        return int(row[0])
+        return cleaned
 
     def _touch(self, concept_id: int, now: str) -> None:
         self._lib.db["concepts"].update(concept_id, {"updated_at": now})
