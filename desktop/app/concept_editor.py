@@ -22,8 +22,8 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.app.tasks import Report, Runner
-from desktop.app.widgets import FlowLayout, heading, square_pixmap
-from desktop.app.wizard import PHOTO_SIDE, DropArea
+from desktop.app.widgets import heading, square_pixmap
+from desktop.app.wizard import PHOTO_SIDE, PhotoStrip
 from store.errors import InvalidValueError
 from store.library import Library
 from store.validation import KINDS, check_facts, check_photo_count, photo_count_warning
@@ -74,21 +74,10 @@ class ConceptEditor(QWidget):
         layout = QVBoxLayout(self)
         self.title = heading("Edit")
         layout.addWidget(self.title)
-        self.drop = DropArea()
+        self.drop = PhotoStrip("Add photos\u2026", self._pick)
         self.drop.dropped.connect(self.add_files)
-        drop_layout = QVBoxLayout(self.drop)
-        top = QHBoxLayout()
-        self.count = QLabel()
+        self.count, self.tiles = self.drop.count, self.drop.tiles
         self.count.setWordWrap(True)
-        top.addWidget(self.count, 1)
-        pick = QPushButton("Add photos\u2026")
-        pick.clicked.connect(self._pick)
-        top.addWidget(pick)
-        drop_layout.addLayout(top)
-        self.tiles_host = QWidget()
-        self.tiles_host.setMinimumHeight(PHOTO_SIDE + 40)
-        self.tiles = FlowLayout(self.tiles_host, spacing=8)
-        drop_layout.addWidget(self.tiles_host)
         layout.addWidget(self.drop)
         form = QFormLayout()
         self.kind = QComboBox()

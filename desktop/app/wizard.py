@@ -5,6 +5,7 @@ tokens from the first photo on the model's thread, no training)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,6 +134,26 @@ class DropArea(QFrame):
             self.dropped.emit(paths)
 
 
+class PhotoStrip(DropArea):
+    """A drop area holding a line of text (`count`) with a button that picks photos, above the photo tiles
+    (`tiles`); `box` is its layout, for anything a page adds below."""
+
+    def __init__(self, pick_text: str, pick: Callable[[], None]) -> None:
+        super().__init__()
+        self.box = QVBoxLayout(self)
+        top = QHBoxLayout()
+        self.count = QLabel()
+        top.addWidget(self.count, 1)
+        button = QPushButton(pick_text)
+        button.clicked.connect(pick)
+        top.addWidget(button)
+        self.box.addLayout(top)
+        host = QWidget()
+        host.setMinimumHeight(PHOTO_SIDE + 40)
+        self.tiles = FlowLayout(host, spacing=8)
+        self.box.addWidget(host)
+
+
 INSTANT_TIP = "Add it and let the Aligner predict its tokens from the first photo: usable at once, no training"
 
 
@@ -164,25 +185,14 @@ class ConceptWizard(QWidget):
         intro.setWordWrap(True)
         layout.addWidget(intro)
 
-        self.drop = DropArea()
+        self.drop = PhotoStrip("Choose photos\u2026", self._pick)
         self.drop.dropped.connect(self.add_files)
-        drop_layout = QVBoxLayout(self.drop)
-        top = QHBoxLayout()
-        self.count = QLabel()
-        top.addWidget(self.count, 1)
-        pick = QPushButton("Choose photos\u2026")
-        pick.clicked.connect(self._pick)
-        top.addWidget(pick)
-        drop_layout.addLayout(top)
-        self.tiles_host = QWidget()
-        self.tiles_host.setMinimumHeight(PHOTO_SIDE + 40)
-        self.tiles = FlowLayout(self.tiles_host, spacing=8)
-        drop_layout.addWidget(self.tiles_host)
+        self.count, self.tiles = self.drop.count, self.drop.tiles
         self.problems = QLabel()
         self.problems.setWordWrap(True)
         self.problems.setTextFormat(Qt.TextFormat.RichText)
         self.problems.setStyleSheet("color: #9b1c1c;")
-        drop_layout.addWidget(self.problems)
+        self.drop.box.addWidget(self.problems)
         layout.addWidget(self.drop)
 
         form = QFormLayout()

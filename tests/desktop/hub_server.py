@@ -63,8 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
     hub: FakeHub
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, *args: object) -> None:  # quiet
-        pass
+    def log_message(self, *args: object) -> None:
+        """Quiet: tests read the requests from `FakeHub.requests`, not from a log on stderr."""
 
     def do_HEAD(self) -> None:
         self._serve(head=True)
