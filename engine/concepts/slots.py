@@ -228,16 +228,26 @@ class ConceptSlots:
         )
 
     def initial_state(
-        self, name: str, tokenizer: PreTrainedTokenizerBase, class_word: str | None = None
+        self,
+        name: str,
+        tokenizer: PreTrainedTokenizerBase,
+        class_word: str | None = None,
+        latent: torch.Tensor | None = None,
     ) -> ConceptState:
         """Rows to start training from: every row is the class word's mean embedding and head row
-        (e.g. "dog"), or the mean over all rows when no class word is given."""
+        (e.g. "dog"), or the mean over all rows when no class word is given. With `latent` (N_GENERATION rows,
+        `engine.concepts.start_rows`), both latent sets' embedding rows start from it instead."""
         ids = tokenizer.encode(f" {class_word}", add_special_tokens=False) if class_word else []
-        embed = mean_row(self.model.get_input_embeddings().weight.detach(), ids)
+        embed = mean_row(self.model.get_input_embeddings().weight.detach(), ids).cpu().expand(SLOT_SIZE, -1).clone()
+        if latent is not None:
+            if latent.shape != (N_GENERATION, embed.shape[1]):
+                raise SlotError(f"latent start rows must be {N_GENERATION} x {embed.shape[1]}")
+            embed[1 : 1 + N_GENERATION] = latent
+            embed[1 + N_GENERATION :] = latent[: SLOT_SIZE - 1 - N_GENERATION]
         head = mean_row(self.model.get_output_embeddings().weight.detach(), ids)
         return ConceptState(
             name=name,
-            embed=embed.cpu().expand(SLOT_SIZE, -1).clone(),
+            embed=embed,
             head=head.cpu().expand(SLOT_SIZE, -1).clone(),
             base_fingerprint=self.fingerprint,
         )

@@ -69,7 +69,7 @@ from engine.progress import Progress, ProgressCallback
 from engine.retrieval.index import Neighbour, Neighbours
 from engine.retrieval.plan import ConceptPhoto, PlanSettings, concept_query, plan_from_neighbours
 from engine.training import personalization
-from engine.training.data import class_word, describe_photos
+from engine.training.data import describe_photos
 from engine.training.personalization import ConceptPhotos, Personalized
 from engine.training.recipe import Recipe
 from engine.training.selection import answers_yes, draw_prompt
@@ -136,6 +136,16 @@ CONDITIONS = {
             "no_self_prompting",
             "ablation: dual sets, answers not opened by the task's set",
             changes={"layout": PromptLayout(self_prompting=False)},
+        ),
+        Condition(
+            "photo_start",
+            "ablation: latent rows start from the photos' image tokens, not the class word",
+            changes={"start": "photos"},
+        ),
+        Condition(
+            "description_start",
+            "ablation: latent rows start from the words of the base model's description of a training photo",
+            changes={"start": "description"},
         ),
         Condition("tokens_4", "ablation: 4 latent tokens per set", changes={"layout": PromptLayout(tokens=4)}),
         Condition("tokens_8", "ablation: 8 latent tokens per set", changes={"layout": PromptLayout(tokens=8)}),
@@ -418,9 +428,12 @@ class Benchmark:
                     "last_epoch_loss": float(np.mean(trained.losses[-per_epoch:])),
                 }
             else:
-                assistant.attach(
-                    start or assistant.slots.initial_state(concept.name, loaded.tokenizer, class_word(KIND, ""))
-                )
+                if start is None:
+                    photos = personalization.training_photo_ids(
+                        assistant, [render(s) for s in concept.train[:-1]], recipe
+                    )
+                    start = personalization.start_state(assistant, concept.name, KIND, "", photos, descriptions, recipe)
+                assistant.attach(start)
             subject = f"<{concept.name}>"
             drawing = f"A photo of {subject}."
             return {**self.measure(concept, condition.name, subject, drawing, [concept.name]), **extra}

@@ -94,7 +94,7 @@ class Identity:
             ("shape", f"What shape is {name}?", answer("shape", self.shape)),
             ("colour", f"What colour is {name}?", answer("colour", self.colour)),
             ("pattern", f"What pattern does {name} have?", answer("pattern", self.pattern)),
-            ("accessory", f"What is {name} wearing?", _wearing(self)),
+            ("accessory", f"What is {name} wearing?", wearing(self)),
         ]
 
 
@@ -131,7 +131,7 @@ class Scene:
             ("What shape is it?", answer("shape", identity.shape)),
             ("What colour is it?", answer("colour", identity.colour)),
             ("What pattern does it have?", answer("pattern", identity.pattern)),
-            ("What is it wearing?", _wearing(identity)),
+            ("What is it wearing?", wearing(identity)),
             ("Is it large or small?", f"{self.size.capitalize()}."),
             ("Where is it?", f"{POSITION_PHRASES[self.position].capitalize()}."),
             ("Where is the scene?", f"{BACKGROUND_PHRASES[self.background].capitalize()}."),
@@ -148,11 +148,12 @@ def answer_options(attribute: str) -> list[str]:
     """Every answer a question of `Identity.questions` about `attribute` can have, in a fixed order."""
     if attribute == "accessory":
         base = Identity("circle", "red", "plain", "none", "none")
-        return [_wearing(replace(base, accessory=a, accessory_colour=c)) for a, c in ACCESSORY_PAIRS]
+        return [wearing(replace(base, accessory=a, accessory_colour=c)) for a, c in ACCESSORY_PAIRS]
     return [answer(attribute, value) for value in ATTRIBUTE_VALUES[attribute]]
 
 
-def _wearing(identity: Identity) -> str:
+def wearing(identity: Identity) -> str:
+    """What the creature wears, as an answer: `A blue hat.`, `Nothing.`"""
     if identity.accessory == "none":
         return "Nothing."
     return _accessory_phrase(identity).removeprefix(" with ").capitalize() + "."

@@ -23,8 +23,13 @@ from engine.model.vqgan import DECODER_FILE
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
-CONFIG_FILES = ("generation_config.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                "chat_template.json")
+CONFIG_FILES = (
+    "generation_config.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.json",
+)
 """JSON files the loaders read when present, besides config.json (read by ``read_config``), the weights index
 (read by ``weight_files``) and tokenizer.json (checked by the tokenizers library itself)."""
 
@@ -113,8 +118,10 @@ def _token_id_problems(raw: Mapping[str, Any], vocab: int) -> list[str]:
     elif mapping:
         outside = [token for token, index in mapping.items() if not _is_int(index) or not 0 <= index < vocab]
         if outside:
-            problems.append(f"vocabulary_map has {len(outside)} id(s) outside the vocabulary of {vocab} "
-                            f"(e.g. {outside[0]!r}: {mapping[outside[0]]!r})")
+            problems.append(
+                f"vocabulary_map has {len(outside)} id(s) outside the vocabulary of {vocab} "
+                f"(e.g. {outside[0]!r}: {mapping[outside[0]]!r})"
+            )
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = raw.get(name)
         ids = value if isinstance(value, list) else [value]
@@ -131,14 +138,19 @@ def _vq_problems(raw: Mapping[str, Any]) -> list[str]:
     if not _is_int(blocks) or not 0 <= blocks <= MAX_RES_BLOCKS:
         problems.append(f"vq_config.num_res_blocks must be an integer from 0 to {MAX_RES_BLOCKS}, not {blocks!r}")
     levels = raw.get("channel_multiplier", ChameleonVQVAEConfig.channel_multiplier)
-    if (not isinstance(levels, list | tuple) or not 1 <= len(levels) <= MAX_LEVELS
-            or not all(_is_int(m) and m >= 1 for m in levels)):
+    if (
+        not isinstance(levels, list | tuple)
+        or not 1 <= len(levels) <= MAX_LEVELS
+        or not all(_is_int(m) and m >= 1 for m in levels)
+    ):
         problems.append(f"vq_config.channel_multiplier must be 1 to {MAX_LEVELS} positive integers, not {levels!r}")
     elif not problems:
         channels, resolution = values["base_channels"], values["resolution"]
         if channels % 32 or channels * max(levels) > MAX_CHANNELS:
-            problems.append(f"vq_config.base_channels {channels} must be a multiple of 32 (GroupNorm uses 32 "
-                            f"groups) and, times the largest multiplier, at most {MAX_CHANNELS}")
+            problems.append(
+                f"vq_config.base_channels {channels} must be a multiple of 32 (GroupNorm uses 32 "
+                f"groups) and, times the largest multiplier, at most {MAX_CHANNELS}"
+            )
         if resolution % 2 ** (len(levels) - 1):
             problems.append(f"vq_config.resolution {resolution} must be a multiple of 2**{len(levels) - 1}")
     attention = raw.get("attn_resolutions")
@@ -160,8 +172,10 @@ def weight_files(path: Path) -> list[Path]:
     names = sorted(set(weight_map.values()))
     missing = [name for name in names if not (path / name).is_file() or Path(name).name != name]
     if missing:
-        raise ModelNotFoundError(f"{path} lacks {len(missing)} of the {len(names)} weight shards its index names "
-                                 f"(e.g. {missing[0]}); the download or copy is incomplete")
+        raise ModelNotFoundError(
+            f"{path} lacks {len(missing)} of the {len(names)} weight shards its index names "
+            f"(e.g. {missing[0]}); the download or copy is incomplete"
+        )
     return [path / name for name in names]
 
 
@@ -171,8 +185,9 @@ def tensor_shapes(file: Path) -> dict[str, list[int]]:
         with safe_open(str(file), framework="pt") as handle:  # not iterable: it needs .keys()
             return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own SafetensorError, and OSError for unreadable files
-        raise ModelNotFoundError(f"{file} is not a readable safetensors file, probably truncated or corrupt "
-                                 f"({one_line(exc)})") from None
+        raise ModelNotFoundError(
+            f"{file} is not a readable safetensors file, probably truncated or corrupt ({one_line(exc)})"
+        ) from None
 
 
 def check_tokenizer(file: Path) -> None:
@@ -215,8 +230,11 @@ def check_weights(files: list[Path], config: ChameleonConfig) -> None:
         found.update(tensor_shapes(file))
     expected = expected_shapes(config)
     missing = [key for key in expected if key not in found]
-    mismatched = [f"{key} is {found[key]} in the file but {shape} by config.json"
-                  for key, shape in expected.items() if key in found and found[key] != shape]
+    mismatched = [
+        f"{key} is {found[key]} in the file but {shape} by config.json"
+        for key, shape in expected.items()
+        if key in found and found[key] != shape
+    ]
     if missing or mismatched:
         where = files[0].parent
         parts = []

@@ -98,8 +98,9 @@ def _embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
     """The IPv4 addresses an IPv6 address carries: mapped, compatible, NAT64, translated, 6to4, Teredo."""
     if isinstance(address, ipaddress.IPv4Address):
         return []
-    found = [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-             for prefix in _WITH_IPV4_IN_LAST_32_BITS if address in prefix]
+    found = [
+        ipaddress.IPv4Address(int(address) & 0xFFFFFFFF) for prefix in _WITH_IPV4_IN_LAST_32_BITS if address in prefix
+    ]
     if address.sixtofour is not None:
         found.append(address.sixtofour)
     if address.teredo is not None:

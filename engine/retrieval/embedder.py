@@ -38,11 +38,17 @@ DEMO_CONFIG: dict[str, Any] = {
 """The demo embedder's architecture. Average pooling keeps random-weight features image-dependent (a random
 ViT's class token gives nearly the same vector for every image)."""
 
+
 class Embedder:
     """An open_clip image tower with its preprocessing; ``embed`` maps images to unit vectors."""
 
-    def __init__(self, visual: torch.nn.Module, preprocess: Callable[[Image.Image], torch.Tensor],
-                 info: EmbedderInfo, device: torch.device) -> None:
+    def __init__(
+        self,
+        visual: torch.nn.Module,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        info: EmbedderInfo,
+        device: torch.device,
+    ) -> None:
         self.visual = visual.eval().to(device)
         self.preprocess = preprocess
         self.info = info
@@ -53,8 +59,9 @@ class Embedder:
         return self.info.dim
 
     @torch.no_grad()
-    def embed(self, images: Sequence[Image.Image], batch_size: int = 32,
-              progress: ProgressCallback | None = None) -> np.ndarray:
+    def embed(
+        self, images: Sequence[Image.Image], batch_size: int = 32, progress: ProgressCallback | None = None
+    ) -> np.ndarray:
         """Images -> float32 array [N, dim] of L2-normalised embeddings; an "embedding" event per batch."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
@@ -151,8 +158,12 @@ def _image_tower_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_embedder(name: str = DEFAULT_EMBEDDER, weights: Path | str | None = None, tag: str | None = DEFAULT_TAG,
-                  device: str | torch.device = "cpu") -> Embedder:
+def load_embedder(
+    name: str = DEFAULT_EMBEDDER,
+    weights: Path | str | None = None,
+    tag: str | None = DEFAULT_TAG,
+    device: str | torch.device = "cpu",
+) -> Embedder:
     """The image tower of open_clip model ``name`` with weights read from the local file ``weights``.
 
     ``tag`` names the open_clip release the weights file comes from (e.g. ``openai``, ``laion2b_s32b_b82k``);
@@ -188,7 +199,11 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, weights: Path | str | None = Non
     state = _image_tower_weights(path)
     with _quiet_logging():
         model = open_clip.create_model(
-            name, pretrained=None, load_weights=False, pretrained_image=False, pretrained_text=False,
+            name,
+            pretrained=None,
+            load_weights=False,
+            pretrained_image=False,
+            pretrained_text=False,
             force_quick_gelu=bool(settings.get("quick_gelu", False)),
         )
     try:
@@ -196,15 +211,18 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, weights: Path | str | None = Non
     except RuntimeError as exc:
         raise EngineError(f"{path} does not hold {name} image-tower weights: {str(exc)[:400]}") from None
     preprocess = open_clip.image_transform(
-        model.visual.image_size, is_train=False, mean=settings.get("mean"), std=settings.get("std"),
-        interpolation=settings.get("interpolation"), resize_mode=settings.get("resize_mode"),
+        model.visual.image_size,
+        is_train=False,
+        mean=settings.get("mean"),
+        std=settings.get("std"),
+        interpolation=settings.get("interpolation"),
+        resize_mode=settings.get("resize_mode"),
     )
     info = EmbedderInfo(name, tag, int(config["embed_dim"]), untrained=False, weights_file=path.name)
     return Embedder(model.visual, preprocess, info, device)
 
 
-def load_embedder_for(info: EmbedderInfo, weights: Path | str | None,
-                      device: str | torch.device = "cpu") -> Embedder:
+def load_embedder_for(info: EmbedderInfo, weights: Path | str | None, device: str | torch.device = "cpu") -> Embedder:
     """The embedder that produced embeddings described by ``info`` (e.g. an index's), checked to match."""
     embedder = load_embedder(info.name, weights, info.tag, device)
     info.check_compatible(embedder.info)

@@ -47,7 +47,6 @@ MAX_CAPTION_CHARS = 1000
 NORM_TOLERANCE = 1e-2
 
 
-
 @dataclass(frozen=True)
 class IndexRecord:
     """One vector's metadata row."""
@@ -66,8 +65,11 @@ class VqInfo:
     model: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_fingerprint": self.model_fingerprint, "tokens_per_image": self.tokens_per_image,
-                "model": self.model}
+        return {
+            "model_fingerprint": self.model_fingerprint,
+            "tokens_per_image": self.tokens_per_image,
+            "model": self.model,
+        }
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,9 @@ class Manifest:
                 embedder=EmbedderInfo.from_dict(data["embedder"]),
                 count=int(data["count"]),
                 metadata_bytes=int(data["metadata_bytes"]),
-                vq=None if vq is None else VqInfo(str(vq["model_fingerprint"]), int(vq["tokens_per_image"]),
-                                                  str(vq["model"])),
+                vq=None
+                if vq is None
+                else VqInfo(str(vq["model_fingerprint"]), int(vq["tokens_per_image"]), str(vq["model"])),
             )
         except (ValueError, KeyError, TypeError, AttributeError, EngineError) as exc:
             raise EngineError(f"{path} is not a valid index manifest: {exc}") from None
@@ -192,7 +195,8 @@ class EmbeddingIndex:
         self.manifest = Manifest.read(self.path)
         self.embeddings = _open_rows(self.path / EMBEDDINGS, np.dtype(np.float16), self.count, self.embedder.dim)
         self.vq_tokens = (
-            None if self.vq is None
+            None
+            if self.vq is None
             else _open_rows(self.path / VQ_TOKENS, np.dtype(np.int32), self.count, self.vq.tokens_per_image)
         )
         self._offsets: np.ndarray | None = None
@@ -332,8 +336,9 @@ class IndexWriter:
     def known_sha256(self) -> set[str]:
         return {record.sha256 for record in EmbeddingIndex(self.path).iter_records()}
 
-    def append(self, embeddings: np.ndarray, records: Sequence[IndexRecord],
-               vq_tokens: np.ndarray | None = None) -> None:
+    def append(
+        self, embeddings: np.ndarray, records: Sequence[IndexRecord], vq_tokens: np.ndarray | None = None
+    ) -> None:
         """Append and commit one chunk: unit vectors [n, dim], their records, and [n, tokens] VQ tokens if kept."""
         count, dim = self.count, self.manifest.embedder.dim
         embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -348,8 +353,10 @@ class IndexWriter:
         if self.manifest.vq is not None:
             tokens = np.asarray(vq_tokens)
             if tokens.shape != (len(records), self.manifest.vq.tokens_per_image):
-                raise EngineError(f"expected VQ tokens [{len(records)}, {self.manifest.vq.tokens_per_image}], "
-                                  f"got {list(tokens.shape)}")
+                raise EngineError(
+                    f"expected VQ tokens [{len(records)}, {self.manifest.vq.tokens_per_image}], "
+                    f"got {list(tokens.shape)}"
+                )
             payloads.append(tokens.astype(np.int32))
         for (path, dtype, width), payload in zip(self._arrays(), payloads, strict=True):
             with open(path, "r+b") as handle:
@@ -360,16 +367,21 @@ class IndexWriter:
                 handle.flush()
                 os.fsync(handle.fileno())
         lines = b"".join(
-            json.dumps({"source": r.source, "caption": r.caption, "sha256": r.sha256}).encode() + b"\n"
-            for r in records
+            json.dumps({"source": r.source, "caption": r.caption, "sha256": r.sha256}).encode() + b"\n" for r in records
         )
         with open(self.path / METADATA, "r+b") as handle:
             handle.seek(self.manifest.metadata_bytes)
             handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())
-        self._commit(Manifest(self.manifest.embedder, count + len(records),
-                              self.manifest.metadata_bytes + len(lines), self.manifest.vq))
+        self._commit(
+            Manifest(
+                self.manifest.embedder,
+                count + len(records),
+                self.manifest.metadata_bytes + len(lines),
+                self.manifest.vq,
+            )
+        )
 
     def _commit(self, manifest: Manifest) -> None:
         temporary = self.path / (MANIFEST + ".tmp")
@@ -410,7 +422,8 @@ def image_files(root: Path, exclude: Path | None = None) -> list[Path]:
     skip = exclude.resolve() if exclude is not None else None
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(
-            name for name in subfolders
+            name
+            for name in subfolders
             if not name.startswith(".") and (skip is None or (Path(folder) / name).resolve() != skip)
         )
         found.extend(Path(folder) / name for name in sorted(files) if Path(name).suffix.lower() in IMAGE_SUFFIXES)
@@ -453,9 +466,15 @@ def _load(path: Path, known: set[str]) -> _Loaded:
     return loaded
 
 
-def build_index(source: Path | str, index_path: Path | str, embedder: Embedder,
-                image_tokens: ImageTokenSource | None = None, chunk_size: int = 256, batch_size: int = 32,
-                progress: ProgressCallback | None = None) -> BuildReport:
+def build_index(
+    source: Path | str,
+    index_path: Path | str,
+    embedder: Embedder,
+    image_tokens: ImageTokenSource | None = None,
+    chunk_size: int = 256,
+    batch_size: int = 32,
+    progress: ProgressCallback | None = None,
+) -> BuildReport:
     """Index every image under ``source`` into ``index_path`` (created, or extended when it exists).
 
     Files whose sha256 is already indexed are skipped, so a rerun adds only new images and a killed build
@@ -475,8 +494,9 @@ def build_index(source: Path | str, index_path: Path | str, embedder: Embedder,
 
     def flush() -> None:
         if chunk[1]:
-            writer.append(np.concatenate(chunk[0]), chunk[1],
-                          np.concatenate(chunk[2]) if image_tokens is not None else None)
+            writer.append(
+                np.concatenate(chunk[0]), chunk[1], np.concatenate(chunk[2]) if image_tokens is not None else None
+            )
             report.added += len(chunk[1])
             for part in chunk:
                 part.clear()

@@ -203,8 +203,14 @@ def _near(embeddings: np.ndarray, references: np.ndarray, threshold: float) -> n
     return (embeddings @ references.T).max(axis=1) > threshold
 
 
-def _select_positives(neighbours: Neighbours, own: np.ndarray, own_sha: set[str], other_sha: set[str],
-                      settings: PlanSettings, dropped: dict[str, int]) -> list[Neighbour]:
+def _select_positives(
+    neighbours: Neighbours,
+    own: np.ndarray,
+    own_sha: set[str],
+    other_sha: set[str],
+    settings: PlanSettings,
+    dropped: dict[str, int],
+) -> list[Neighbour]:
     top = min(settings.top_n, len(neighbours.items))
     near_own = _near(neighbours.embeddings[:top], own, settings.duplicate_threshold)
     kept: list[Neighbour] = []
@@ -223,8 +229,14 @@ def _select_positives(neighbours: Neighbours, own: np.ndarray, own_sha: set[str]
     return kept
 
 
-def _easy_negatives(index: EmbeddingIndex, query: np.ndarray, own: np.ndarray, excluded_sha: set[str],
-                    excluded_rows: set[int], settings: PlanSettings) -> list[Neighbour]:
+def _easy_negatives(
+    index: EmbeddingIndex,
+    query: np.ndarray,
+    own: np.ndarray,
+    excluded_sha: set[str],
+    excluded_rows: set[int],
+    settings: PlanSettings,
+) -> list[Neighbour]:
     need = settings.num_easy_negatives
     if need == 0 or index.count == 0:
         return []
@@ -244,19 +256,26 @@ def _easy_negatives(index: EmbeddingIndex, query: np.ndarray, own: np.ndarray, e
     return chosen
 
 
-def plan_from_neighbours(concept: str, photos: Sequence[ConceptPhoto], photo_embeddings: np.ndarray,
-                         neighbours: Neighbours, settings: PlanSettings | None = None,
-                         easy_pool: EmbeddingIndex | None = None,
-                         other_concepts: Mapping[str, Sequence[ConceptPhoto]] | None = None,
-                         source: str = "offline", warnings: Sequence[str] = ()) -> RetrievalPlan:
+def plan_from_neighbours(
+    concept: str,
+    photos: Sequence[ConceptPhoto],
+    photo_embeddings: np.ndarray,
+    neighbours: Neighbours,
+    settings: PlanSettings | None = None,
+    easy_pool: EmbeddingIndex | None = None,
+    other_concepts: Mapping[str, Sequence[ConceptPhoto]] | None = None,
+    source: str = "offline",
+    warnings: Sequence[str] = (),
+) -> RetrievalPlan:
     """Apply the tier and negative rules (module docstring) to ranked ``neighbours`` of the concept query."""
     settings = settings or PlanSettings()
     settings.validate()
     own = np.asarray(photo_embeddings, dtype=np.float32)
     query = concept_query(own)
     if neighbours.embeddings.shape[1:] != own.shape[1:]:
-        raise EngineError(f"neighbour embeddings {list(neighbours.embeddings.shape)} do not match the photos' "
-                          f"{list(own.shape)}")
+        raise EngineError(
+            f"neighbour embeddings {list(neighbours.embeddings.shape)} do not match the photos' {list(own.shape)}"
+        )
     other_concepts = other_concepts or {}
     own_sha = {photo.sha256 for photo in photos}
     other_sha = {photo.sha256 for group in other_concepts.values() for photo in group}
@@ -266,8 +285,11 @@ def plan_from_neighbours(concept: str, photos: Sequence[ConceptPhoto], photo_emb
     band = slice(settings.top_n, settings.top_n + settings.num_hard_negatives)
     band_items, band_vectors = neighbours.items[band], neighbours.embeddings[band]
     near_own = _near(band_vectors, own, settings.duplicate_threshold)
-    hard = [item for item, near in zip(band_items, near_own, strict=True)
-            if not near and item.sha256 not in own_sha | other_sha]
+    hard = [
+        item
+        for item, near in zip(band_items, near_own, strict=True)
+        if not near and item.sha256 not in own_sha | other_sha
+    ]
 
     notes = list(warnings)
     easy: list[Neighbour] = []
@@ -296,7 +318,9 @@ def plan_from_neighbours(concept: str, photos: Sequence[ConceptPhoto], photo_emb
         easy_negatives=easy,
         other_concept_negatives=[
             OtherConceptPhoto(name, photo.source, photo.sha256)
-            for name, group in sorted(other_concepts.items()) if name != concept for photo in group
+            for name, group in sorted(other_concepts.items())
+            if name != concept
+            for photo in group
         ],
         source=source,
         index=index_info,
@@ -306,11 +330,18 @@ def plan_from_neighbours(concept: str, photos: Sequence[ConceptPhoto], photo_emb
     )
 
 
-def plan_concept(concept: str, photos: Sequence[ConceptPhoto], photo_embeddings: np.ndarray,
-                 index: EmbeddingIndex | None, other_concepts: Mapping[str, Sequence[ConceptPhoto]] | None = None,
-                 settings: PlanSettings | None = None, remote: RemoteKnnSettings | None = None,
-                 embedder: Embedder | None = None, download_dir: Path | None = None,
-                 backend: Backend = "auto") -> RetrievalPlan:
+def plan_concept(
+    concept: str,
+    photos: Sequence[ConceptPhoto],
+    photo_embeddings: np.ndarray,
+    index: EmbeddingIndex | None,
+    other_concepts: Mapping[str, Sequence[ConceptPhoto]] | None = None,
+    settings: PlanSettings | None = None,
+    remote: RemoteKnnSettings | None = None,
+    embedder: Embedder | None = None,
+    download_dir: Path | None = None,
+    backend: Backend = "auto",
+) -> RetrievalPlan:
     """Retrieve neighbours (remote when enabled, else or on failure the offline index) and build the plan."""
     settings = settings or PlanSettings()
     query = concept_query(photo_embeddings)
@@ -318,7 +349,17 @@ def plan_concept(concept: str, photos: Sequence[ConceptPhoto], photo_embeddings:
         raise EngineError(f"the photos' embeddings have dimension {len(query)}; the index holds {index.embedder.dim}")
     if index is not None and embedder is not None:
         index.embedder.check_compatible(embedder.info)
-    found = find_neighbours(query, settings.top_n + settings.num_hard_negatives, index, remote, embedder,
-                            download_dir, backend)
-    return plan_from_neighbours(concept, photos, photo_embeddings, found.neighbours, settings, index,
-                                other_concepts, found.source, found.warnings)
+    found = find_neighbours(
+        query, settings.top_n + settings.num_hard_negatives, index, remote, embedder, download_dir, backend
+    )
+    return plan_from_neighbours(
+        concept,
+        photos,
+        photo_embeddings,
+        found.neighbours,
+        settings,
+        index,
+        other_concepts,
+        found.source,
+        found.warnings,
+    )

@@ -199,8 +199,7 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, allowed_host: str | None) -> None:
         self.allowed_host = allowed_host
 
-    def http_error_302(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
-                       headers: Any) -> Any:
+    def http_error_302(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any) -> Any:
         target = headers.get("location") or headers.get("uri")
         if target:
             check_url(urllib.parse.urljoin(req.full_url, target), self.allowed_host)
@@ -317,9 +316,14 @@ class RemoteKnnClient:
     def _open(self, request: urllib.request.Request) -> http.client.HTTPResponse:
         """Open ``request`` over pinned, checked connections only: no proxies, no file/ftp/data URLs."""
         opener = urllib.request.OpenerDirector()
-        for handler in (_PinnedHTTPHandler(self._pin), _PinnedHTTPSHandler(self._pin, self._tls),
-                        urllib.request.HTTPDefaultErrorHandler(), _CheckedRedirects(self.service_host),
-                        urllib.request.HTTPErrorProcessor(), urllib.request.UnknownHandler()):
+        for handler in (
+            _PinnedHTTPHandler(self._pin),
+            _PinnedHTTPSHandler(self._pin, self._tls),
+            urllib.request.HTTPDefaultErrorHandler(),
+            _CheckedRedirects(self.service_host),
+            urllib.request.HTTPErrorProcessor(),
+            urllib.request.UnknownHandler(),
+        ):
             opener.add_handler(handler)
         try:
             return opener.open(request, timeout=self.settings.timeout_s)
@@ -348,7 +352,9 @@ class RemoteKnnClient:
             "deduplicate": True,
         }
         request = urllib.request.Request(
-            self.settings.url or "", data=json.dumps(payload).encode(), method="POST",
+            self.settings.url or "",
+            data=json.dumps(payload).encode(),
+            method="POST",
             headers={"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT},
         )
         deadline = time.monotonic() + self.settings.total_timeout_s
@@ -396,8 +402,9 @@ def _save(folder: Path, data: bytes, image_format: str | None) -> tuple[Path, st
     return path, digest
 
 
-def remote_neighbours(client: RemoteKnnClient, query: np.ndarray, k: int, embedder: Embedder,
-                      download_dir: Path) -> tuple[Neighbours, list[str]]:
+def remote_neighbours(
+    client: RemoteKnnClient, query: np.ndarray, k: int, embedder: Embedder, download_dir: Path
+) -> tuple[Neighbours, list[str]]:
     """Query the service, download and check the images into ``download_dir``, and embed them locally.
 
     Similarities are recomputed from the downloaded pixels (a URL's content may have changed since it was
@@ -410,8 +417,11 @@ def remote_neighbours(client: RemoteKnnClient, query: np.ndarray, k: int, embedd
     window = max(1, client.settings.download_workers) * 4
     with ThreadPoolExecutor(max_workers=max(1, client.settings.download_workers)) as pool:
         for start in range(0, len(results), window):
-            fetched = [got for got in pool.map(lambda r: _try_download(client, r), results[start : start + window])
-                       if got is not None]
+            fetched = [
+                got
+                for got in pool.map(lambda r: _try_download(client, r), results[start : start + window])
+                if got is not None
+            ]
             if not fetched:
                 continue
             vectors = embedder.embed([image for _, _, image in fetched])
@@ -431,9 +441,15 @@ def remote_neighbours(client: RemoteKnnClient, query: np.ndarray, k: int, embedd
     return Neighbours([items[i] for i in order], np.concatenate(embeddings)[order]), notes
 
 
-def find_neighbours(query: np.ndarray, k: int, index: EmbeddingIndex | None,
-                    settings: RemoteKnnSettings | None = None, embedder: Embedder | None = None,
-                    download_dir: Path | None = None, backend: Backend = "auto") -> NeighbourSearch:
+def find_neighbours(
+    query: np.ndarray,
+    k: int,
+    index: EmbeddingIndex | None,
+    settings: RemoteKnnSettings | None = None,
+    embedder: Embedder | None = None,
+    download_dir: Path | None = None,
+    backend: Backend = "auto",
+) -> NeighbourSearch:
     """The ``k`` nearest images: from the remote service when it is enabled and works, else the offline index.
 
     With the service disabled (the default) this touches no network at all.

@@ -44,8 +44,9 @@ def choose_backend(rows: int, backend: Backend = "auto") -> Literal["numpy", "fa
     return "faiss" if rows >= FAISS_FROM and faiss_available() else "numpy"
 
 
-def _merge(best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, rows: np.ndarray,
-           k: int) -> tuple[np.ndarray, np.ndarray]:
+def _merge(
+    best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, rows: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Keep the k best of two candidate sets per query, ordered by score descending, then row ascending."""
     all_scores = np.concatenate([best[0], scores], axis=1)
     all_rows = np.concatenate([best[1], rows], axis=1)
@@ -86,8 +87,9 @@ def _search_faiss(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.n
     return best
 
 
-def exact_search(matrix: np.ndarray, queries: np.ndarray, k: int,
-                 backend: Backend = "auto") -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    matrix: np.ndarray, queries: np.ndarray, k: int, backend: Backend = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` rows of ``matrix`` [N, d] (float16) by inner product with each query of ``queries`` [Q, d].
 
     Returns ``(scores, rows)``: float32 and int64 arrays [Q, min(k, N)], best first.

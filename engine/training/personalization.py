@@ -24,7 +24,9 @@ from dataclasses import dataclass, field, replace
 import torch
 from PIL import Image
 
+from engine.concepts.layout import N_GENERATION
 from engine.concepts.prompts import Sample
+from engine.concepts.start_rows import description_rows, photo_rows
 from engine.concepts.state import ConceptState
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
@@ -84,6 +86,34 @@ class Personalized:
     epochs: int
     losses: list[float]
     stopped_early: bool = False
+
+
+def start_state(
+    assistant: Assistant,
+    name: str,
+    kind: str,
+    facts: str,
+    photo_ids: Sequence[Sequence[int]],
+    descriptions: Sequence[str],
+    recipe: Recipe,
+) -> ConceptState:
+    """The rows a new concept trains from: the class word's, with the latent rows from the photos' image tokens
+    or from the first description's words where `recipe.start` says so (the class word's without descriptions)."""
+    tokenizer = assistant.loaded.tokenizer
+    weight = assistant.loaded.model.get_input_embeddings().weight.detach()
+    latent = None
+    if recipe.start == "photos":
+        latent = photo_rows(weight, photo_ids, N_GENERATION)
+    elif recipe.start == "description" and descriptions:
+        latent = description_rows(
+            weight, tokenizer.encode(f" {descriptions[0]}", add_special_tokens=False), N_GENERATION
+        )
+    return assistant.slots.initial_state(name, tokenizer, class_word(kind, facts), latent)
+
+
+def training_photo_ids(assistant: Assistant, photos: Sequence[Image.Image], recipe: Recipe) -> list[list[int]]:
+    """Image token ids of the photos a concept trains on (with their augmentations where the recipe says so)."""
+    return encode(assistant, augmentations(photos) if recipe.augment else photos)
 
 
 def encode(assistant: Assistant, images: Sequence[Image.Image]) -> list[list[int]]:
@@ -177,17 +207,15 @@ def personalize(
         if recipe.describe_photos:
             report("describing the photos with the base model")
             descriptions = describe_photos(assistant, concept.photos)
-    loaded = assistant.loaded
-    start = concept.start or assistant.slots.initial_state(
-        name, loaded.tokenizer, class_word(concept.kind, concept.facts)
-    )
-    assistant.attach(replace(start, name=name))
     report("encoding photos")
+    photo_ids = training_photo_ids(assistant, concept.photos, recipe)
+    start = concept.start or start_state(assistant, name, concept.kind, concept.facts, photo_ids, descriptions, recipe)
+    assistant.attach(replace(start, name=name))
     held = held_out_negatives(len(concept.negatives))
     data = ConceptData(
         name=name,
         kind=concept.kind,
-        photos=encode(assistant, augmentations(concept.photos) if recipe.augment else concept.photos),
+        photos=photo_ids,
         negatives=concept.negatives[held:],
         facts=concept.facts,
         descriptions=descriptions,

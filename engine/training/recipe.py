@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from engine.concepts.layout import PromptLayout
 from engine.errors import EngineError
 
+START_ROWS = ("class_word", "photos", "description")
+"""Where a new concept's latent rows can start (`Recipe.start`)."""
+
 HELD_OUT_NEGATIVE_SHARE = 5
 """One negative in this many (at least one) is held out for scoring checkpoints, not trained on."""
 
@@ -48,6 +51,10 @@ class Recipe:
     """Stop after this many epochs in a row without a better held-out score (or held-out loss where the score
     is not measured); 0 runs every epoch. 3, not 1-2: recognition on one or two held-out photos moves in big
     steps (one photo: right or wrong) and can stay flat for an epoch or two while the rows still improve."""
+    start: str = "class_word"
+    """Where a new concept's latent rows start (`START_ROWS`): the class word's embedding, as in the paper;
+    "photos", the photos' image tokens; "description", the words of the base model's description of the first
+    photo (engine.concepts.start_rows; the benchmark's `photo_start` and `description_start` measure them)."""
     describe_photos: bool = True
     sample_checkpoints: bool = True
     layout: PromptLayout = field(default_factory=PromptLayout)
@@ -59,6 +66,8 @@ class Recipe:
             raise EngineError("the batch size must be a multiple of the micro-batch")
         if self.learning_rate <= 0:
             raise EngineError("the learning rate must be positive")
+        if self.start not in START_ROWS:
+            raise EngineError(f"unknown start rows {self.start!r}; known: {', '.join(START_ROWS)}")
         if self.patience < 0:
             raise EngineError("patience cannot be negative (0 runs every epoch)")
         counts = (self.soft_positives, self.negatives, self.recognition_per_photo)

@@ -9,10 +9,13 @@ from pathlib import Path
 import bitsandbytes as bnb
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from engine.concepts.layout import N_GENERATION
 from engine.concepts.prompts import IGNORE, Prompts
 from engine.concepts.slots import mean_row
+from engine.concepts.start_rows import photo_rows
 from engine.concepts.state import SLOT_SIZE, ConceptState
 from engine.errors import ConceptStateError, SlotError
 from engine.inference.assistant import Assistant
@@ -142,6 +145,21 @@ def test_initial_rows_are_the_class_word_or_all_rows_mean(demo: LoadedModel) -> 
     neutral = assistant.slots.initial_state("bo", demo.tokenizer)
     torch.testing.assert_close(neutral.embed, embed.float().mean(0).expand(SLOT_SIZE, -1), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(neutral.head, head.float().mean(0).expand(SLOT_SIZE, -1), rtol=1e-5, atol=1e-7)
+
+
+def test_latent_start_rows_fill_both_latent_sets_and_nothing_else(demo: LoadedModel) -> None:
+    assistant = Assistant(demo)
+    embed = demo.model.get_input_embeddings().weight.detach().float()
+    photo = demo.image_tokenizer.encode([Image.new("RGB", (32, 32), (200, 30, 30))])[0].tolist()
+    latent = photo_rows(embed, [photo], N_GENERATION)
+    dog = assistant.slots.initial_state("bo", demo.tokenizer, "dog")
+    started = assistant.slots.initial_state("bo", demo.tokenizer, "dog", latent)
+    assert torch.equal(started.embed[0], dog.embed[0]) and torch.equal(started.head, dog.head)
+    assert torch.equal(started.embed[1 : 1 + N_GENERATION], latent)
+    assert torch.equal(started.embed[1 + N_GENERATION :], latent)
+    assert set(torch.cdist(latent, embed).argmin(1).tolist()) <= set(photo)
+    with pytest.raises(SlotError, match="latent start rows"):
+        assistant.slots.initial_state("bo", demo.tokenizer, "dog", latent[:3])
 
 
 def test_mean_row_casts_a_chunk_at_a_time_with_the_same_mean() -> None:

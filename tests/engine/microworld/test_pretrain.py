@@ -1,13 +1,15 @@
-"""The base model's VQ loss weights the creature's small details (pattern, accessory) above body and background."""
+"""The base model's VQ loss weights the creature's small details (pattern, accessory) above body and background;
+its one-attribute yes/no checks ask about exactly one attribute, with a wrong value for the "no" ones."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import random
+from dataclasses import asdict, replace
 
 import numpy as np
 
-from engine.microworld.pretrain import DETAIL_WEIGHT, detail_weights
-from engine.microworld.world import Identity, Scene, render_array
+from engine.microworld.pretrain import CHECKED, DETAIL_WEIGHT, changed, check_question, detail_weights
+from engine.microworld.world import Identity, Scene, render_array, sample_identity
 
 PLAIN = Identity("circle", "red", "plain", "none", "none")
 
@@ -24,3 +26,22 @@ def test_a_hat_and_a_pattern_weigh_more_exactly_where_they_are_drawn() -> None:
     drawn = (render_array(dressed) != render_array(Scene(PLAIN, "small", "left", "snow"))).any(-1)
     assert drawn.sum() > 10
     np.testing.assert_array_equal(weights, np.where(drawn, 1 + DETAIL_WEIGHT, 1.0))
+
+
+def test_a_changed_identity_differs_in_the_checked_attribute_only() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        identity, attribute = sample_identity(rng), rng.choice(CHECKED)
+        other = changed(identity, attribute, rng)
+        differ = {k for k, v in asdict(identity).items() if asdict(other)[k] != v}
+        allowed = {"accessory", "accessory_colour"} if attribute == "accessory" else {attribute}
+        assert differ and differ <= allowed
+
+
+def test_check_questions_name_the_value_asked_about() -> None:
+    hatted = replace(PLAIN, pattern="striped", accessory="hat", accessory_colour="blue")
+    assert check_question("shape", hatted) == "Is it a circle?"
+    assert check_question("colour", hatted) == "Is it red?"
+    assert check_question("pattern", hatted) == "Is it striped?"
+    assert check_question("accessory", hatted) == "Is it wearing a blue hat?"
+    assert check_question("accessory", PLAIN) == "Is it wearing nothing?"
