@@ -138,13 +138,18 @@ CONDITIONS = {
             changes={"layout": PromptLayout(self_prompting=False)},
         ),
         Condition(
+            "sample_mean",
+            "change: the loss is the mean over samples of each one's mean, not the mean over tokens",
+            changes={"sample_mean": True},
+        ),
+        Condition(
             "photo_start",
-            "ablation: latent rows start from the photos' image tokens, not the class word",
+            "change: latent rows start from the photos' image tokens, not the class word",
             changes={"start": "photos"},
         ),
         Condition(
             "description_start",
-            "ablation: latent rows start from the words of the base model's description of a training photo",
+            "change: latent rows start from the words of the base model's description of a training photo",
             changes={"start": "description"},
         ),
         Condition("tokens_4", "ablation: 4 latent tokens per set", changes={"layout": PromptLayout(tokens=4)}),

@@ -51,6 +51,10 @@ class Recipe:
     """Stop after this many epochs in a row without a better held-out score (or held-out loss where the score
     is not measured); 0 runs every epoch. 3, not 1-2: recognition on one or two held-out photos moves in big
     steps (one photo: right or wrong) and can stay flat for an epoch or two while the rows still improve."""
+    sample_mean: bool = False
+    """The loss as the mean over samples of each sample's mean over its target tokens, rather than the mean over
+    all target tokens of a batch (the paper's). With the token mean a drawing (~80 target tokens) outweighs a
+    recognition answer (~20, one of which decides) four to one; the benchmark's `sample_mean` measures it."""
     start: str = "class_word"
     """Where a new concept's latent rows start (`START_ROWS`): the class word's embedding, as in the paper;
     "photos", the photos' image tokens; "description", the words of the base model's description of the first

@@ -51,39 +51,63 @@ def chunked_cross_entropy(
     hidden: torch.Tensor,
     labels: torch.Tensor,
     chunk: int = LOSS_CHUNK_ROWS,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Summed cross-entropy of `head(hidden)` (float32 logits) against `labels`, one row per labelled position.
+    """Summed cross-entropy of `head(hidden)` (float32 logits) against `labels`, one row per labelled position,
+    each row times its weight where `weights` are given.
 
     At most `chunk` rows of logits exist at a time, in the forward pass and in the backward pass: each chunk's
     logits are recomputed for its backward (activation checkpointing) instead of being kept. Up to `chunk` rows it
     is exactly the plain computation; above, the same loss and gradients up to rounding.
     """
+
+    def summed(rows: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        if weight is None:
+            return nn.functional.cross_entropy(head(rows).float(), targets, reduction="sum")
+        return (nn.functional.cross_entropy(head(rows).float(), targets, reduction="none") * weight).sum()
+
     if hidden.shape[0] <= chunk:
-        return nn.functional.cross_entropy(head(hidden).float(), labels, reduction="sum")
-
-    def summed(rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(head(rows).float(), targets, reduction="sum")
-
+        return summed(hidden, labels, weights)
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, hidden.shape[0], chunk):
+        part = None if weights is None else weights[i : i + chunk]
         rows, targets = hidden[i : i + chunk], labels[i : i + chunk]
-        total = total + checkpoint(summed, rows, targets, use_reentrant=False, preserve_rng_state=False)
+        total = total + checkpoint(summed, rows, targets, part, use_reentrant=False, preserve_rng_state=False)
     return total
 
 
-def target_loss(head: ConceptHead, hidden: torch.Tensor, labels: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over labelled positions: a position whose target is an image token over the image-token
+def target_loss(
+    head: ConceptHead,
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    image_ids: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy over labelled positions: a position whose target is an image token over the image-token
     rows only (the distribution drawing samples from inside a picture), any other over the full vocabulary (where
-    the concept's own head rows take part)."""
+    the concept's own head rows take part). The mean over positions, or with `weights` (one per position,
+    summing to 1) their weighted sum."""
     is_image = torch.isin(labels, image_ids)
     total = hidden.new_zeros((), dtype=torch.float32)
+
+    def part(where: torch.Tensor) -> torch.Tensor | None:
+        return None if weights is None else weights[where]
+
     if bool(is_image.any()):
         image_head = _image_rows(head, image_ids)
         position = torch.searchsorted(image_ids, labels[is_image])
-        total = total + chunked_cross_entropy(lambda rows: rows @ image_head.T, hidden[is_image], position)
+        rows = hidden[is_image]
+        total = total + chunked_cross_entropy(lambda r: r @ image_head.T, rows, position, weights=part(is_image))
     if not bool(is_image.all()):
-        total = total + chunked_cross_entropy(head, hidden[~is_image], labels[~is_image])
-    return total / labels.shape[0]
+        total = total + chunked_cross_entropy(head, hidden[~is_image], labels[~is_image], weights=part(~is_image))
+    return total if weights is not None else total / labels.shape[0]
+
+
+def sample_weights(selected: torch.Tensor) -> torch.Tensor:
+    """Per labelled position (row-major, as `tensor[selected]` orders them), 1 / (its sample's labelled positions x
+    samples): the weights that make the loss the mean over samples of each sample's mean over its target."""
+    counts = selected.sum(1, keepdim=True).clamp(min=1).float()
+    return (1.0 / (counts * selected.shape[0])).expand_as(selected)[selected]
 
 
 def _image_rows(head: ConceptHead, ids: torch.Tensor) -> torch.Tensor:
@@ -115,13 +139,15 @@ class Trainer(TrainingLoop[Sample, Checkpoint]):
         return [self.samples[i] for i in torch.randperm(len(self.samples), generator=generator).tolist()]
 
     def loss(self, batch: Sequence[Sample]) -> torch.Tensor:
-        """Mean next-token cross-entropy over the labelled positions of `batch`."""
+        """Next-token cross-entropy over the labelled positions of `batch`: their mean, or with
+        `Recipe.sample_mean` the mean over samples of each one's mean."""
         ids, mask, labels = collate(batch, int(self.assistant.loaded.tokenizer.pad_token_id), self.device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with autocast:
             hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
             selected = labels != IGNORE
-            return target_loss(self.model.lm_head, hidden[selected], labels[selected], self.image_ids)
+            weights = sample_weights(selected) if self.config.sample_mean else None
+            return target_loss(self.model.lm_head, hidden[selected], labels[selected], self.image_ids, weights)
 
     def batch_loss(self, batch: Sequence[Sample]) -> Callable[[slice], torch.Tensor]:
         return lambda part: self.loss(batch[part]) * (len(batch[part]) / len(batch))

@@ -23,7 +23,14 @@ from engine.training.data import (
 from engine.training.loop import TrainingCancelled
 from engine.training.recipe import Recipe
 from engine.training.selection import recognition_accuracy, score
-from engine.training.trainer import Checkpoint, Trainer, chunked_cross_entropy, collate, target_loss
+from engine.training.trainer import (
+    Checkpoint,
+    Trainer,
+    chunked_cross_entropy,
+    collate,
+    sample_weights,
+    target_loss,
+)
 
 
 def _images(loaded: LoadedModel, colours: list[tuple[int, int, int]]) -> list[list[int]]:
@@ -282,3 +289,33 @@ def test_checkpoints_are_handed_over_in_eval_mode_with_checkpointing_off(images:
     for _, _, checkpoint, picture in seen:
         assistant.slots.load("bo", checkpoint.state)
         assert draw(assistant, "bo", seed=3).tobytes() == picture
+
+
+def test_sample_mean_loss_is_the_mean_of_each_samples_own_mean(images: dict[str, list[list[int]]]) -> None:
+    """With `Recipe.sample_mean` a short recognition answer weighs as much as a long drawing: the loss is the mean
+    over samples of the loss each sample has alone, in one chunk or in many."""
+    assistant = _fresh()
+    data = ConceptData("bo", "pet", images["photos"], images["negatives"], facts="breed: corgi")
+    samples = build_samples(assistant.prompts, data, Recipe(recognition_per_photo=1, qa_repeats=1))[:5]
+    model = assistant.loaded.model
+    image_ids = assistant.loaded.image_tokenizer.image_token_ids.sort().values
+    pad = int(assistant.loaded.tokenizer.pad_token_id)
+
+    def loss(batch: list[Sample], weighted: bool) -> torch.Tensor:
+        ids, mask, labels = collate(batch, pad, torch.device("cpu"))
+        selected = labels != IGNORE
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state[selected]
+        weights = sample_weights(selected) if weighted else None
+        return target_loss(model.lm_head, hidden, labels[selected], image_ids, weights)
+
+    with torch.no_grad():
+        alone = torch.stack([loss([s], weighted=False) for s in samples]).mean()
+        together = loss(samples, weighted=True)
+        sizes = {len([x for x in s.labels if x != IGNORE]) for s in samples}
+        assert len(sizes) > 1  # samples of different lengths, so the two means differ
+        assert not torch.allclose(loss(samples, weighted=False), alone, rtol=1e-3)
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    rows, targets, weights = torch.randn(50, 8), torch.randint(0, 5, (50,)), torch.rand(50)
+    head = torch.nn.Linear(8, 5)
+    whole = chunked_cross_entropy(head, rows, targets, chunk=64, weights=weights)
+    torch.testing.assert_close(chunked_cross_entropy(head, rows, targets, chunk=7, weights=weights), whole)
