@@ -49,7 +49,7 @@ from engine.model.chameleon import FamiliarChameleon
 from engine.model.images import to_pixel_values
 from engine.model.vqgan import Codebook, VQGANDecoder
 from engine.training.data import NEGATIVE_ANSWERS, POSITIVE_ANSWERS, RECOGNITION_QUESTIONS
-from engine.training.trainer import collate
+from engine.training.trainer import collate, sample_weights
 
 Report = Callable[[str], None]
 
@@ -176,6 +176,15 @@ answer's tokens, and in a long answer the one token that decides is a small part
 CHECKED = ("shape", "colour", "pattern", "accessory")
 
 
+def recognition_subject(shown: Identity, rng: random.Random) -> Identity:
+    """The creature a recognition question asks about, given the one `shown` in the photo: itself half of the
+    time, a one-attribute change (a hard negative) 35%, a random creature 15%."""
+    roll = rng.random()
+    if roll < 0.5:
+        return shown
+    return one_change(shown, rng) if roll < 0.85 else sample_identity(rng)
+
+
 def check_question(attribute: str, identity: Identity) -> str:
     """A yes/no question about one attribute of the creature in a photo: `Is it striped?`."""
     if attribute == "shape":
@@ -276,8 +285,7 @@ class SampleMaker:
         name, roll = rng.choice(NAMES), rng.random()
         identity = scene.identity
         if roll < 0.45:
-            pick = rng.random()
-            defined = identity if pick < 0.5 else one_change(identity, rng) if pick < 0.85 else sample_identity(rng)
+            defined = recognition_subject(identity, rng)
             question = rng.choice(RECOGNITION_QUESTIONS).replace("<{n}>", name)
             sample = self.answered(question, "Yes." if defined == identity else "No.", image)
         elif roll < 0.7:
@@ -301,18 +309,11 @@ class SampleMaker:
         mix = mix or MIX
         kinds = rng.choices(list(mix), weights=list(mix.values()), k=size)
         scenes: list[Scene] = []
-        asked: list[tuple[Identity, bool]] = []
+        asked: list[Identity] = []
         for kind in kinds:
             scene = sample_scene(rng)
             if kind == "rec":
-                roll = rng.random()
-                if roll < 0.5:
-                    asked.append((scene.identity, True))
-                elif roll < 0.85:
-                    asked.append((one_change(scene.identity, rng), False))
-                else:
-                    other = sample_identity(rng)
-                    asked.append((other, other == scene.identity))
+                asked.append(recognition_subject(scene.identity, rng))
             scenes.append(scene)
         images = self.image_ids(scenes)
         samples, questions = [], iter(asked)
@@ -330,8 +331,8 @@ class SampleMaker:
             elif kind == "defined":
                 samples.append(self.defined(scene, image, rng))
             else:
-                identity, positive = next(questions)
-                samples.append(self.recognition(identity, image, positive, rng))
+                identity = next(questions)
+                samples.append(self.recognition(identity, image, identity == scene.identity, rng))
         return samples
 
 
@@ -341,9 +342,7 @@ def per_sample_loss(model: FamiliarChameleon, samples: list[Sample], pad_id: int
     hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     selected = labels != IGNORE
     losses = nn.functional.cross_entropy(model.lm_head(hidden[selected]), labels[selected], reduction="none")
-    rows = selected.nonzero()[:, 0]
-    per_row = torch.zeros(len(samples)).index_add_(0, rows, losses) / selected.sum(1).clamp(min=1)
-    return per_row.mean()
+    return (losses * sample_weights(selected)).sum()
 
 
 def new_language_model(config: ChameleonConfig, vqmodel: ChameleonVQVAE, seed: int) -> FamiliarChameleon:
