@@ -5,6 +5,7 @@ tokenizer, VQ image tokenizer, language model (checkpointed every 250 steps), ex
 arguments to continue; `--minutes` stops the language model after that much time (it resumes next run).
 
     python scripts/train_microworld.py [--vq-steps 3000] [--lm-steps 6000] [--minutes M] [--export-only]
+        [--mix check=0.4,rec=0.2,...]
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ def lm_stage(
     maker = pretrain.SampleMaker(tokenizer, vqmodel, code_to_vocab, vocab["<racm3:break>"], vocab["<eoss>"])
     stop_at = time.monotonic() + args.minutes * 60 if args.minutes else None
     if state.step < args.lm_steps and not args.export_only:
-        pretrain.train_language_model(state, maker, args.lm_steps, args.seed, log, checkpoint, stop_at=stop_at)
+        pretrain.train_language_model(
+            state, maker, args.lm_steps, args.seed, log, checkpoint, stop_at=stop_at, mix=args.mix
+        )
     return state
 
 
@@ -148,6 +151,13 @@ def export(out: Path, work: Path, state: pretrain.LMState, decoder: VQGANDecoder
     log(f"model written to {out} ({total / 1e6:.1f} MB) after {state.step} language-model steps")
 
 
+def sample_mix(text: str) -> dict[str, float]:
+    try:
+        return pretrain.parse_mix(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "familiar" / "microworld")
@@ -162,6 +172,12 @@ def main() -> None:
     parser.add_argument("--vq-steps", type=int, default=3000)
     parser.add_argument("--lm-steps", type=int, default=6000)
     parser.add_argument("--minutes", type=float, default=None, help="stop the language model after this long")
+    parser.add_argument(
+        "--mix",
+        type=sample_mix,
+        default=None,
+        help="the language model's sample mix as kind=weight,... (default pretrain.MIX), e.g. check=0.5,qa=0.2",
+    )
     parser.add_argument("--export-only", action="store_true", help="write the model as trained so far")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))

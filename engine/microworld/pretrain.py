@@ -336,6 +336,23 @@ class SampleMaker:
         return samples
 
 
+def parse_mix(text: str) -> dict[str, float]:
+    """A sample mix written as `kind=weight,...` (`check=0.4,rec=0.2`), checked against `MIX`'s kinds."""
+    mix: dict[str, float] = {}
+    for part in text.split(","):
+        kind, _, weight = part.partition("=")
+        kind = kind.strip()
+        if kind not in MIX:
+            raise ValueError(f"unknown sample kind {kind!r} in the mix; the kinds are {', '.join(MIX)}")
+        try:
+            mix[kind] = float(weight)
+        except ValueError:
+            raise ValueError(f"the weight of {kind!r} in the mix is not a number: {weight!r}") from None
+        if not mix[kind] > 0:
+            raise ValueError(f"the weight of {kind!r} in the mix must be positive, got {weight}")
+    return mix
+
+
 def per_sample_loss(model: FamiliarChameleon, samples: list[Sample], pad_id: int) -> torch.Tensor:
     """Mean over samples of each sample's mean next-token loss on its target."""
     ids, mask, labels = collate(samples, pad_id, torch.device("cpu"))
@@ -384,8 +401,10 @@ def train_language_model(
     peak_lr: float = 1e-3,
     checkpoint_every: int = 250,
     stop_at: float | None = None,
+    mix: dict[str, float] | None = None,
 ) -> None:
-    """Train until `total_steps` (or the monotonic time `stop_at`), checkpointing as it goes."""
+    """Train until `total_steps` (or the monotonic time `stop_at`) on samples drawn by `mix` (default `MIX`),
+    checkpointing as it goes."""
     model, optimizer = state.model, state.optimizer
     pad_id = int(maker.prompts.tokenizer.pad_token_id)
     model.train()
@@ -393,7 +412,7 @@ def train_language_model(
     started, first = time.monotonic(), state.step
     while state.step < total_steps:
         rng = random.Random(seed * 1_000_003 + state.step)
-        samples = maker.batch(batch, rng)
+        samples = maker.batch(batch, rng, mix)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(state.step, total_steps, peak_lr)
         loss = per_sample_loss(model, samples, pad_id)

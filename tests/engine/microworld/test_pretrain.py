@@ -7,8 +7,9 @@ import random
 from dataclasses import asdict, replace
 
 import numpy as np
+import pytest
 
-from engine.microworld.pretrain import CHECKED, DETAIL_WEIGHT, changed, check_question, detail_weights
+from engine.microworld.pretrain import CHECKED, DETAIL_WEIGHT, changed, check_question, detail_weights, parse_mix
 from engine.microworld.world import Identity, Scene, render_array, sample_identity
 
 PLAIN = Identity("circle", "red", "plain", "none", "none")
@@ -45,3 +46,16 @@ def test_check_questions_name_the_value_asked_about() -> None:
     assert check_question("pattern", hatted) == "Is it striped?"
     assert check_question("accessory", hatted) == "Is it wearing a blue hat?"
     assert check_question("accessory", PLAIN) == "Is it wearing nothing?"
+
+
+def test_parse_mix_reads_kinds_and_weights() -> None:
+    assert parse_mix("check=0.4, rec=0.2,t2i=1") == {"check": 0.4, "rec": 0.2, "t2i": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("cheque=0.4", "unknown sample kind 'cheque'"), ("rec=lots", "not a number"), ("qa=0", "must be positive")],
+)
+def test_parse_mix_refuses_bad_mixes(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_mix(text)
