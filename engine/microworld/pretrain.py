@@ -164,7 +164,8 @@ in words, and a creature given a name in a definition before the turn (`SampleMa
 steps of the shipped model used 42% / 26% / 0 / 22% / 0 / 10% / 0, the next 5,500 28% / 34% / 10% / 20% / 0 /
 8% / 0; after them the model read photos (0.90) but still said yes to every recognition question, and a
 concept's learned tokens did not beat words, so the third run weights recognition up and adds the checks and
-the definitions."""
+the definitions. The fourth (shipped) run continued with `--mix` stages weighted to the checks (docs/microworld.md),
+after which the checks and recognition began to be learned."""
 
 NAMES = ("Bo", "Rex", "Mia", "Luna", "Max", "Coco", "Pip", "Kiki", "Taro", "Nemo", "Zed", "Olly", "Fig", "Juno")
 """Names the definitions give creatures; a concept's identifier token plays this part in the product."""

@@ -60,7 +60,8 @@ def test_training_lowers_the_loss(demo: LoadedModel) -> None:
     assistant = Assistant(demo)
     assistant.attach(assistant.slots.initial_state("rex", demo.tokenizer, "dog"))
     params = assistant.slots.params("rex").requires_grad_(True)
-    optimizer = torch.optim.AdamW(params.parameters(), lr=5e-2)
+    # 5e-2 overshot on the fourth micro-world model (loss 10.7 -> 5.8 -> 17.5); 1e-2 falls steadily to 3.6.
+    optimizer = torch.optim.AdamW(params.parameters(), lr=1e-2)
     losses = []
     for _ in range(15):
         optimizer.zero_grad()
