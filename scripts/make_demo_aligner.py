@@ -7,7 +7,8 @@ held-out identities against the untrained rows. Rerun whenever the demo model or
 
 The identity folders and the run's checkpoint live in --work (default ~/.cache/familiar/demo-aligner); an
 interrupted run (Ctrl-C, a crash) continues from its last epoch when rerun with the same options, and a
-finished run with the same options there is reused (the checkpoint's name holds a digest of the options).
+finished run with the same options there is reused (the checkpoint's name holds a digest of the options and of
+the base model's fingerprint, so a retrained demo model starts a new run).
 `--measure-only` measures the Aligner at --output without training. The results are printed, kept in the
 Aligner's `provenance` metadata, and written as JSON only to --out. Torch uses --threads threads (default 2).
 """
@@ -121,7 +122,9 @@ def main() -> int:
         seed=args.seed,
     )
     data_name = f"seed{args.seed}-ids{len(train_ids)}-r{args.renders}"
-    run_name = hashlib.sha256((config_json := options.to_json()).encode()).hexdigest()[:12]
+    # The run is keyed by its options and the base model, so a retrained demo model starts a new run.
+    config_json = options.to_json()
+    run_name = hashlib.sha256(f"{config_json}{loaded.fingerprint}".encode()).hexdigest()[:12]
     dataset = args.work / data_name / "identities"
     checkpoint = args.work / data_name / f"aligner-{run_name}.safetensors"
     write_identity_folders(dataset, train_ids, args.renders, args.seed)

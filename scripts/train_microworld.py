@@ -77,7 +77,10 @@ def vq_stage(work: Path, steps: int, seed: int, start: Path | None) -> tuple[Cha
 
 def lm_stage(
     work: Path, tokenizer: PreTrainedTokenizerFast, vqmodel: ChameleonVQVAE, args: argparse.Namespace
-) -> pretrain.LMState:
+) -> tuple[pretrain.LMState, list[dict]]:
+    """The language model trained to `args.lm_steps`, and the run's stages: a new stage (its first step, the
+    schedule's total and the mix) starts whenever a resume changes `--lm-steps` or `--mix`; they are saved in
+    `lm.json` and the export marker, so a model says how it was trained."""
     vocab = tokenizer.get_vocab()
     config = model_files.build_config(vocab)
     model = pretrain.new_language_model(config, vqmodel, args.seed)
@@ -102,8 +105,11 @@ def lm_stage(
             }
         )
         saved = json.loads(meta.read_text())
-        state.step, state.losses = saved["step"], saved["losses"]
+        state.step, state.losses, stages = saved["step"], saved["losses"], saved.get("stages", [])
         log(f"language model resumed at step {state.step}")
+    else:
+        stages = []
+    stages = pretrain.with_stage(stages, state.step, args.lm_steps, args.mix)
 
     def checkpoint(current: pretrain.LMState) -> None:
         names = [n for n, p in current.model.named_parameters() if p.requires_grad]
@@ -113,7 +119,10 @@ def lm_stage(
         save_file(packed, moments.with_suffix(".tmp"))
         weights.with_suffix(".tmp").replace(weights)
         moments.with_suffix(".tmp").replace(moments)
-        meta.write_text(json.dumps({"step": current.step, "losses": current.losses, "total": args.lm_steps}) + "\n")
+        meta.write_text(
+            json.dumps({"step": current.step, "losses": current.losses, "total": args.lm_steps, "stages": stages})
+            + "\n"
+        )
 
     mapping = ChameleonImageVocabularyMapping(vocab)
     code_to_vocab = torch.tensor([mapping.img2bpe[c] for c in range(model_files.CODEBOOK_SIZE)])
@@ -123,10 +132,17 @@ def lm_stage(
         pretrain.train_language_model(
             state, maker, args.lm_steps, args.seed, log, checkpoint, stop_at=stop_at, mix=args.mix
         )
-    return state
+    return state, stages
 
 
-def export(out: Path, work: Path, state: pretrain.LMState, decoder: VQGANDecoder, args: argparse.Namespace) -> None:
+def export(
+    out: Path,
+    work: Path,
+    state: pretrain.LMState,
+    stages: list[dict],
+    decoder: VQGANDecoder,
+    args: argparse.Namespace,
+) -> None:
     earlier = 0
     if args.start_from is not None:
         earlier = json.loads((args.start_from / DEMO_MARKER).read_text()).get("language_model_steps", 0)
@@ -143,6 +159,8 @@ def export(out: Path, work: Path, state: pretrain.LMState, decoder: VQGANDecoder
         "warning": "Demo model: it knows only the micro-world's 32x32 scenes; configure a real model for photos.",
         "trained": True,
         "language_model_steps": earlier + state.step,
+        "continued_from_steps": earlier,
+        "stages": stages,
         "seed": args.seed,
         "built_by": "scripts/train_microworld.py",
     }
@@ -184,11 +202,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer_stage(args.work, args.seed, args.start_from)
     vqmodel, decoder = vq_stage(args.work, args.vq_steps, args.seed, args.start_from)
-    state = lm_stage(args.work, tokenizer, vqmodel, args)
+    state, stages = lm_stage(args.work, tokenizer, vqmodel, args)
     if state.step < args.lm_steps and not args.export_only:
         log(f"stopped at step {state.step} of {args.lm_steps}; rerun to continue")
         sys.exit(0)
-    export(args.out, args.work, state, decoder, args)
+    export(args.out, args.work, state, stages, decoder, args)
 
 
 if __name__ == "__main__":

@@ -354,6 +354,15 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
+def with_stage(stages: list[dict], step: int, total: int, mix: dict[str, float] | None) -> list[dict]:
+    """A run's stages (each `{"from": step, "total": schedule length, "mix": ...}`) as they stand when it
+    (re)starts at `step`: a new stage where the schedule's total or the mix differs from the last one's."""
+    stage = {"from": step, "total": total, "mix": dict(mix or MIX)}
+    if stages and (stages[-1]["total"], stages[-1]["mix"]) == (total, stage["mix"]):
+        return stages
+    return [*stages, stage]
+
+
 def per_sample_loss(model: FamiliarChameleon, samples: list[Sample], pad_id: int) -> torch.Tensor:
     """Mean over samples of each sample's mean next-token loss on its target."""
     ids, mask, labels = collate(samples, pad_id, torch.device("cpu"))

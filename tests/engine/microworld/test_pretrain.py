@@ -9,7 +9,16 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
-from engine.microworld.pretrain import CHECKED, DETAIL_WEIGHT, changed, check_question, detail_weights, parse_mix
+from engine.microworld.pretrain import (
+    CHECKED,
+    DETAIL_WEIGHT,
+    MIX,
+    changed,
+    check_question,
+    detail_weights,
+    parse_mix,
+    with_stage,
+)
 from engine.microworld.world import Identity, Scene, render_array, sample_identity
 
 PLAIN = Identity("circle", "red", "plain", "none", "none")
@@ -59,3 +68,13 @@ def test_parse_mix_reads_kinds_and_weights() -> None:
 def test_parse_mix_refuses_bad_mixes(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_mix(text)
+
+
+def test_a_resume_with_another_mix_or_schedule_starts_a_new_stage() -> None:
+    first = with_stage([], 0, 3000, {"check": 0.5, "qa": 0.5})
+    assert first == [{"from": 0, "total": 3000, "mix": {"check": 0.5, "qa": 0.5}}]
+    assert with_stage(first, 1250, 3000, {"check": 0.5, "qa": 0.5}) == first
+    second = with_stage(first, 2000, 5000, {"check": 0.5, "qa": 0.5})
+    assert second[1] == {"from": 2000, "total": 5000, "mix": {"check": 0.5, "qa": 0.5}}
+    third = with_stage(second, 5000, 5000, None)
+    assert len(third) == 3 and third[2]["mix"] == MIX and third[2]["from"] == 5000
