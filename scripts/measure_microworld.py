@@ -32,8 +32,11 @@ def main() -> None:
     loaded = load_model(args.model, device="cpu")
     results = measure(Assistant(loaded), load_reader(), args.count, args.seed, lambda m: print(m, flush=True))
     results.update(
-        command=f"python scripts/measure_microworld.py --count {args.count}",
-        model=loaded.source,
+        command="python scripts/measure_microworld.py"
+        + ("" if args.model == "demo" else f" --model {args.model}")
+        + f" --count {args.count}"
+        + ("" if args.seed == 0 else f" --seed {args.seed}"),
+        model=args.model,
         fingerprint=loaded.fingerprint,
         seconds=round(time.monotonic() - started, 1),
     )
