@@ -105,6 +105,8 @@ class Condition:
         return replace(base, **self.changes)
 
 
+RECOGNITION_ONLY = {"patience": 0, "generation_per_photo": 0, "soft_positives": 0, "qa_repeats": 0}
+
 CONDITIONS = {
     c.name: c
     for c in (
@@ -151,6 +153,22 @@ CONDITIONS = {
             "description_start",
             "change: latent rows start from the words of the base model's description of a training photo",
             changes={"start": "description"},
+        ),
+        Condition("every_epoch", "change: no early stopping (every epoch runs)", changes={"patience": 0}),
+        Condition(
+            "lr_1e2",
+            "change: learning rate 1e-2, not 1e-3, every epoch",
+            changes={"learning_rate": 1e-2, "patience": 0},
+        ),
+        Condition(
+            "recognition_only",
+            "ablation: recognition samples only (no drawing, QA or soft positives), every epoch",
+            changes=RECOGNITION_ONLY,
+        ),
+        Condition(
+            "recognition_only_lr_1e2",
+            "ablation: recognition samples only at learning rate 1e-2, every epoch",
+            changes={**RECOGNITION_ONLY, "learning_rate": 1e-2},
         ),
         Condition("tokens_4", "ablation: 4 latent tokens per set", changes={"layout": PromptLayout(tokens=4)}),
         Condition("tokens_8", "ablation: 8 latent tokens per set", changes={"layout": PromptLayout(tokens=8)}),

@@ -14,7 +14,14 @@ from desktop.cli.main import main
 from engine.concepts.layout import N_GENERATION, PromptLayout
 from engine.concepts.prompts import Prompts
 from engine.inference.assistant import Assistant
-from engine.microworld.benchmark import Benchmark, BenchSettings, coarse_words, compared_pairs, make_concepts
+from engine.microworld.benchmark import (
+    CONDITIONS,
+    Benchmark,
+    BenchSettings,
+    coarse_words,
+    compared_pairs,
+    make_concepts,
+)
 from engine.microworld.reader import load_reader
 from engine.microworld.world import IDENTITY, Scene, render
 from engine.progress import Progress
@@ -122,6 +129,15 @@ def test_benchmark_trains_measures_and_reports_and_leaves_the_base_model_untouch
     assert "![baselines](personalization-baselines.png)" in docs.read_text()
     assert (docs.parent / "personalization-baselines.png").is_file()
     assert "![ablations]" not in docs.read_text() and not (docs.parent / "personalization-ablations.png").exists()
+
+
+def test_every_condition_changes_the_recipe_into_a_valid_one() -> None:
+    base = SMALL.recipe()
+    for condition in CONDITIONS.values():
+        recipe = condition.recipe(base)  # Recipe checks its fields
+        assert {f.name for f in fields(Recipe) if getattr(recipe, f.name) != getattr(base, f.name)} == set(
+            condition.changes
+        ), condition.name
 
 
 def test_bench_command_refuses_unknown_conditions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
