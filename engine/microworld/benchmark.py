@@ -156,6 +156,11 @@ CONDITIONS = {
         ),
         Condition("every_epoch", "change: no early stopping (every epoch runs)", changes={"patience": 0}),
         Condition(
+            "soft_selection",
+            "change: checkpoints scored by the probability of the right yes/no, not right or wrong",
+            changes={"soft_selection": True},
+        ),
+        Condition(
             "lr_1e2",
             "change: learning rate 1e-2, not 1e-3, every epoch",
             changes={"learning_rate": 1e-2, "patience": 0},

@@ -245,6 +245,7 @@ def personalize(
             concept.similarity,
             seed=recipe.seed,
             sample=recipe.sample_checkpoints,
+            soft=recipe.soft_selection,
         )
 
     if resume is None and on_check is not None:

@@ -59,6 +59,10 @@ class Recipe:
     """Where a new concept's latent rows start (`START_ROWS`): the class word's embedding, as in the paper;
     "photos", the photos' image tokens; "description", the words of the base model's description of the first
     photo (engine.concepts.start_rows; the benchmark's `photo_start` and `description_start` measure them)."""
+    soft_selection: bool = False
+    """Score checkpoints' recognition by the probability of the right answer rather than by right or wrong
+    (`selection.recognition_accuracy`): one held-out photo and a few negatives often score epochs the same, and
+    then selection and early stopping go by noise; the benchmark's `soft_selection` measures it."""
     describe_photos: bool = True
     sample_checkpoints: bool = True
     layout: PromptLayout = field(default_factory=PromptLayout)

@@ -73,12 +73,36 @@ def says_yes(assistant: Assistant, name: str, image_ids: Sequence[int]) -> bool:
     return answers_yes(assistant, QUESTION.format(n=name), image_ids, [name])
 
 
+@torch.no_grad()
+def yes_probability(assistant: Assistant, name: str, image_ids: Sequence[int]) -> float:
+    """P(" Yes") / (P(" Yes") + P(" No")) as the answer to the recognition question about this image."""
+    prompts = assistant.prompts
+    prefix, yes, no = answer_tokens(assistant)
+    ids = prompts.prompt(QUESTION.format(n=name), image_ids, [name]) + prompts.self_prompt([name], "text") + prefix
+    device = assistant.loaded.device
+    logits = assistant.loaded.model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1]
+    return float(torch.softmax(logits[[yes, no]].float(), 0)[0])
+
+
 def recognition_accuracy(
-    assistant: Assistant, name: str, positives: Sequence[Sequence[int]], negatives: Sequence[Sequence[int]]
+    assistant: Assistant,
+    name: str,
+    positives: Sequence[Sequence[int]],
+    negatives: Sequence[Sequence[int]],
+    soft: bool = False,
 ) -> tuple[float | None, float | None]:
-    """(accuracy on photos of the concept, accuracy on photos without it); None where there are none."""
-    positive = sum(says_yes(assistant, name, image) for image in positives) / len(positives) if positives else None
-    negative = sum(not says_yes(assistant, name, image) for image in negatives) / len(negatives) if negatives else None
+    """(accuracy on photos of the concept, accuracy on photos without it); None where there are none. `soft`
+    counts each answer by its probability (the mean P(yes) on photos of the concept, P(no) on the others), which
+    tells apart checkpoints that a handful of held-out photos would score the same."""
+
+    def right(image: Sequence[int], positive: bool) -> float:
+        if soft:
+            p = yes_probability(assistant, name, image)
+            return p if positive else 1 - p
+        return float(says_yes(assistant, name, image) == positive)
+
+    positive = sum(right(image, True) for image in positives) / len(positives) if positives else None
+    negative = sum(right(image, False) for image in negatives) / len(negatives) if negatives else None
     return positive, negative
 
 
@@ -107,11 +131,12 @@ def score(
     similarity: ImageSimilarity | None = None,
     seed: int = 0,
     sample: bool = False,
+    soft: bool = False,
 ) -> Scores:
-    """Recognition and, where a similarity function is given, image similarity; `score` is their mean, None
-    where recognition is not measured (no held-out photo or no negative). One picture is drawn when similarity is
-    measured or `sample` asks for it, and kept in the scores."""
-    positive, negative = recognition_accuracy(assistant, name, positives, negatives)
+    """Recognition (`soft`: by probability, `recognition_accuracy`) and, where a similarity function is given,
+    image similarity; `score` is their mean, None where recognition is not measured (no held-out photo or no
+    negative). One picture is drawn when similarity is measured or `sample` asks for it, and kept in the scores."""
+    positive, negative = recognition_accuracy(assistant, name, positives, negatives, soft)
     recognition = None if positive is None or negative is None else (positive + negative) / 2
     measure = similarity is not None and bool(real_photos)
     picture = draw(assistant, name, seed) if measure or sample else None

@@ -22,7 +22,7 @@ from engine.training.data import (
 )
 from engine.training.loop import TrainingCancelled
 from engine.training.recipe import Recipe
-from engine.training.selection import recognition_accuracy, score
+from engine.training.selection import recognition_accuracy, says_yes, score, yes_probability
 from engine.training.trainer import (
     Checkpoint,
     Trainer,
@@ -225,6 +225,19 @@ def test_selection_scores_recognition(images: dict[str, list[list[int]]]) -> Non
     size = assistant.loaded.image_tokenizer.resolution
     assert calls == [(1, 1, (size, size))]  # the unlabelled decode, never the demo's labelled picture
     assert with_images.score == pytest.approx((with_images.recognition + 0.25) / 2)
+
+
+def test_soft_recognition_counts_each_answer_by_its_probability(images: dict[str, list[list[int]]]) -> None:
+    assistant = _fresh()
+    photos, negatives = images["photos"], images["negatives"]
+    chances = {i: yes_probability(assistant, "bo", image) for i, image in enumerate(photos + negatives)}
+    for i, image in enumerate(photos + negatives):
+        assert 0 < chances[i] < 1 and (chances[i] > 0.5) == says_yes(assistant, "bo", image)
+    positive, negative = recognition_accuracy(assistant, "bo", photos, negatives, soft=True)
+    assert positive == pytest.approx(sum(chances[i] for i in range(len(photos))) / len(photos))
+    others = range(len(photos), len(photos) + len(negatives))
+    assert negative == pytest.approx(sum(1 - chances[i] for i in others) / len(negatives))
+    assert score(assistant, "bo", photos, negatives, soft=True).recognition == pytest.approx((positive + negative) / 2)
 
 
 def test_cancel_right_after_an_epoch_checkpoint_saves_nothing_twice(images: dict[str, list[list[int]]]) -> None:
