@@ -57,15 +57,23 @@ def answer_tokens(assistant: Assistant) -> tuple[list[int], int, int]:
 
 
 @torch.no_grad()
-def answers_yes(assistant: Assistant, question: str, image_ids: Sequence[int], names: Sequence[str]) -> bool:
-    """Whether " Yes" is likelier than " No" as the answer to `question` about this image, with the
-    concepts `names` in the prompt (none for a question in plain words)."""
+def yes_no_logits(
+    assistant: Assistant, question: str, image_ids: Sequence[int], names: Sequence[str]
+) -> tuple[float, float]:
+    """The logits of " Yes" and " No" as the answer to `question` about this image, with the concepts `names` in
+    the prompt (none for a question in plain words)."""
     prompts = assistant.prompts
     prefix, yes, no = answer_tokens(assistant)
     ids = prompts.prompt(question, image_ids, names) + prompts.self_prompt(names, "text") + prefix
     device = assistant.loaded.device
     logits = assistant.loaded.model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1]
-    return bool(logits[yes] > logits[no])
+    return float(logits[yes]), float(logits[no])
+
+
+def answers_yes(assistant: Assistant, question: str, image_ids: Sequence[int], names: Sequence[str]) -> bool:
+    """Whether " Yes" is likelier than " No" as the answer to `question` about this image."""
+    yes, no = yes_no_logits(assistant, question, image_ids, names)
+    return yes > no
 
 
 def says_yes(assistant: Assistant, name: str, image_ids: Sequence[int]) -> bool:
@@ -73,15 +81,10 @@ def says_yes(assistant: Assistant, name: str, image_ids: Sequence[int]) -> bool:
     return answers_yes(assistant, QUESTION.format(n=name), image_ids, [name])
 
 
-@torch.no_grad()
 def yes_probability(assistant: Assistant, name: str, image_ids: Sequence[int]) -> float:
     """P(" Yes") / (P(" Yes") + P(" No")) as the answer to the recognition question about this image."""
-    prompts = assistant.prompts
-    prefix, yes, no = answer_tokens(assistant)
-    ids = prompts.prompt(QUESTION.format(n=name), image_ids, [name]) + prompts.self_prompt([name], "text") + prefix
-    device = assistant.loaded.device
-    logits = assistant.loaded.model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1]
-    return float(torch.softmax(logits[[yes, no]].float(), 0)[0])
+    yes, no = yes_no_logits(assistant, QUESTION.format(n=name), image_ids, [name])
+    return float(torch.sigmoid(torch.tensor(yes - no)))
 
 
 def recognition_accuracy(
