@@ -109,7 +109,8 @@ def lm_stage(
         log(f"language model resumed at step {state.step}")
     else:
         stages = []
-    stages = pretrain.with_stage(stages, state.step, args.lm_steps, args.mix)
+    if not args.export_only:  # an export trains nothing, so it starts no stage
+        stages = pretrain.with_stage(stages, state.step, args.lm_steps, args.mix)
 
     def checkpoint(current: pretrain.LMState) -> None:
         names = [n for n, p in current.model.named_parameters() if p.requires_grad]
