@@ -114,7 +114,7 @@ def drawing(assistant: Assistant, reader: AttributeReader, count: int, rng: rand
     `identity_exact` is the share with all five identity attributes right."""
     scenes = [sample_scene(rng) for _ in range(count)]
     pictures = [draw_prompt(assistant, scene.prompt(), [], number) for number, scene in enumerate(scenes)]
-    return _read_right(reader, pictures, scenes)
+    return read_right(reader, pictures, scenes)
 
 
 def round_trip(assistant: Assistant, reader: AttributeReader, count: int, rng: random.Random) -> dict[str, float]:
@@ -122,10 +122,10 @@ def round_trip(assistant: Assistant, reader: AttributeReader, count: int, rng: r
     trip (encode to 64 tokens, decode): the ceiling for drawing."""
     scenes = [sample_scene(rng) for _ in range(count)]
     tokens = assistant.loaded.image_tokenizer
-    return _read_right(reader, tokens.decode(tokens.encode([render(s) for s in scenes])), scenes)
+    return read_right(reader, tokens.decode(tokens.encode([render(s) for s in scenes])), scenes)
 
 
-def _read_right(reader: AttributeReader, pictures: list[Image.Image], scenes: list[Scene]) -> dict[str, float]:
+def read_right(reader: AttributeReader, pictures: list[Image.Image], scenes: list[Scene]) -> dict[str, float]:
     """Per attribute, the share of `pictures` the reader reads as their `scenes`; their mean; and the share with
     all five identity attributes right."""
     reads = reader.read(pictures)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.microworld.pretrain import (
+    BODY_WEIGHT,
     CHECKED,
     DETAIL_WEIGHT,
     MIX,
@@ -24,18 +25,23 @@ from engine.microworld.world import Identity, Scene, render_array, sample_identi
 PLAIN = Identity("circle", "red", "plain", "none", "none")
 
 
-def test_a_plain_creature_without_accessory_weighs_every_pixel_the_same() -> None:
-    weights = detail_weights([Scene(PLAIN, "large", "centre", "grass")])
-    assert weights.shape == (1, 1, 32, 32) and bool((weights == 1).all())
+def test_a_plain_creature_weighs_its_body_more_than_the_background() -> None:
+    scene = Scene(PLAIN, "large", "centre", "grass")
+    weights = detail_weights([scene])[0, 0].numpy()
+    white = Scene(replace(PLAIN, colour="white"), "large", "centre", "grass")
+    body = (render_array(scene) != render_array(white)).any(-1)
+    assert body.sum() > 50 and weights.shape == (32, 32)
+    np.testing.assert_array_equal(weights, np.where(body, 1 + BODY_WEIGHT, 1.0))
 
 
-def test_a_hat_and_a_pattern_weigh_more_exactly_where_they_are_drawn() -> None:
+def test_a_hat_and_a_pattern_weigh_most_exactly_where_they_are_drawn() -> None:
     hatted = replace(PLAIN, pattern="striped", accessory="hat", accessory_colour="blue")
     dressed = Scene(hatted, "small", "left", "snow")
     weights = detail_weights([dressed])[0, 0].numpy()
     drawn = (render_array(dressed) != render_array(Scene(PLAIN, "small", "left", "snow"))).any(-1)
     assert drawn.sum() > 10
-    np.testing.assert_array_equal(weights, np.where(drawn, 1 + DETAIL_WEIGHT, 1.0))
+    assert bool((weights[drawn] == 1 + DETAIL_WEIGHT).all())
+    assert set(np.unique(weights[~drawn]).tolist()) == {1.0, 1 + BODY_WEIGHT}
 
 
 def test_a_changed_identity_differs_in_the_checked_attribute_only() -> None:
