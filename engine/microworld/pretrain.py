@@ -176,6 +176,10 @@ concept's learned tokens did not beat words, so the third run weights recognitio
 the definitions. The fourth (shipped) run continued with `--mix` stages weighted to the checks (docs/microworld.md),
 after which the checks and recognition began to be learned."""
 
+KINDS = (*MIX, "hard")
+"""Every sample kind a mix may name: MIX's, and "hard", recognition whose negatives are all one-attribute changes
+(`hard_subject`), for stages that teach the discrimination the benchmark's headline measures."""
+
 NAMES = ("Bo", "Rex", "Mia", "Luna", "Max", "Coco", "Pip", "Kiki", "Taro", "Nemo", "Zed", "Olly", "Fig", "Juno")
 """Names the definitions give creatures; a concept's identifier token plays this part in the product."""
 
@@ -193,6 +197,12 @@ def recognition_subject(shown: Identity, rng: random.Random) -> Identity:
     if roll < 0.5:
         return shown
     return one_change(shown, rng) if roll < 0.85 else sample_identity(rng)
+
+
+def hard_subject(shown: Identity, rng: random.Random) -> Identity:
+    """The creature a hard recognition question asks about: the one `shown` half of the time, else a
+    one-attribute change of it."""
+    return shown if rng.random() < 0.5 else one_change(shown, rng)
 
 
 def check_question(attribute: str, identity: Identity) -> str:
@@ -314,8 +324,9 @@ class SampleMaker:
 
     def batch(self, size: int, rng: random.Random, mix: dict[str, float] | None = None) -> list[Sample]:
         """`size` samples drawn by `mix` (default MIX): text to image ("t2i"), questions about a photo ("qa"),
-        recognition ("rec", half of them negative), one-attribute checks ("check"), questions about a creature
-        named in words ("about") and turns after a definition ("defined")."""
+        recognition ("rec", half of them negative; "hard", its negatives all one-attribute changes), one-attribute
+        checks ("check"), questions about a creature named in words ("about") and turns after a definition
+        ("defined")."""
         mix = mix or MIX
         kinds = rng.choices(list(mix), weights=list(mix.values()), k=size)
         scenes: list[Scene] = []
@@ -324,6 +335,8 @@ class SampleMaker:
             scene = sample_scene(rng)
             if kind == "rec":
                 asked.append(recognition_subject(scene.identity, rng))
+            elif kind == "hard":
+                asked.append(hard_subject(scene.identity, rng))
             scenes.append(scene)
         images = self.image_ids(scenes)
         samples, questions = [], iter(asked)
@@ -347,13 +360,13 @@ class SampleMaker:
 
 
 def parse_mix(text: str) -> dict[str, float]:
-    """A sample mix written as `kind=weight,...` (`check=0.4,rec=0.2`), checked against `MIX`'s kinds."""
+    """A sample mix written as `kind=weight,...` (`check=0.4,rec=0.2`), checked against `KINDS`."""
     mix: dict[str, float] = {}
     for part in text.split(","):
         kind, _, weight = part.partition("=")
         kind = kind.strip()
-        if kind not in MIX:
-            raise ValueError(f"unknown sample kind {kind!r} in the mix; the kinds are {', '.join(MIX)}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown sample kind {kind!r} in the mix; the kinds are {', '.join(KINDS)}")
         try:
             mix[kind] = float(weight)
         except ValueError:

@@ -17,6 +17,7 @@ from engine.microworld.pretrain import (
     changed,
     check_question,
     detail_weights,
+    hard_subject,
     parse_mix,
     with_stage,
 )
@@ -84,3 +85,18 @@ def test_a_resume_with_another_mix_or_schedule_starts_a_new_stage() -> None:
     assert second[1] == {"from": 2000, "total": 5000, "mix": {"check": 0.5, "qa": 0.5}}
     third = with_stage(second, 5000, 5000, None)
     assert len(third) == 3 and third[2]["mix"] == MIX and third[2]["from"] == 5000
+
+
+def test_hard_recognition_asks_about_the_creature_or_a_one_attribute_change_never_a_random_one() -> None:
+    rng = random.Random(1)
+    shown = sample_identity(rng)
+    asked = [hard_subject(shown, rng) for _ in range(400)]
+
+    def changes(other: Identity) -> int:
+        wearing = (other.accessory, other.accessory_colour) != (shown.accessory, shown.accessory_colour)
+        return sum(getattr(other, f) != getattr(shown, f) for f in ("shape", "colour", "pattern")) + wearing
+
+    differences = [changes(a) for a in asked]
+    assert set(differences) == {0, 1}
+    assert 160 < differences.count(0) < 240
+    assert parse_mix("hard=0.3,qa=0.7") == {"hard": 0.3, "qa": 0.7}
