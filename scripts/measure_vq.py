@@ -16,29 +16,12 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from PIL import Image
-from safetensors.torch import load_file
-from transformers import ChameleonVQVAEConfig
-from transformers.models.chameleon.modeling_chameleon import ChameleonVQVAE
 
-from engine.microworld import model_files
 from engine.microworld.abilities import read_right
-from engine.microworld.pretrain import scene_pixels
+from engine.microworld.pretrain import load_vq, scene_pixels
 from engine.microworld.reader import load_reader
 from engine.microworld.world import IDENTITY, render, sample_scene
-from engine.model.vqgan import load_decoder
-
-PREFIX = "model.vqmodel."
-
-
-def load_vq(folder: Path) -> ChameleonVQVAE:
-    vqmodel = ChameleonVQVAE(ChameleonVQVAEConfig(**model_files.VQ_CONFIG)).eval()
-    if (folder / "vq_encoder.safetensors").is_file():
-        vqmodel.load_state_dict(load_file(folder / "vq_encoder.safetensors"))
-    else:
-        weights = load_file(folder / "model.safetensors")
-        vqmodel.load_state_dict({k[len(PREFIX) :]: v for k, v in weights.items() if k.startswith(PREFIX)})
-    return vqmodel
+from engine.model.images import to_pil
 
 
 def main() -> None:
@@ -50,21 +33,17 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=None, help="write the figures here as JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    vqmodel = load_vq(args.folder)
-    decoder = load_decoder(args.folder, vqmodel.config).eval()
+    vqmodel, decoder = load_vq(args.folder)
     rng = random.Random(f"familiar-vq-{args.seed}")
     scenes = [sample_scene(rng) for _ in range(args.count)]
     with torch.no_grad():
         codes = vqmodel.encode(scene_pixels(scenes)).image_tokens.reshape(len(scenes), -1)
-        decoded = decoder(codes).permute(0, 2, 3, 1).clamp(-1, 1)
-    pictures = [Image.fromarray(((p + 1) * 127.5).round().byte().numpy()) for p in decoded]
+        pictures = to_pil(decoder(codes))
     reader = load_reader()
     reads = reader.read(pictures)
+    truth = [s.attributes() for s in scenes]
     misread = {
-        a: Counter(
-            f"{s.attributes()[a]} as {r[a]}" for s, r in zip(scenes, reads, strict=True) if s.attributes()[a] != r[a]
-        )
-        for a in IDENTITY
+        a: Counter(f"{t[a]} as {r[a]}" for t, r in zip(truth, reads, strict=True) if t[a] != r[a]) for a in IDENTITY
     }
     results = {
         "raw": read_right(reader, [render(s) for s in scenes], scenes),

@@ -24,7 +24,7 @@ from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocab
 
 from engine.microworld import model_files, pretrain
 from engine.model.loading import DEMO_MARKER
-from engine.model.vqgan import DECODER_FILE, VQGANDecoder, load_decoder, save_decoder
+from engine.model.vqgan import DECODER_FILE, VQGANDecoder, save_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,28 +44,17 @@ def tokenizer_stage(work: Path, seed: int, start: Path | None) -> PreTrainedToke
     return PreTrainedTokenizerFast.from_pretrained(work)
 
 
-def _start_weights(start: Path, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The exported model's weights whose names start with `prefix`, with the prefix removed."""
-    weights = load_file(start / "model.safetensors")
-    return {name[len(prefix) :]: tensor for name, tensor in weights.items() if name.startswith(prefix)}
-
-
 def vq_stage(work: Path, steps: int, seed: int, start: Path | None) -> tuple[ChameleonVQVAE, VQGANDecoder]:
-    config = ChameleonVQVAEConfig(**model_files.VQ_CONFIG)
-    encoder_file, decoder_file = work / "vq_encoder.safetensors", work / DECODER_FILE
+    encoder_file, decoder_file = work / pretrain.ENCODER_FILE, work / DECODER_FILE
     if encoder_file.is_file() and decoder_file.is_file():
-        vqmodel, decoder = ChameleonVQVAE(config), VQGANDecoder(config)
-        vqmodel.load_state_dict(load_file(encoder_file))
-        decoder.load_state_dict(load_file(decoder_file))
-        return vqmodel.eval(), decoder.eval()
+        return pretrain.load_vq(work)
     started = time.monotonic()
     if start is None:
-        result = pretrain.train_vq(config, steps, seed, log)
+        result = pretrain.train_vq(ChameleonVQVAEConfig(**model_files.VQ_CONFIG), steps, seed, log)
     else:
-        vqmodel, decoder = ChameleonVQVAE(config), load_decoder(start, config)
-        vqmodel.load_state_dict(_start_weights(start, "model.vqmodel."))
+        vqmodel, decoder = pretrain.load_vq(start)
         log(f"vq fine-tuned from {start}")
-        result = pretrain.train_vq(config, steps, seed, log, start=(vqmodel, decoder), peak_lr=5e-4)
+        result = pretrain.train_vq(vqmodel.config, steps, seed, log, start=(vqmodel, decoder), peak_lr=5e-4)
     minutes = (time.monotonic() - started) / 60
     save_file(result.vqmodel.state_dict(), encoder_file)
     save_decoder(result.decoder, decoder_file)
@@ -88,8 +77,8 @@ def lm_stage(
     state = pretrain.LMState(model, optimizer, 0, [])
     weights, moments, meta = work / "lm.safetensors", work / "lm_optimizer.safetensors", work / "lm.json"
     if args.start_from is not None and not meta.is_file():
-        start = _start_weights(args.start_from)
-        start.update({f"model.vqmodel.{k}": v for k, v in vqmodel.state_dict().items()})
+        start = load_file(args.start_from / "model.safetensors")
+        start.update({f"{pretrain.EXPORTED_PREFIX}{k}": v for k, v in vqmodel.state_dict().items()})
         model.load_state_dict(start)
         log(f"language model starts from {args.start_from}")
     if weights.is_file() and meta.is_file():

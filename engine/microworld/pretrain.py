@@ -21,17 +21,19 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import cast
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from transformers import ChameleonConfig, ChameleonVQVAEConfig, PreTrainedTokenizerBase
 from transformers.models.chameleon.modeling_chameleon import ChameleonVQVAE
 
 from engine.concepts.prompts import IGNORE, Prompts, Sample
 from engine.concepts.slots import ConceptSlots
-from engine.microworld.model_files import the
+from engine.microworld.model_files import VQ_CONFIG, the
 from engine.microworld.world import (
     ACCESSORY_PAIRS,
     ATTRIBUTE_VALUES,
@@ -47,7 +49,7 @@ from engine.microworld.world import (
 )
 from engine.model.chameleon import FamiliarChameleon
 from engine.model.images import to_pixel_values
-from engine.model.vqgan import Codebook, VQGANDecoder
+from engine.model.vqgan import Codebook, VQGANDecoder, load_decoder
 from engine.training.data import NEGATIVE_ANSWERS, POSITIVE_ANSWERS, RECOGNITION_QUESTIONS
 from engine.training.trainer import collate, sample_weights
 
@@ -145,6 +147,25 @@ def train_vq(
     decoder.quantize.embedding.load_state_dict(vqmodel.quantize.embedding.state_dict())
     vqmodel.post_quant_conv.load_state_dict(decoder.post_quant_conv.state_dict())
     return VQResult(vqmodel, decoder, mse, used)
+
+
+ENCODER_FILE = "vq_encoder.safetensors"
+"""The VQ encoder's weights in a train_microworld work folder; an export holds them in model.safetensors."""
+
+EXPORTED_PREFIX = "model.vqmodel."
+
+
+def load_vq(folder: Path) -> tuple[ChameleonVQVAE, VQGANDecoder]:
+    """The VQ encoder and decoder (in eval mode) of a train_microworld work folder or an exported model."""
+    vqmodel = ChameleonVQVAE(ChameleonVQVAEConfig(**VQ_CONFIG))
+    if (folder / ENCODER_FILE).is_file():
+        vqmodel.load_state_dict(load_file(folder / ENCODER_FILE))
+    else:
+        weights = load_file(folder / "model.safetensors")
+        vqmodel.load_state_dict(
+            {k[len(EXPORTED_PREFIX) :]: v for k, v in weights.items() if k.startswith(EXPORTED_PREFIX)}
+        )
+    return vqmodel.eval(), load_decoder(folder, vqmodel.config).eval()
 
 
 def _restart_dead_codes(vqmodel: ChameleonVQVAE, latent: torch.Tensor, usage: torch.Tensor) -> None:

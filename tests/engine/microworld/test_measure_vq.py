@@ -11,6 +11,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from engine.microworld.pretrain import ENCODER_FILE, EXPORTED_PREFIX
+
 ROOT = Path(__file__).resolve().parents[3]
 DEMO = ROOT / "resources" / "demo-model"
 
@@ -27,11 +29,9 @@ def test_an_export_and_a_work_folder_with_the_same_vq_measure_the_same(tmp_path:
     exported = measure(DEMO, tmp_path / "export.json")
     work = tmp_path / "work"
     work.mkdir()
-    prefix = "model.vqmodel."
     weights = load_file(DEMO / "model.safetensors")
-    save_file(
-        {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}, work / "vq_encoder.safetensors"
-    )
+    encoder = {k[len(EXPORTED_PREFIX) :]: v for k, v in weights.items() if k.startswith(EXPORTED_PREFIX)}
+    save_file(encoder, work / ENCODER_FILE)
     shutil.copy(DEMO / "vqgan_decoder.safetensors", work / "vqgan_decoder.safetensors")
     from_work = measure(work, tmp_path / "work.json")
     assert from_work["round_trip"] == exported["round_trip"]
