@@ -110,7 +110,7 @@ def lm_stage(
         weights.with_suffix(".tmp").replace(weights)
         moments.with_suffix(".tmp").replace(moments)
         meta.write_text(
-            json.dumps({"step": current.step, "losses": current.losses, "total": args.lm_steps, "stages": stages})
+            json.dumps({"step": current.step, "losses": current.losses, "stages": stages})
             + "\n"
         )
 
