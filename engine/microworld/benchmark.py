@@ -456,10 +456,11 @@ class Benchmark:
                     "last_epoch_loss": float(np.mean(trained.losses[-per_epoch:])),
                 }
             else:
-                if start is None:
-                    photos = personalization.training_photo_ids(
-                        assistant, [render(s) for s in concept.train[:-1]], recipe
-                    )
+                if start is None:  # the photos' tokens are needed only where the rows start from them
+                    photos = []
+                    if recipe.start == "photos":
+                        renders = [render(s) for s in concept.train[:-1]]
+                        photos = personalization.training_photo_ids(assistant, renders, recipe)
                     start = personalization.start_state(assistant, concept.name, KIND, "", photos, descriptions, recipe)
                 assistant.attach(start)
             subject = f"<{concept.name}>"

@@ -217,3 +217,19 @@ def test_instant_measures_the_aligner_rows_and_refined_trains_from_them(
     )
     assert difference["mean"] == pytest.approx(row["instant"]["qa_accuracy"] - row["untrained"]["qa_accuracy"])
     assert assistant.slots.names() == []
+
+
+def test_untrained_rows_from_the_class_word_encode_no_training_photos(
+    assistant: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded: list[int] = []
+    real = personalization.training_photo_ids
+
+    def spy(assistant: Assistant, photos: list, recipe: Recipe) -> list[list[int]]:
+        encoded.append(len(photos))
+        return real(assistant, photos, recipe)
+
+    monkeypatch.setattr(personalization, "training_photo_ids", spy)
+    settings = replace(SMALL, concepts=1, drawings=1, conditions=("untrained",))
+    results = Benchmark(assistant, load_reader(), settings).run()
+    assert encoded == [] and 0.0 <= results["concepts"][0]["conditions"]["untrained"]["recognition_weighted"] <= 1.0
