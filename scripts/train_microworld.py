@@ -109,10 +109,7 @@ def lm_stage(
         save_file(packed, moments.with_suffix(".tmp"))
         weights.with_suffix(".tmp").replace(weights)
         moments.with_suffix(".tmp").replace(moments)
-        meta.write_text(
-            json.dumps({"step": current.step, "losses": current.losses, "stages": stages})
-            + "\n"
-        )
+        meta.write_text(json.dumps({"step": current.step, "losses": current.losses, "stages": stages}) + "\n")
 
     mapping = ChameleonImageVocabularyMapping(vocab)
     code_to_vocab = torch.tensor([mapping.img2bpe[c] for c in range(model_files.CODEBOOK_SIZE)])
