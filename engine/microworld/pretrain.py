@@ -31,6 +31,7 @@ from torch import nn
 from transformers import ChameleonConfig, ChameleonVQVAEConfig, PreTrainedTokenizerBase
 from transformers.models.chameleon.modeling_chameleon import ChameleonVQVAE
 
+from engine.concepts.layout import N_GENERATION
 from engine.concepts.prompts import IGNORE, Prompts, Sample
 from engine.concepts.slots import ConceptSlots
 from engine.microworld.model_files import VQ_CONFIG, the
@@ -44,6 +45,7 @@ from engine.microworld.world import (
     render,
     render_array,
     sample_identity,
+    sample_pose,
     sample_scene,
     wearing,
 )
@@ -197,9 +199,10 @@ concept's learned tokens did not beat words, so the third run weights recognitio
 the definitions. The fourth (shipped) run continued with `--mix` stages weighted to the checks (docs/microworld.md),
 after which the checks and recognition began to be learned."""
 
-KINDS = (*MIX, "hard")
-"""Every sample kind a mix may name: MIX's, and "hard", recognition whose negatives are all one-attribute changes
-(`hard_subject`), for stages that teach the discrimination the benchmark's headline measures."""
+KINDS = (*MIX, "hard", "concept")
+"""Every sample kind a mix may name: MIX's; "hard", recognition whose negatives are all one-attribute changes
+(`hard_subject`), for stages that teach the discrimination the benchmark's headline measures; and "concept", a
+turn after the product's own concept prefix (`SampleMaker.concept`)."""
 
 NAMES = ("Bo", "Rex", "Mia", "Luna", "Max", "Coco", "Pip", "Kiki", "Taro", "Nemo", "Zed", "Olly", "Fig", "Juno")
 """Names the definitions give creatures; a concept's identifier token plays this part in the product."""
@@ -343,11 +346,42 @@ class SampleMaker:
             labels=[IGNORE] * (1 + len(definition)) + sample.labels[1:],
         )
 
+    def concept(self, scene: Scene, image: list[int], rng: random.Random) -> Sample:
+        """A turn after the product's concept prefix, `Bo is <g1>...<g16><u1>...<u16>. `, its latent tokens
+        spelled by a description of the defined creature as a concept's rows start from one
+        (`Recipe.start="description"`, `start_rows.description_rows`): a caption of it in another pose, or its
+        attributes, the first 16 tokens repeated from the start in both sets. The turn is recognition of the
+        photo against the definition, a question about the name, or "A photo of Bo." drawn; the answer opens
+        with the understanding set, a picture with the generation set (the self-prompt, with no loss on it)."""
+        name, roll = rng.choice(NAMES), rng.random()
+        identity = scene.identity
+        defined = recognition_subject(identity, rng) if roll < 0.45 else identity
+        words = sample_pose(defined, rng).caption() if rng.random() < 0.7 else f"a {defined.describe()}."
+        encode = self.prompts.tokenizer.encode
+        spelled = encode(f" {words}", add_special_tokens=False)
+        latent = [spelled[i % len(spelled)] for i in range(N_GENERATION)]
+        prefix = [*encode(f"{name} is", add_special_tokens=False), *latent, *latent]
+        prefix += encode(". ", add_special_tokens=False)
+        if roll < 0.45:
+            question = rng.choice(RECOGNITION_QUESTIONS).replace("<{n}>", name)
+            prompt, answer = self.prompts.prompt(question, image, []), "Yes." if defined == identity else "No."
+        elif roll < 0.7:
+            _, question, answer = rng.choice(identity.questions(name))
+            prompt = self.prompts.prompt(question, None, [])
+        else:
+            prompt, answer = self.prompts.prompt(f"A photo of {name}.", None, []), ""
+        picture = [*self.prompts.image(image), self.prompts.eos_id]
+        target = self.prompts.text_target(answer, []) if answer else picture
+        return Sample(
+            ids=[prompt[0], *prefix, *prompt[1:], *latent, *target],
+            labels=[IGNORE] * (len(prefix) + len(prompt) + len(latent)) + target,
+        )
+
     def batch(self, size: int, rng: random.Random, mix: dict[str, float] | None = None) -> list[Sample]:
         """`size` samples drawn by `mix` (default MIX): text to image ("t2i"), questions about a photo ("qa"),
         recognition ("rec", half of them negative; "hard", its negatives all one-attribute changes), one-attribute
-        checks ("check"), questions about a creature named in words ("about") and turns after a definition
-        ("defined")."""
+        checks ("check"), questions about a creature named in words ("about"), turns after a definition
+        ("defined") and after a concept prefix spelled in words ("concept")."""
         mix = mix or MIX
         kinds = rng.choices(list(mix), weights=list(mix.values()), k=size)
         scenes: list[Scene] = []
@@ -374,6 +408,8 @@ class SampleMaker:
                 samples.append(self.check(scene.identity, image, rng))
             elif kind == "defined":
                 samples.append(self.defined(scene, image, rng))
+            elif kind == "concept":
+                samples.append(self.concept(scene, image, rng))
             else:
                 identity = next(questions)
                 samples.append(self.recognition(identity, image, identity == scene.identity, rng))

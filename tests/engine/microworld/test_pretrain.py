@@ -1,5 +1,6 @@
 """The base model's VQ loss weights the creature's small details (pattern, accessory) above body and background;
-its one-attribute yes/no checks ask about exactly one attribute, with a wrong value for the "no" ones."""
+its one-attribute yes/no checks ask about exactly one attribute, with a wrong value for the "no" ones; its concept
+turns read like the product's prompt for a concept whose rows start from a description."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
+from transformers import AutoTokenizer
 
+from engine.concepts.layout import N_GENERATION
+from engine.concepts.prompts import IGNORE
 from engine.microworld.pretrain import (
     BODY_WEIGHT,
     CHECKED,
     DETAIL_WEIGHT,
     MIX,
+    SampleMaker,
     changed,
     check_question,
     detail_weights,
@@ -21,7 +26,8 @@ from engine.microworld.pretrain import (
     parse_mix,
     with_stage,
 )
-from engine.microworld.world import Identity, Scene, render_array, sample_identity
+from engine.microworld.world import Identity, Scene, render_array, sample_identity, sample_scene
+from engine.model.loading import demo_model_dir
 
 PLAIN = Identity("circle", "red", "plain", "none", "none")
 
@@ -100,3 +106,34 @@ def test_hard_recognition_asks_about_the_creature_or_a_one_attribute_change_neve
     assert set(differences) == {0, 1}
     assert 160 < differences.count(0) < 240
     assert parse_mix("hard=0.3,qa=0.7") == {"hard": 0.3, "qa": 0.7}
+
+
+def test_a_concept_turn_spells_the_products_prefix_with_a_description_and_trains_only_the_answer() -> None:
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir())
+    vocab = tokenizer.get_vocab()
+    maker = SampleMaker(tokenizer, None, None, vocab["<racm3:break>"], vocab["<eoss>"])  # type: ignore[arg-type]
+    encode = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    rng, image = random.Random(5), [7] * 4
+    kinds = set()
+    for _ in range(60):
+        scene = sample_scene(rng)
+        sample = maker.concept(scene, image, rng)
+        name_ids = sample.ids[1 : sample.ids.index(encode(" is")[0])]
+        start = 1 + len(name_ids) + len(encode(" is"))
+        latent = sample.ids[start : start + N_GENERATION]
+        assert sample.ids[start + N_GENERATION : start + 2 * N_GENERATION] == latent
+        words = tokenizer.decode(latent)
+        after = start + 2 * N_GENERATION
+        assert sample.ids[after : after + len(encode(". "))] == encode(". ")
+        # The answer opens with the understanding set (the self-prompt), which carries no loss; the loss is on
+        # the answer or the picture alone.
+        trained = [i for i, label in enumerate(sample.labels) if label != IGNORE]
+        assert sample.ids[trained[0] - N_GENERATION : trained[0]] == latent
+        assert sample.ids[trained[-1]] == tokenizer.eos_token_id
+        assert sample.labels[: trained[0]] == [IGNORE] * trained[0]
+        target = tokenizer.decode(sample.ids[trained[0] :], skip_special_tokens=True)
+        kind = "picture" if image[0] in sample.ids[trained[0] :] else target.split()[0].rstrip(".")
+        if kind not in ("Yes", "No"):  # a drawing or a named question: the definition is the creature shown
+            assert scene.identity.describe() in words
+        kinds.add(kind)
+    assert {"picture", "Yes", "No"} <= kinds and len(kinds) > 3  # drawings, recognition and named questions
