@@ -43,6 +43,17 @@ def photo_rows(weight: torch.Tensor, image_ids: Sequence[Sequence[int]], count: 
     return rows[torch.arange(count) % k]
 
 
+def agreed_description(descriptions: Sequence[str]) -> str:
+    """The description that shares the most words with the others (the first among equals): a description of
+    one photo can misread a detail that the others get right, and the one most like the rest is the likeliest
+    to be right about all of them."""
+    if not descriptions:
+        raise ValueError("no descriptions to choose from")
+    words = [set(text.lower().replace(",", " ").replace(".", " ").split()) for text in descriptions]
+    agreement = [sum(len(mine & theirs) for j, theirs in enumerate(words) if j != i) for i, mine in enumerate(words)]
+    return descriptions[agreement.index(max(agreement))]
+
+
 def description_rows(weight: torch.Tensor, token_ids: Sequence[int], count: int) -> torch.Tensor:
     """`count` float32 rows: the embedding rows of the description's first `count` tokens, repeated from its
     start when it is shorter."""

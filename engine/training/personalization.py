@@ -26,7 +26,7 @@ from PIL import Image
 
 from engine.concepts.layout import N_GENERATION
 from engine.concepts.prompts import Sample
-from engine.concepts.start_rows import description_rows, photo_rows
+from engine.concepts.start_rows import agreed_description, description_rows, photo_rows
 from engine.concepts.state import ConceptState
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
@@ -98,7 +98,8 @@ def start_state(
     recipe: Recipe,
 ) -> ConceptState:
     """The rows a new concept trains from: the class word's, with the latent rows from the photos' image tokens
-    or from the first description's words where `recipe.start` says so (the class word's without descriptions)."""
+    or from the words of the description the others agree with most where `recipe.start` says so (the class word's
+    without descriptions)."""
     tokenizer = assistant.loaded.tokenizer
     weight = assistant.loaded.model.get_input_embeddings().weight.detach()
     latent = None
@@ -106,7 +107,7 @@ def start_state(
         latent = photo_rows(weight, photo_ids, N_GENERATION)
     elif recipe.start == "description" and descriptions:
         latent = description_rows(
-            weight, tokenizer.encode(f" {descriptions[0]}", add_special_tokens=False), N_GENERATION
+            weight, tokenizer.encode(f" {agreed_description(descriptions)}", add_special_tokens=False), N_GENERATION
         )
     return assistant.slots.initial_state(name, tokenizer, class_word(kind, facts), latent)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.concepts.start_rows import description_rows, photo_rows
+from engine.concepts.start_rows import agreed_description, description_rows, photo_rows
 
 
 def test_each_row_is_the_embedding_of_a_token_the_photos_contain() -> None:
@@ -46,3 +46,16 @@ def test_description_rows_are_its_words_in_order_repeated_when_short() -> None:
     assert [int(r[0]) // 2 for r in description_rows(weight, list(range(10)), 4)] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="no description tokens"):
         description_rows(weight, [], 4)
+
+
+def test_the_agreed_description_is_the_one_most_like_the_others() -> None:
+    descriptions = [
+        "A large red plain circle with a blue hat on grass, on the left.",
+        "A small red striped square with a blue hat at night, in the centre.",
+        "A large red striped square with a blue hat by the sea, on the right.",
+    ]
+    assert agreed_description(descriptions) == descriptions[2]
+    assert agreed_description(descriptions[:1]) == descriptions[0]
+    assert agreed_description(["A red hat.", "A blue hat."]) == "A red hat."  # a tie: the first
+    with pytest.raises(ValueError, match="no descriptions"):
+        agreed_description([])
