@@ -154,6 +154,12 @@ CONDITIONS = {
             "change: latent rows start from the words of the base model's description of a training photo",
             changes={"start": "description"},
         ),
+        Condition(
+            "description_untrained",
+            "reference: the description start rows, not trained",
+            trained=False,
+            changes={"start": "description"},
+        ),
         Condition("every_epoch", "change: no early stopping (every epoch runs)", changes={"patience": 0}),
         Condition(
             "soft_selection",
