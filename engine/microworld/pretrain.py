@@ -321,38 +321,41 @@ class SampleMaker:
         asked = shown if positive else changed(shown, attribute, rng)
         return self.answered(check_question(attribute, asked), "Yes." if positive else "No.", image)
 
+    def turn(
+        self, name: str, identity: Identity, defined: Identity, image: list[int], roll: float, rng: random.Random
+    ) -> tuple[list[int], list[int]]:
+        """(prompt, target) of a turn about `name`, defined as `defined` before it, with the photo of `identity`:
+        recognition of the photo against the definition (`roll` < 0.45), a question about the name without a
+        photo (< 0.7), or "A photo of Bo." drawn."""
+        if roll < 0.45:
+            question = rng.choice(RECOGNITION_QUESTIONS).replace("<{n}>", name)
+            answer = "Yes." if defined == identity else "No."
+            return self.prompts.prompt(question, image, []), self.prompts.text_target(answer, [])
+        if roll < 0.7:
+            _, question, answer = rng.choice(identity.questions(name))
+            return self.prompts.prompt(question, None, []), self.prompts.text_target(answer, [])
+        return self.prompts.prompt(f"A photo of {name}.", None, []), [*self.prompts.image(image), self.prompts.eos_id]
+
     def defined(self, scene: Scene, image: list[int], rng: random.Random) -> Sample:
         """A turn after a definition, as the product's concept prefix (`<bo> is <latent tokens>. `) is:
-        `Bo is a red striped circle with a blue hat. ` then recognition of the photo against the definition
-        (the photo's creature, a one-attribute change or a random one is defined), a question about the name
-        without a photo, or "A photo of Bo." drawn."""
+        `Bo is a red striped circle with a blue hat. ` then a `turn` (for recognition the photo's creature, a
+        one-attribute change or a random one is defined)."""
         name, roll = rng.choice(NAMES), rng.random()
         identity = scene.identity
-        if roll < 0.45:
-            defined = recognition_subject(identity, rng)
-            question = rng.choice(RECOGNITION_QUESTIONS).replace("<{n}>", name)
-            sample = self.answered(question, "Yes." if defined == identity else "No.", image)
-        elif roll < 0.7:
-            defined = identity
-            _, question, answer = rng.choice(identity.questions(name))
-            sample = self.prompts.sample(self.prompts.prompt(question, None, []), self.prompts.text_target(answer, []))
-        else:
-            defined = identity
-            prompt = self.prompts.prompt(f"A photo of {name}.", None, [])
-            sample = self.prompts.sample(prompt, [*self.prompts.image(image), self.prompts.eos_id])
+        defined = recognition_subject(identity, rng) if roll < 0.45 else identity
+        prompt, target = self.turn(name, identity, defined, image, roll, rng)
         definition = self.prompts.tokenizer.encode(f"{name} is a {defined.describe()}. ", add_special_tokens=False)
         return Sample(
-            ids=[sample.ids[0], *definition, *sample.ids[1:]],
-            labels=[IGNORE] * (1 + len(definition)) + sample.labels[1:],
+            ids=[prompt[0], *definition, *prompt[1:], *target],
+            labels=[IGNORE] * (len(definition) + len(prompt)) + target,
         )
 
     def concept(self, scene: Scene, image: list[int], rng: random.Random) -> Sample:
-        """A turn after the product's concept prefix, `Bo is <g1>...<g16><u1>...<u16>. `, its latent tokens
+        """A `turn` after the product's concept prefix, `Bo is <g1>...<g16><u1>...<u16>. `, its latent tokens
         spelled by a description of the defined creature as a concept's rows start from one
         (`Recipe.start="description"`, `start_rows.description_rows`): a caption of it in another pose, or its
-        attributes, the first 16 tokens repeated from the start in both sets. The turn is recognition of the
-        photo against the definition, a question about the name, or "A photo of Bo." drawn; the answer opens
-        with the understanding set, a picture with the generation set (the self-prompt, with no loss on it)."""
+        attributes, the first 16 tokens repeated from the start in both sets. The answer opens with the
+        understanding set, a picture with the generation set (the self-prompt, with no loss on it)."""
         name, roll = rng.choice(NAMES), rng.random()
         identity = scene.identity
         defined = recognition_subject(identity, rng) if roll < 0.45 else identity
@@ -362,16 +365,7 @@ class SampleMaker:
         latent = [spelled[i % len(spelled)] for i in range(N_GENERATION)]
         prefix = [*encode(f"{name} is", add_special_tokens=False), *latent, *latent]
         prefix += encode(". ", add_special_tokens=False)
-        if roll < 0.45:
-            question = rng.choice(RECOGNITION_QUESTIONS).replace("<{n}>", name)
-            prompt, answer = self.prompts.prompt(question, image, []), "Yes." if defined == identity else "No."
-        elif roll < 0.7:
-            _, question, answer = rng.choice(identity.questions(name))
-            prompt = self.prompts.prompt(question, None, [])
-        else:
-            prompt, answer = self.prompts.prompt(f"A photo of {name}.", None, []), ""
-        picture = [*self.prompts.image(image), self.prompts.eos_id]
-        target = self.prompts.text_target(answer, []) if answer else picture
+        prompt, target = self.turn(name, identity, defined, image, roll, rng)
         return Sample(
             ids=[prompt[0], *prefix, *prompt[1:], *latent, *target],
             labels=[IGNORE] * (len(prefix) + len(prompt) + len(latent)) + target,
