@@ -199,10 +199,11 @@ concept's learned tokens did not beat words, so the third run weights recognitio
 the definitions. The fourth (shipped) run continued with `--mix` stages weighted to the checks (docs/microworld.md),
 after which the checks and recognition began to be learned."""
 
-KINDS = (*MIX, "hard", "concept")
+KINDS = (*MIX, "hard", "concept", "wearing")
 """Every sample kind a mix may name: MIX's; "hard", recognition whose negatives are all one-attribute changes
-(`hard_subject`), for stages that teach the discrimination the benchmark's headline measures; and "concept", a
-turn after the product's own concept prefix (`SampleMaker.concept`)."""
+(`hard_subject`), for stages that teach the discrimination the benchmark's headline measures; "concept", a
+turn after the product's own concept prefix (`SampleMaker.concept`); and "wearing", only "What is it wearing?"
+about a photo (the accessory with its colour, the attribute photo QA read worst)."""
 
 NAMES = ("Bo", "Rex", "Mia", "Luna", "Max", "Coco", "Pip", "Kiki", "Taro", "Nemo", "Zed", "Olly", "Fig", "Juno")
 """Names the definitions give creatures; a concept's identifier token plays this part in the product."""
@@ -291,6 +292,10 @@ class SampleMaker:
         question, answer = rng.choices(pairs, weights=weights)[0]
         return self.answered(question, answer, image)
 
+    def accessory_question(self, scene: Scene, image: list[int]) -> Sample:
+        """"What is it wearing?" about the photo: `A blue hat.`"""
+        return self.answered("What is it wearing?", wearing(scene.identity), image)
+
     def describe(self, scene: Scene, image: list[int]) -> Sample:
         question, answer = scene.questions()[-1]
         return self.answered(question, answer, image)
@@ -375,7 +380,7 @@ class SampleMaker:
         """`size` samples drawn by `mix` (default MIX): text to image ("t2i"), questions about a photo ("qa"),
         recognition ("rec", half of them negative; "hard", its negatives all one-attribute changes), one-attribute
         checks ("check"), questions about a creature named in words ("about"), turns after a definition
-        ("defined") and after a concept prefix spelled in words ("concept")."""
+        ("defined") and after a concept prefix spelled in words ("concept"), and accessory questions ("wearing")."""
         mix = mix or MIX
         kinds = rng.choices(list(mix), weights=list(mix.values()), k=size)
         scenes: list[Scene] = []
@@ -396,6 +401,8 @@ class SampleMaker:
                 samples.append(self.question(scene, image, rng))
             elif kind == "describe":
                 samples.append(self.describe(scene, image))
+            elif kind == "wearing":
+                samples.append(self.accessory_question(scene, image))
             elif kind == "about":
                 samples.append(self.about(scene.identity, rng))
             elif kind == "check":

@@ -137,3 +137,16 @@ def test_a_concept_turn_spells_the_products_prefix_with_a_description_and_trains
             assert scene.identity.describe() in words
         kinds.add(kind)
     assert {"picture", "Yes", "No"} <= kinds and len(kinds) > 3  # drawings, recognition and named questions
+
+
+def test_a_wearing_sample_asks_about_the_photos_accessory_and_trains_only_its_answer() -> None:
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_dir())
+    vocab = tokenizer.get_vocab()
+    maker = SampleMaker(tokenizer, None, None, vocab["<racm3:break>"], vocab["<eoss>"])  # type: ignore[arg-type]
+    hat = Scene(Identity("circle", "red", "plain", "hat", "blue"), "large", "left", "grass")
+    sample = maker.accessory_question(hat, [7] * 4)
+    trained = [i for i, label in enumerate(sample.labels) if label != IGNORE]
+    assert "What is it wearing?" in tokenizer.decode(sample.ids[: trained[0]])
+    assert tokenizer.decode(sample.ids[trained[0] :], skip_special_tokens=True).strip() == "A blue hat."
+    assert 7 in sample.ids[: trained[0]]  # the photo is in the prompt
+    assert parse_mix("wearing=0.1,qa=0.9") == {"wearing": 0.1, "qa": 0.9}
