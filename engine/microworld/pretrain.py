@@ -293,7 +293,7 @@ class SampleMaker:
         return self.answered(question, answer, image)
 
     def accessory_question(self, scene: Scene, image: list[int]) -> Sample:
-        """"What is it wearing?" about the photo: `A blue hat.`"""
+        """Asks "What is it wearing?" about the photo: `A blue hat.`"""
         return self.answered("What is it wearing?", wearing(scene.identity), image)
 
     def describe(self, scene: Scene, image: list[int]) -> Sample:
