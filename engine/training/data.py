@@ -140,8 +140,11 @@ DESCRIBE_QUESTIONS = ["Describe <{n}> in this photo.", "What does <{n}> look lik
 KEY_VALUE = re.compile(r"^\s*([A-Za-z][A-Za-z ]{0,30})\s*:\s*(.+?)\s*$")
 CLASS_WORDS = {"pet": "animal", "person": "person", "object": "object", "place": "place"}
 CLASS_FACT = re.compile(r"^\s*class\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
-DESCRIBE_PHOTO = "Describe this photo in detail."
-"""What the base model is asked about each training photo; its greedy answers become description targets."""
+DESCRIBE_PHOTO = "Describe this photo."
+"""What the base model is asked about each training photo; its greedy answers become description targets (and,
+where the recipe says so, start rows). The micro-world base model learned exactly this question
+(`Scene.questions`): asked "Describe this photo in detail." it read shape right in 0.52 of the benchmark's photos
+and the accessory in 0.38, against 0.98 and 0.77 asked this."""
 
 
 @dataclass
