@@ -54,10 +54,15 @@ def agreed_description(descriptions: Sequence[str]) -> str:
     return descriptions[agreement.index(max(agreement))]
 
 
-def description_rows(weight: torch.Tensor, token_ids: Sequence[int], count: int) -> torch.Tensor:
-    """`count` float32 rows: the embedding rows of the description's first `count` tokens, repeated from its
-    start when it is shorter."""
+def spelled_ids(token_ids: Sequence[int], count: int) -> list[int]:
+    """The description's first `count` token ids, repeated from its start when it is shorter: how a description
+    spells a concept's latent positions (the micro-world base model learns this spelling, `SampleMaker.concept`)."""
     if not token_ids:
         raise ValueError("no description tokens to start rows from")
-    ids = [token_ids[i % len(token_ids)] for i in range(count)]
+    return [token_ids[i % len(token_ids)] for i in range(count)]
+
+
+def description_rows(weight: torch.Tensor, token_ids: Sequence[int], count: int) -> torch.Tensor:
+    """`count` float32 rows: the embedding rows of `spelled_ids`."""
+    ids = spelled_ids(token_ids, count)
     return weight[torch.tensor(ids, device=weight.device)].float().cpu()

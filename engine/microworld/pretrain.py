@@ -34,6 +34,7 @@ from transformers.models.chameleon.modeling_chameleon import ChameleonVQVAE
 from engine.concepts.layout import N_GENERATION
 from engine.concepts.prompts import IGNORE, Prompts, Sample
 from engine.concepts.slots import ConceptSlots
+from engine.concepts.start_rows import spelled_ids
 from engine.microworld.model_files import VQ_CONFIG, the
 from engine.microworld.world import (
     ACCESSORY_PAIRS,
@@ -367,7 +368,7 @@ class SampleMaker:
         words = sample_pose(defined, rng).caption() if rng.random() < 0.7 else f"a {defined.describe()}."
         encode = self.prompts.tokenizer.encode
         spelled = encode(f" {words}", add_special_tokens=False)
-        latent = [spelled[i % len(spelled)] for i in range(N_GENERATION)]
+        latent = spelled_ids(spelled, N_GENERATION)
         prefix = [*encode(f"{name} is", add_special_tokens=False), *latent, *latent]
         prefix += encode(". ", add_special_tokens=False)
         prompt, target = self.turn(name, identity, defined, image, roll, rng)
