@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue the last interrupted or cancelled run (one stopped before its first checkpoint starts again)",
+        help="continue the last interrupted or cancelled run (one stopped before its first epoch's checkpoint starts "
+        "again)",
     )
     train.add_argument("--learning-rate", type=float, default=DEFAULT.learning_rate, help="AdamW's learning rate")
     train.add_argument("--model", default="demo", help="'demo' (embedded), a model folder, or a hub id")

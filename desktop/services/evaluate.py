@@ -138,7 +138,8 @@ def _add(library: Library, concept: DatasetConcept) -> None:
 
 
 def _loss_curve(library: Library, run_id: int) -> list[dict[str, float]]:
-    return [{"epoch": c.epoch, "loss": c.metrics["loss"]} for c in library.runs.checkpoints(run_id)]
+    """Each trained epoch's mean loss (the start rows, step 0, have none)."""
+    return [{"epoch": c.epoch, "loss": c.metrics["loss"]} for c in library.runs.checkpoints(run_id) if c.step]
 
 
 def _metric_models(options: EvalOptions) -> tuple[ClipModel | None, DinoModel | None, dict[str, str]]:

@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # torch-heavy modules are imported by the functions that use 
     from engine.training.trainer import Checkpoint
 
 REPORT_EVERY_S = 1.0
-RESTARTED = "run {run} stopped before its first checkpoint"
+RESTARTED = "run {run} stopped before its first epoch's checkpoint"
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,8 @@ def gather(
 
 def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint | None, list[Scored]]:
     """The concept's latest interrupted or cancelled run, its last checkpoint and its scored checkpoints; a run
-    stopped before its first checkpoint comes with no checkpoint (it starts again from the beginning)."""
+    stopped before its first epoch's checkpoint comes with no checkpoint (it starts again from the beginning, from
+    its start rows where they were kept as step 0)."""
     from engine.concepts.state import ConceptState
     from engine.training.personalization import Scored
     from engine.training.trainer import Checkpoint
@@ -259,9 +260,6 @@ def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint | None, lis
     saved = library.runs.checkpoints(run.id)
     if not saved:
         return run, None, []
-    last = saved[-1]
-    if last.optimizer_state is None:
-        raise EngineError(f"run {run.id} of <{name}> kept no optimizer state to resume from; train <{name}> again")
     earlier = [
         Scored(
             Checkpoint(state=ConceptState.load(c.path), optimizer=b"", step=c.step, epoch=c.epoch),
@@ -269,6 +267,11 @@ def _resumable(library: Library, name: str) -> tuple[Run, Checkpoint | None, lis
         )
         for c in saved
     ]
+    last = saved[-1]
+    if last.step == 0:
+        return run, None, earlier
+    if last.optimizer_state is None:
+        raise EngineError(f"run {run.id} of <{name}> kept no optimizer state to resume from; train <{name}> again")
     losses = [loss for step, loss in library.runs.losses(run.id) if step <= last.step]
     checkpoint = Checkpoint(
         state=earlier[-1].checkpoint.state,
@@ -302,7 +305,7 @@ def train_concept(
 
     Cancelling saves a checkpoint and returns the run marked cancelled; `resume=True` continues the
     latest interrupted or cancelled run from its last checkpoint, with that run's options (a run stopped before
-    its first checkpoint starts again from the beginning, and `status` says so). With `assistant`
+    its first epoch's checkpoint starts again from the beginning, and `status` says so). With `assistant`
     (a model already loaded) no model is loaded (`options.model` and `device` are only recorded); every concept
     is detached from it before training and none is left attached afterwards. The caller must not use the
     model for anything else until this returns.
@@ -376,6 +379,8 @@ def _train(
     concept, notes = gather(library, name, options, report, assistant)
     if similarity is not None:
         concept.similarity = similarity
+    if resume_from is None and earlier:
+        concept.start = earlier[0].checkpoint.state
     if run is None:
         run = library.runs.create(name, asdict(options))
         library.runs.start(run.id)
@@ -418,8 +423,10 @@ def _train(
     def on_checkpoint(scored: Scored) -> None:
         checkpoint, metrics = scored.checkpoint, scored.metrics
         keep_losses(checkpoint.losses)
-        optimizer = library.runs.folder(run.id) / f"optimizer-{checkpoint.step:07d}.safetensors"
-        write_atomic(optimizer, checkpoint.optimizer)
+        optimizer = None
+        if checkpoint.optimizer:
+            optimizer = library.runs.folder(run.id) / f"optimizer-{checkpoint.step:07d}.safetensors"
+            write_atomic(optimizer, checkpoint.optimizer)
         row = library.runs.add_checkpoint(
             run.id,
             checkpoint.state.to_bytes(),

@@ -4,9 +4,11 @@ and the benchmark alike.
 The caller gathers what the concept is learned from (`ConceptPhotos`: its photos, the photos held out to score
 checkpoints, negatives and soft positives, however it found them); `personalize` does the rest, always the same
 way: the base model describes the photos, the concept is attached with its start rows, the samples are built,
-the start rows are checked (before the first step), the `Trainer` runs, every epoch's checkpoint is scored on the
-held-out photos and negatives, and the best one is chosen and left attached. Each check (the start rows' and every
-checkpoint's) goes to `on_check` with its scores and the one picture the scoring drew.
+the start rows are scored (before the first step) as the step-0 candidate, the `Trainer` runs, every epoch's
+checkpoint is scored on the held-out photos and negatives, and the best candidate is chosen and left attached: where
+training never beats the start rows (rows spelled from a good description can be hard to beat), the start rows are
+kept. Each check (the start rows' and every checkpoint's) goes to `on_check` with its scores and the one picture the
+scoring drew.
 
 Where recognition cannot be measured (no negatives at all, or no held-out photo) the checkpoints have no `score`;
 the best is then the one with the lowest loss on the held-out photos (their recognition and drawing samples,
@@ -131,25 +133,31 @@ CRITERIA = {"score": "held-out score", "held_out_loss": "held-out loss", "loss":
 
 
 def criterion(candidates: Sequence[Scored]) -> tuple[str, float]:
-    """The metric every candidate has that checkpoints are compared by, and its sign (1: higher is better): the
-    score; where a checkpoint has none (recognition not measured), the held-out loss, else the training loss."""
+    """The metric checkpoints are compared by, and its sign (1: higher is better): the score where every candidate
+    has one; else (recognition not measured) the held-out loss, else the training loss (which the start rows, never
+    trained on, lack)."""
     if all(c.metrics.get("score") is not None for c in candidates):
         return "score", 1.0
     key = "held_out_loss" if all(c.metrics.get("held_out_loss") is not None for c in candidates) else "loss"
     return key, -1.0
 
 
+def ranked(candidates: Sequence[Scored]) -> list[tuple[float, int, Scored]]:
+    """The candidates that have the `criterion`'s value, as (value with higher better, step, candidate) by step."""
+    key, sign = criterion(candidates)
+    found = [(sign * c.metrics[key], c.checkpoint.step, c) for c in candidates if c.metrics.get(key) is not None]
+    return sorted(found, key=lambda item: item[1])
+
+
 def best(candidates: Sequence[Scored]) -> Scored:
     """The best checkpoint by `criterion`; the later one among equals."""
-    key, sign = criterion(candidates)
-    return max(candidates, key=lambda c: (sign * c.metrics[key], c.checkpoint.step))
+    return max(ranked(candidates), key=lambda item: item[:2])[2]
 
 
 def epochs_without_improvement(candidates: Sequence[Scored]) -> int:
     """How many checkpoints came after the first one to reach the best value by `criterion` (a tie is no
     improvement)."""
-    key, sign = criterion(candidates)
-    values = [sign * c.metrics[key] for c in sorted(candidates, key=lambda c: c.checkpoint.step)]
+    values = [value for value, _step, _c in ranked(candidates)]
     return len(values) - 1 - values.index(max(values))
 
 
@@ -190,11 +198,11 @@ def personalize(
 ) -> Personalized:
     """Train `concept` by `recipe` on the assistant's model and attach the best checkpoint's rows.
 
-    `on_checkpoint` gets every scored checkpoint as it is made (to store it), then `on_check` its check; `on_check`
-    also gets the start rows' check before the first step (not when resuming). `resume` continues a run from its
-    last checkpoint, and `earlier` are that run's checkpoints scored before it stopped: the best is chosen among
-    them too. Cancelling raises `TrainingCancelled` after the cancel checkpoint went to the trainer's callback.
-    The concept must not be attached yet; it is left attached.
+    `on_checkpoint` gets every scored checkpoint as it is made (to store it), then `on_check` its check; the first is
+    the start rows' (step 0, no optimizer moments and no training loss), made before the first step unless `earlier`
+    has it. `resume` continues a run from its last checkpoint, and `earlier` are that run's checkpoints scored
+    before it stopped: the best is chosen among them too. Cancelling raises `TrainingCancelled` after the cancel
+    checkpoint went to the trainer's callback. The concept must not be attached yet; it is left attached.
     """
     if assistant.prompts.layout != recipe.layout:
         raise EngineError("the assistant's prompt layout differs from the recipe's")
@@ -249,17 +257,8 @@ def personalize(
             soft=recipe.soft_selection,
         )
 
-    if resume is None and on_check is not None:
-        report("checking the start rows before training")
-        before = check()
-        on_check(Check(0, before.as_dict(), before.picture))
-
-    def on_epoch(checkpoint: Checkpoint) -> None:
-        nonlocal stopping
-        report(f"scoring the checkpoint at step {checkpoint.step}")
-        scores = check()
-        window = checkpoint.losses[-trainer.steps_per_epoch :]
-        metrics = {**scores.as_dict(), "loss": sum(window) / max(len(window), 1)}
+    def keep(checkpoint: Checkpoint, scores: Scores, loss: float | None) -> None:
+        metrics = scores.as_dict() if loss is None else {**scores.as_dict(), "loss": loss}
         if held_samples:
             metrics["held_out_loss"] = held_out_loss(trainer, held_samples)
         result = Scored(checkpoint, metrics)
@@ -268,6 +267,16 @@ def personalize(
             on_checkpoint(result)
         if on_check is not None:
             on_check(Check(checkpoint.step, result.metrics, scores.picture))
+
+    if resume is None and not any(c.checkpoint.step == 0 for c in scored):
+        report("checking the start rows before training")
+        keep(Checkpoint(optimizer=b"", step=0, epoch=0, state=assistant.slots.state(name)), check(), None)
+
+    def on_epoch(checkpoint: Checkpoint) -> None:
+        nonlocal stopping
+        report(f"scoring the checkpoint at step {checkpoint.step}")
+        window = checkpoint.losses[-trainer.steps_per_epoch :]
+        keep(checkpoint, check(), sum(window) / max(len(window), 1))
         stale = epochs_without_improvement(scored)
         if recipe.patience and stale >= recipe.patience and not checkpoint.final:
             stopping = True
@@ -276,6 +285,8 @@ def personalize(
 
     losses = trainer.run(progress, cancelled, on_epoch, resume, stop=lambda: stopping)
     chosen = best(scored)
+    if chosen.checkpoint.step == 0:
+        report(f"kept the start rows: no checkpoint beat them on the {CRITERIA[criterion(scored)[0]]}")
     assistant.slots.load(name, chosen.checkpoint.state)
     epochs = len(losses) // trainer.steps_per_epoch
     return Personalized(chosen, len(samples), len(losses), epochs, losses, stopping)

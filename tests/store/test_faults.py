@@ -262,7 +262,7 @@ def test_killed_training_resumes_without_a_duplicate_version(tmp_path: Path) -> 
     with Library.open(root) as library:
         killed, lost = library.runs.list("bo")
         assert killed.status == "failed" and "interrupted" in (killed.error or "")
-        assert [c.epoch for c in library.runs.checkpoints(killed.id)] == [1, 2]
+        assert [c.epoch for c in library.runs.checkpoints(killed.id)] == [0, 1, 2]
         assert len(library.tokens.versions("bo")) == 1
     last = familiar_killed_at([], root, *train, "--resume")
     assert last.returncode == 0, last.stderr

@@ -48,11 +48,11 @@ def test_resume_after_a_kill_before_the_first_checkpoint_starts_the_run_again(
 
     assert main(["--data-dir", str(data), "train", "bo", "--resume"]) == 0
     out, err = capsys.readouterr()
-    assert f"run {run.id} stopped before its first checkpoint; starting it again from the beginning" in err
+    assert f"run {run.id} stopped before its first epoch's checkpoint; starting it again from the beginning" in err
     assert "trained <bo>" in out
     with Library.open(data) as library:
         finished = library.runs.get(run.id)
-        assert finished.status == "done" and [c.epoch for c in library.runs.checkpoints(run.id)] == [1]
+        assert finished.status == "done" and [c.epoch for c in library.runs.checkpoints(run.id)] == [0, 1]
         assert library.concepts.get("bo").state == "trained"
         assert any("started again from the beginning" in line.message for line in library.runs.log_lines(run.id))
         assert [r.id for r in library.runs.list("bo")] == [run.id]

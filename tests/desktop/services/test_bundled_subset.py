@@ -100,7 +100,9 @@ def test_with_one_photo_and_no_negatives_the_training_loss_chooses(tmp_path: Pat
         run = train_concept(library, "bo", TrainOptions(**{**vars(SMALL), "bundled_index": False}))
         checkpoints = library.runs.checkpoints(run.id)
         assert all(c.metrics["recognition_positive"] is None and "held_out_loss" not in c.metrics for c in checkpoints)
-        assert run.metrics["best_step"] == min(checkpoints, key=lambda c: (c.metrics["loss"], -c.step)).step
+        start, *trained = checkpoints
+        assert start.step == 0 and "loss" not in start.metrics  # the start rows: no training loss, not a candidate
+        assert run.metrics["best_step"] == min(trained, key=lambda c: (c.metrics["loss"], -c.step)).step
         assert any("chosen by the training loss" in m and warning for m, warning in _log(library, run.id))
 
 

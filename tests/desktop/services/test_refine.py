@@ -38,8 +38,9 @@ def test_training_an_instant_concept_starts_from_its_rows(tmp_path: Path, dreamb
         instant = ConceptState.from_bytes(library.tokens.read_bytes(library.tokens.active("bo")))
         updates: list[Progress] = []
         run = train_concept(library, "bo", QUICK, progress=updates.append, cancelled=lambda: len(updates) >= 1)
-        checkpoint = library.runs.checkpoints(run.id)[0]
+        kept, checkpoint = library.runs.checkpoints(run.id)
         first = ConceptState.load(checkpoint.path)
+        assert kept.step == 0 and torch.equal(ConceptState.load(kept.path).embed, instant.embed)  # the start rows
     assert run.status == "cancelled" and checkpoint.step == 1
 
     # One AdamW step moves every element by at most the learning rate (plus float32 rounding at the rows'

@@ -1,5 +1,5 @@
 """Early stopping: a run with patience ends (done, not cancelled) once the held-out score stops improving and keeps
-its best checkpoint; patience 0 runs every epoch."""
+its best checkpoint, the start rows (step 0) included; patience 0 runs every epoch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from PIL import Image
 from engine.inference.assistant import Assistant
 from engine.microworld.world import BACKGROUNDS, Scene, render, sample_identity
 from engine.model.loading import load_model
-from engine.training.personalization import ConceptPhotos, Scored, encode, epochs_without_improvement, personalize
+from engine.training.personalization import (
+    ConceptPhotos,
+    Scored,
+    best,
+    encode,
+    epochs_without_improvement,
+    personalize,
+)
 from engine.training.recipe import Recipe
 from engine.training.trainer import Checkpoint
 
@@ -33,16 +40,16 @@ def _threads() -> None:
     torch.set_num_threads(2)
 
 
-def _concept(assistant: Assistant) -> ConceptPhotos:
+def _concept(assistant: Assistant, peak: int) -> ConceptPhotos:
     rng = random.Random(3)
     identity = sample_identity(rng)
     photos = [render(Scene(identity, "large", "centre", b)) for b in list(BACKGROUNDS)[:3]]
     others = [render(Scene(sample_identity(rng), "large", "centre", b)) for b in list(BACKGROUNDS)[:2]]
-    scores = iter([1.0] + [-1.0] * 10)
+    scores = iter([-1.0] * peak + [1.0] + [-1.0] * 10)
 
     def falling(_generated: Sequence[Image.Image], _real: Sequence[Image.Image]) -> float:
-        """The first checkpoint's drawing is the most similar; none after it comes close (score = mean of
-        recognition in [0, 1] and this)."""
+        """The drawing of check number `peak` (0: the start rows') is the most similar; none after it comes close
+        (score = mean of recognition in [0, 1] and this)."""
         return next(scores)
 
     return ConceptPhotos(
@@ -50,13 +57,13 @@ def _concept(assistant: Assistant) -> ConceptPhotos:
     )
 
 
-def _run(patience: int) -> tuple[Assistant, list[Scored], list[str], object]:
+def _run(patience: int, peak: int = 1) -> tuple[Assistant, list[Scored], list[str], object]:
     assistant = Assistant(load_model("demo", device="cpu"))
     scored: list[Scored] = []
     lines: list[str] = []
     result = personalize(
         assistant,
-        _concept(assistant),
+        _concept(assistant, peak),
         Recipe(**{**vars(RECIPE), "patience": patience}),
         on_checkpoint=scored.append,
         status=lambda m: lines.append(str(m)),
@@ -66,18 +73,32 @@ def _run(patience: int) -> tuple[Assistant, list[Scored], list[str], object]:
 
 def test_patience_stops_when_the_held_out_score_stops_improving_and_keeps_the_best() -> None:
     assistant, scored, lines, result = _run(patience=2)
-    assert [s.checkpoint.epoch for s in scored] == [1, 2, 3]  # epoch 4 of 4 never ran
+    assert [s.checkpoint.epoch for s in scored] == [0, 1, 2, 3]  # epoch 4 of 4 never ran
+    assert scored[0].checkpoint.step == 0 and "loss" not in scored[0].metrics and not scored[0].checkpoint.optimizer
     assert result.epochs == 3 and not scored[-1].checkpoint.final and result.stopped_early
     assert result.steps == len(result.losses) == scored[-1].checkpoint.step
     assert "stopped early at epoch 3: no better held-out score for 2 epochs" in lines
-    assert result.chosen is scored[0] and scored[0].metrics["score"] > max(s.metrics["score"] for s in scored[1:])
+    assert result.chosen is scored[1] and scored[1].metrics["score"] > max(
+        s.metrics["score"] for s in scored if s is not scored[1]
+    )
+    attached = assistant.slots.state("bo")
+    assert torch.equal(attached.embed, scored[1].checkpoint.state.embed)
+
+
+def test_start_rows_no_epoch_beats_are_kept() -> None:
+    assistant, scored, lines, result = _run(patience=2, peak=0)
+    assert [s.checkpoint.epoch for s in scored] == [0, 1, 2] and result.stopped_early
+    assert "stopped early at epoch 2: no better held-out score for 2 epochs" in lines
+    assert "kept the start rows: no checkpoint beat them on the held-out score" in lines
+    assert result.chosen is scored[0]
     attached = assistant.slots.state("bo")
     assert torch.equal(attached.embed, scored[0].checkpoint.state.embed)
+    assert not torch.equal(attached.embed, scored[-1].checkpoint.state.embed)
 
 
 def test_patience_zero_runs_every_epoch() -> None:
     _, scored, lines, result = _run(patience=0)
-    assert [s.checkpoint.epoch for s in scored] == [1, 2, 3, 4] and scored[-1].checkpoint.final
+    assert [s.checkpoint.epoch for s in scored] == [0, 1, 2, 3, 4] and scored[-1].checkpoint.final
     assert not result.stopped_early and not any("stopped early" in line for line in lines)
 
 
@@ -90,3 +111,6 @@ def test_a_tie_is_no_improvement_and_without_a_score_the_held_out_loss_counts() 
     losses = [_scored(1, score=None, held_out_loss=2.0, loss=1.0), _scored(2, score=None, held_out_loss=1.5, loss=3.0)]
     assert epochs_without_improvement(losses) == 0
     assert epochs_without_improvement([*losses, _scored(3, score=None, held_out_loss=1.6, loss=0.1)]) == 1
+    start = _scored(0, score=None)
+    assert epochs_without_improvement([start, _scored(1, score=None, loss=2.0), _scored(2, score=None, loss=1.0)]) == 0
+    assert best([start, _scored(1, score=None, loss=2.0), _scored(2, score=None, loss=3.0)]).checkpoint.step == 1
