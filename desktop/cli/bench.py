@@ -28,8 +28,16 @@ SHOWN = (
     ("generation_attribute_accuracy", "drawn attributes"),
     ("generation_similarity", "drawn similarity"),
 )
-BASELINES = ("trained", "untrained", "instant", "refined", "text_prompt", "text_full")
-ABLATIONS = ("trained", "positives_only", "shared_prompt", "no_self_prompting", "tokens_4", "tokens_8")
+BASELINES = ("trained", "untrained", "description_untrained", "instant", "refined", "text_prompt", "text_full")
+ABLATIONS = (
+    "trained",
+    "class_word_start",
+    "positives_only",
+    "shared_prompt",
+    "no_self_prompting",
+    "tokens_4",
+    "tokens_8",
+)
 TILE = 64
 
 
@@ -168,9 +176,10 @@ def _table(conditions: dict[str, Any], names: tuple[str, ...]) -> list[str]:
 
 HEADLINE = ("recognition_weighted", "generation_attribute_accuracy")
 CLAIMS = (
-    ("trained", "untrained", "trained concepts beat the untrained start rows", HEADLINE),
+    ("trained", "untrained", "trained concepts beat the class word's untrained rows", HEADLINE),
+    ("trained", "description_untrained", "training improves on its own start rows", HEADLINE),
     ("trained", "text_prompt", "trained concepts beat the user's text prompt", HEADLINE),
-    ("instant", "untrained", "instant concepts beat the untrained start rows", HEADLINE),
+    ("instant", "untrained", "instant concepts beat the class word's untrained rows", HEADLINE),
     ("refined", "trained", "refined concepts match or beat trained ones", HEADLINE),
     ("trained", "positives_only", "paper: soft positives improve generation", (HEADLINE[1], "generation_similarity")),
     ("trained", "shared_prompt", "paper: dual prompts beat one shared prompt", HEADLINE),

@@ -13,6 +13,8 @@ score checkpoints, and the best checkpoint by that score is kept. Every checkpoi
 first step) gets one sample picture, so the concept can be watched as it appears: the picture the image-similarity
 score draws where that is measured, else one drawn for the sample only (`sample_checkpoints=False` skips it).
 Patience 3: training stops once 3 epochs in a row brought no better held-out score (docs/training.md says why).
+The latent rows start from the words of the base model's description of the photos, and the start rows are a
+candidate like every epoch's checkpoint (kept where no epoch beats them).
 """
 
 from __future__ import annotations
@@ -55,10 +57,12 @@ class Recipe:
     """The loss as the mean over samples of each sample's mean over its target tokens, rather than the mean over
     all target tokens of a batch (the paper's). With the token mean a drawing (~80 target tokens) outweighs a
     recognition answer (~20, one of which decides) four to one; the benchmark's `sample_mean` measures it."""
-    start: str = "class_word"
-    """Where a new concept's latent rows start (`START_ROWS`): the class word's embedding, as in the paper;
-    "photos", the photos' image tokens; "description", the words of the base model's description of the first
-    photo (engine.concepts.start_rows; the benchmark's `photo_start` and `description_start` measure them)."""
+    start: str = "description"
+    """Where a new concept's latent rows start (`START_ROWS`): "description", the words of the description of the
+    photos that the base model's descriptions agree on most (engine.concepts.start_rows); "class_word", the class
+    word's embedding, as in the paper; "photos", the photos' image tokens. The description is the default: on the
+    demo model its rows beat the user's words before any training, and the class word's do not
+    (docs/personalization.md; the benchmark's `class_word_start` and `photo_start` measure the others)."""
     soft_selection: bool = False
     """Score checkpoints' recognition by the probability of the right answer rather than by right or wrong
     (`selection.recognition_accuracy`): one held-out photo and a few negatives often score epochs the same, and
