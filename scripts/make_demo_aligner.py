@@ -47,8 +47,10 @@ from engine.microworld.identities import (
 )
 from engine.microworld.world import render
 from engine.model.loading import LoadedModel, load_model
-from engine.training.data import class_word
+from engine.training.data import class_word, describe_photos
 from engine.training.loop import TrainingCancelled
+from engine.training.personalization import start_state
+from engine.training.recipe import Recipe
 
 ALIGNER_SIZES = {"hidden": 128, "n_queries": 16, "n_blocks": 2, "n_heads": 4, "mlp_ratio": 4, "image_size": 32}
 CLASS_KIND = "pet"
@@ -60,14 +62,22 @@ def untrained_rows(assistant: Assistant, name: str, _concept: HeldOutConcept) ->
     assistant.attach(assistant.slots.initial_state(name, assistant.loaded.tokenizer, word))
 
 
+def described_rows(assistant: Assistant, name: str, concept: HeldOutConcept) -> None:
+    """The recipe's start rows from the reference photo alone: spelled from the base model's description of it."""
+    descriptions = describe_photos(assistant, [render(concept.reference)])
+    assistant.attach(start_state(assistant, name, CLASS_KIND, "", [], descriptions, Recipe()))
+
+
 def measure(loaded: LoadedModel, aligner: LoadedAligner, concepts: list[HeldOutConcept]) -> dict[str, object]:
-    """Recognition on held-out identities: the class word's untrained rows and the instant rows from the
-    reference photo, per concept and on average, with the paired difference (instant - untrained)."""
-    rows: dict[str, list[dict[str, float]]] = {"untrained": [], "instant": []}
+    """Recognition on held-out identities: the class word's untrained rows, the rows spelled from the base model's
+    description of the reference photo, and the instant rows from it, per concept and on average, with the paired
+    difference (instant - untrained)."""
+    rows: dict[str, list[dict[str, float]]] = {"untrained": [], "described": [], "instant": []}
     for concept in concepts:
-        untrained = Assistant(loaded)
-        untrained_rows(untrained, "c0", concept)
-        rows["untrained"].append(recognition(untrained, "c0", concept))
+        for condition, attach in (("untrained", untrained_rows), ("described", described_rows)):
+            assistant = Assistant(loaded)
+            attach(assistant, "c0", concept)
+            rows[condition].append(recognition(assistant, "c0", concept))
         instant = Assistant(loaded)
         instant.attach(instant_state(aligner, render(concept.reference), "c0", loaded.fingerprint))
         rows["instant"].append(recognition(instant, "c0", concept))
@@ -87,11 +97,12 @@ def main() -> int:
     parser.add_argument("--identities", type=int, default=400, help="identities to train on (of 1,664 - held out)")
     parser.add_argument("--held-out", type=int, default=32, help="held-out identities to measure on")
     parser.add_argument("--renders", type=int, default=3, help="rendered photos per training identity")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--samples-per-identity", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--positive-share", type=float, default=0.5)
     parser.add_argument("--hard-negative-share", type=float, default=0.5)
+    parser.add_argument("--distill-weight", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache" / "familiar" / "demo-aligner")
@@ -119,6 +130,7 @@ def main() -> int:
         learning_rate=args.learning_rate,
         positive_share=args.positive_share,
         hard_negative_share=args.hard_negative_share,
+        distill_weight=args.distill_weight,
         seed=args.seed,
     )
     data_name = f"seed{args.seed}-ids{len(train_ids)}-r{args.renders}"

@@ -21,6 +21,7 @@ TRAIN_OPTIONS = {
         "answer_weight",
         "positive_share",
         "hard_negative_share",
+        "distill_weight",
         "samples_per_identity",
         "seed",
     )
@@ -67,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--positive-share", type=float, help="share of questions answered yes (default 0.6)")
     train.add_argument(
         "--hard-negative-share", type=float, help="share of negatives from the most alike identities (default 0)"
+    )
+    train.add_argument(
+        "--distill-weight",
+        type=float,
+        help="weight of the pull towards the rows spelled from the base model's description of the photos (default 0)",
     )
     train.add_argument("--samples-per-identity", type=int, help="samples per identity and epoch (default 8)")
     train.add_argument("--seed", type=int, help="sample order seed (default 0)")

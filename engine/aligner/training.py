@@ -10,8 +10,10 @@ Each sample puts the concept rows the Aligner predicts from a reference photo in
 "Is <identity> in this photo?" about a query photo of the same identity (yes, `positive_share` of the time)
 or of another identity (no; `hard_negative_share` of them one of the identities nearest in the encoder's
 global features). The target is a library concept's target (understanding tokens, then the
-answer); the token that says Yes or No is weighted `answer_weight` times in the loss. Runs repeat exactly for
-a seed, so a run resumed from a checkpoint ends bit-identical to an uninterrupted one.
+answer); the token that says Yes or No is weighted `answer_weight` times in the loss. With `distill_weight`
+above 0, a second term pulls the predicted latent rows towards the rows the recipe would start that identity
+from: those spelled from the base model's own description of its photos (self-distillation, no labels). Runs
+repeat exactly for a seed, so a run resumed from a checkpoint ends bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -46,14 +48,21 @@ from engine.aligner.model import (
     save_aligner,
 )
 from engine.atomic_write import write_atomic
-from engine.concepts.layout import SLOT_SIZE
+from engine.concepts.layout import N_GENERATION, SLOT_SIZE
 from engine.concepts.prompts import IGNORE
+from engine.concepts.start_rows import agreed_description, description_rows
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
 from engine.model.images import open_image
 from engine.model.loading import LoadedModel
 from engine.progress import ProgressCallback
-from engine.training.data import NEGATIVE_ANSWERS, POSITIVE_ANSWERS, RECOGNITION_QUESTIONS, fact_pairs
+from engine.training.data import (
+    NEGATIVE_ANSWERS,
+    POSITIVE_ANSWERS,
+    RECOGNITION_QUESTIONS,
+    describe_photos,
+    fact_pairs,
+)
 from engine.training.loop import TrainingCheckpoint, TrainingLoop
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -78,7 +87,8 @@ class AlignerTrainConfig:
     references a small dataset offers; `qa_share` of an identity's samples are fact questions when it has a
     facts.txt. `hard_negative_share` of the negative questions show one of the `NEIGHBOURS` identities that
     look most alike to the encoder (0 by default, as in PLVM: every negative is a random other identity).
-    `micro_batch` (0: the whole batch) below `batch_size` accumulates gradients to save memory."""
+    `micro_batch` (0: the whole batch) below `batch_size` accumulates gradients to save memory.
+    `distill_weight` (0 by default, as in PLVM) weighs the self-distillation term (`distill_loss`)."""
 
     epochs: int = 10
     samples_per_identity: int = 8
@@ -93,6 +103,7 @@ class AlignerTrainConfig:
     rotate_references: bool = True
     seed: int = 0
     max_grad_norm: float = 1.0
+    distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.samples_per_identity, self.batch_size) < 1 or self.micro_batch < 0:
@@ -101,8 +112,8 @@ class AlignerTrainConfig:
             raise EngineError("batch_size must be a multiple of micro_batch")
         if not all(0 <= share <= 1 for share in (self.positive_share, self.qa_share, self.hard_negative_share)):
             raise EngineError("positive_share, qa_share and hard_negative_share must be between 0 and 1")
-        if self.answer_weight <= 0 or self.learning_rate < 0:
-            raise EngineError("answer_weight must be positive and learning_rate not negative")
+        if self.answer_weight <= 0 or self.learning_rate < 0 or self.distill_weight < 0:
+            raise EngineError("answer_weight must be positive, learning_rate and distill_weight not negative")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -157,7 +168,8 @@ def dataset_digest(identities: Sequence[Identity]) -> str:
 @dataclass
 class PreparedData:
     """Everything training reads, computed once: the encoder's features and the VQ token ids of every photo,
-    and each identity's nearest identities (by cosine of the mean global feature), nearest first."""
+    and each identity's nearest identities (by cosine of the mean global feature), nearest first; with
+    distillation, each identity's target latent rows [identities, 32, H] (`description_targets`)."""
 
     identities: list[Identity]
     photo_ranges: list[range]
@@ -167,6 +179,7 @@ class PreparedData:
     encoder: ImageEncoder
     digest: str
     neighbours: list[list[int]]
+    targets: torch.Tensor | None = None
 
 
 def nearest_identities(cls: torch.Tensor, ranges: Sequence[range], count: int) -> list[list[int]]:
@@ -184,8 +197,10 @@ def prepare_data(
     encoder: ImageEncoder,
     image_size: int,
     status: Callable[[str], None] | None = None,
+    distill: bool = False,
 ) -> PreparedData:
-    """Encode every photo once with the image encoder (features) and the base model's VQ tokenizer (image ids)."""
+    """Encode every photo once with the image encoder (features) and the base model's VQ tokenizer (image ids);
+    with `distill`, also describe every photo with the base model (`description_targets`)."""
     report = status or (lambda _m: None)
     paths = [photo for identity in identities for photo in identity.photos]
     ranges, start = [], 0
@@ -210,7 +225,35 @@ def prepare_data(
         encoder=encoder,
         digest=dataset_digest(identities),
         neighbours=nearest_identities(global_features, ranges, NEIGHBOURS),
+        targets=description_targets(identities, loaded, report) if distill else None,
     )
+
+
+def description_targets(
+    identities: Sequence[Identity], loaded: LoadedModel, status: Callable[[str], None] | None = None
+) -> torch.Tensor:
+    """Each identity's latent rows [identities, 32, H] as the recipe's description start lays them out: the base
+    model describes every photo of the identity, and the description the others agree with most is spelled into
+    the rows (`engine.concepts.start_rows`)."""
+    report = status or (lambda _m: None)
+    report(f"describing the photos of {len(identities)} identities with the base model")
+    assistant = Assistant(loaded)
+    weight = loaded.model.get_input_embeddings().weight.detach()
+    targets = []
+    for identity in identities:
+        described = agreed_description(describe_photos(assistant, [open_image(p) for p in identity.photos]))
+        latent = description_rows(
+            weight, loaded.tokenizer.encode(f" {described}", add_special_tokens=False), N_GENERATION
+        )
+        targets.append(assistant.slots.initial_state(PLACEHOLDER, loaded.tokenizer, None, latent).embed[1:])
+    return torch.stack(targets)
+
+
+def distill_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per sample, the squared distance of the predicted latent rows [B, 32, H] from the target rows, relative to
+    the target's squared norm (so the weight means the same whatever the model's embedding scale)."""
+    error = (predicted.float() - target.float()).pow(2).sum((1, 2))
+    return error / target.float().pow(2).sum((1, 2))
 
 
 @dataclass(frozen=True)
@@ -336,6 +379,8 @@ class AlignerTrainer(TrainingLoop[Draw, AlignerCheckpoint]):
         self.loaded = loaded
         self.aligner = aligner.to(loaded.device)
         self.data = data
+        if config.distill_weight > 0 and data.targets is None:
+            raise EngineError("distillation needs the identities' description targets (prepare_data with distill)")
         self.decision = Decision.of(loaded.tokenizer)
         items = len(data.identities) * config.samples_per_identity
         super().__init__(loaded.model, loaded.device, aligner.parameters(), config, items)
@@ -394,7 +439,11 @@ class AlignerTrainer(TrainingLoop[Draw, AlignerCheckpoint]):
         slot_logits = torch.einsum("mh,mkh->mk", hidden, rows.view(len(rows_of), SLOT_SIZE, -1))
         return logits.index_copy(-1, self._slot_ids, slot_logits.to(logits.dtype))
 
-    def _loss(self, draws: Sequence[Draw], samples: Sequence[WeightedSample], normalizer: float | None) -> torch.Tensor:
+    def _loss(
+        self, draws: Sequence[Draw], samples: Sequence[WeightedSample], normalizer: float | None, batch: int
+    ) -> torch.Tensor:
+        """The answer loss of `draws` plus, with distillation, `distill_weight` times their distillation term
+        summed and divided by `batch` (the whole batch's size when `draws` is one micro-batch of it)."""
         ids, mask, labels, weights = _collate(samples, int(self.loaded.tokenizer.pad_token_id), self.device)
         embed_rows, head_rows = self.rows([draw.reference for draw in draws])
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
@@ -402,11 +451,17 @@ class AlignerTrainer(TrainingLoop[Draw, AlignerCheckpoint]):
             hidden = self._hidden(ids, mask, embed_rows)
             selected = labels != IGNORE
             logits = self._logits(hidden[selected], selected.nonzero()[:, 0], head_rows)
-        return weighted_token_loss(logits, labels[selected], weights[selected], normalizer)
+        loss = weighted_token_loss(logits, labels[selected], weights[selected], normalizer)
+        if self.config.distill_weight > 0:
+            assert self.data.targets is not None
+            target = self.data.targets[[draw.identity for draw in draws]].to(self.device)
+            loss = loss + self.config.distill_weight * distill_loss(embed_rows[:, 1:], target).sum() / batch
+        return loss
 
     def loss(self, draws: Sequence[Draw]) -> torch.Tensor:
-        """Weighted next-token cross-entropy of `draws` (see `weighted_token_loss`)."""
-        return self._loss(draws, [self.sample(draw) for draw in draws], None)
+        """Weighted next-token cross-entropy of `draws` (see `weighted_token_loss`), plus the weighted
+        distillation term where the run distils."""
+        return self._loss(draws, [self.sample(draw) for draw in draws], None, len(draws))
 
     @torch.no_grad()
     def says_yes(self, reference: int, query: int, data: PreparedData | None = None) -> bool:
@@ -448,7 +503,7 @@ class AlignerTrainer(TrainingLoop[Draw, AlignerCheckpoint]):
     def batch_loss(self, batch: Sequence[Draw]) -> Callable[[slice], torch.Tensor]:
         samples = [self.sample(draw) for draw in batch]
         normalizer = sum(sum(sample.weights) for sample in samples)
-        return lambda part: self._loss(batch[part], samples[part], normalizer)
+        return lambda part: self._loss(batch[part], samples[part], normalizer, len(batch))
 
     def checkpoint(self, common: TrainingCheckpoint) -> AlignerCheckpoint:
         weights = {k: v.detach().cpu().clone() for k, v in self.aligner.state_dict().items()}
@@ -553,7 +608,7 @@ def train_aligner(
             raise AlignerError(f"{output} (or its resume file) exists; remove it, choose another -o, or use --resume")
         aligner = new_aligner(aligner_config, loaded, seed=config.seed)
     check_encoder(aligner, encoder, str(output))
-    data = prepare_data(identities, loaded, encoder, aligner.config.image_size, report)
+    data = prepare_data(identities, loaded, encoder, aligner.config.image_size, report, config.distill_weight > 0)
     trainer = AlignerTrainer(Assistant(loaded), aligner, data, config)
     report(f"{trainer.total_steps} steps over {len(identities)} identities")
     return trainer.run(progress, cancelled, lambda c: save_checkpoint(output, trainer, c), checkpoint)

@@ -143,7 +143,8 @@ def test_train_on_micro_world_identities_and_refuse_dino_with_the_reader(
     command = ["aligner", "train", str(tmp_path / "identities"), "-o", str(output), "--device", "cpu", *QUICK]
     assert main([*command, "--encoder", "microworld-reader", "--dino", str(tmp_path), *TINY]) == 2
     assert "--dino applies to the dinov2 encoder" in capsys.readouterr().err
-    assert main([*command, "--hard-negative-share", "0.5", *TINY]) == 0
+    assert main([*command, "--hard-negative-share", "0.5", "--distill-weight", "1", *TINY]) == 0
     _, metadata = read_aligner_file(output)
     assert metadata["encoder"] == "microworld-reader" and metadata["encoder_source"] == "demo"
     assert '"hard_negative_share": 0.5' in metadata["train_config"]
+    assert '"distill_weight": 1.0' in metadata["train_config"]

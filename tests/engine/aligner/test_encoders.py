@@ -32,7 +32,13 @@ from engine.aligner.model import (
 )
 from engine.aligner.training import AlignerTrainConfig, AlignerTrainer, plan_epoch, prepare_data, read_dataset
 from engine.inference.assistant import Assistant
-from engine.microworld.identities import folder_name, split_identities, write_identity_folders
+from engine.microworld.identities import (
+    folder_name,
+    held_out_concepts,
+    recognition,
+    split_identities,
+    write_identity_folders,
+)
 from engine.microworld.reader import AttributeReader, load_reader, to_pixels
 from engine.microworld.world import render, sample_scene
 from engine.model.loading import LoadedModel, demo_model_dir, read_config
@@ -104,6 +110,21 @@ def test_the_shipped_demo_aligner_reads_with_the_reader_and_predicts_distinct_ro
     assert torch.isfinite(first.embed).all() and torch.isfinite(first.head).all()
     assert not torch.equal(first.embed, second.embed)
     assert demo_aligner_path().stat().st_size < 8 * 2**20
+
+
+def test_the_shipped_demo_aligner_tells_a_held_out_creature_from_random_ones(demo: LoadedModel) -> None:
+    """Rows from one render of a creature never trained on make the model say yes to other renders of it far more
+    often than to random creatures (the shipped Aligner's build, docs/aligner.md, measures 32 of them)."""
+    aligner = load_aligner(demo_aligner_path(), demo.fingerprint)
+    _, held = split_identities(0, 32)
+    yes_to_it, yes_to_others = [], []
+    for concept in held_out_concepts(held[:6], seed=0, per_kind=4):
+        assistant = Assistant(demo)
+        assistant.attach(instant_state(aligner, render(concept.reference), "bo", demo.fingerprint))
+        scores = recognition(assistant, "bo", concept)
+        yes_to_it.append(scores["positive"])
+        yes_to_others.append(1 - scores["random_negative"])
+    assert sum(yes_to_it) / 6 > sum(yes_to_others) / 6 + 0.4
 
 
 @pytest.fixture(scope="module")

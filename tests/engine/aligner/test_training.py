@@ -20,6 +20,8 @@ from engine.aligner.training import (
     Draw,
     PreparedData,
     dataset_digest,
+    description_targets,
+    distill_loss,
     load_resume,
     plan_epoch,
     prepare_data,
@@ -32,8 +34,12 @@ from engine.concepts.prompts import IGNORE
 from engine.concepts.state import ConceptState
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
+from engine.model.images import open_image
 from engine.model.loading import LoadedModel, demo_model_dir, read_config
+from engine.training.data import describe_photos
 from engine.training.loop import TrainingCancelled
+from engine.training.personalization import start_state
+from engine.training.recipe import Recipe
 
 DEMO_HIDDEN = read_config(demo_model_dir()).hidden_size
 TINY = AlignerConfig(
@@ -156,6 +162,50 @@ def test_the_trained_path_matches_an_attached_instant_concept(demo: LoadedModel,
     labels, weights = torch.tensor(sample.labels[1:]), torch.tensor(sample.weights[1:])
     keep = labels != IGNORE
     torch.testing.assert_close(trained, weighted_token_loss(logits[keep], labels[keep], weights[keep]))
+
+
+@pytest.fixture(scope="module")
+def distilled(data: PreparedData, demo: LoadedModel) -> PreparedData:
+    return replace(data, targets=description_targets(data.identities, demo))
+
+
+def test_distillation_targets_are_the_recipes_description_start_rows(
+    demo: LoadedModel, distilled: PreparedData
+) -> None:
+    assert distilled.targets is not None and distilled.targets.shape == (3, 32, DEMO_HIDDEN)
+    for i, identity in enumerate(distilled.identities):
+        assistant = Assistant(demo)
+        descriptions = describe_photos(assistant, [open_image(p) for p in identity.photos])
+        start = start_state(assistant, "bo", "object", "", [], descriptions, Recipe(start="description"))
+        torch.testing.assert_close(distilled.targets[i], start.embed[1:], rtol=0, atol=0)
+    assert not torch.equal(distilled.targets[0], distilled.targets[1])
+
+
+def test_distillation_adds_its_weighted_term_and_training_pulls_the_rows_to_the_targets(
+    demo: LoadedModel, data: PreparedData, distilled: PreparedData
+) -> None:
+    with pytest.raises(EngineError, match="description targets"):
+        trainer(demo, data, replace(QUICK, distill_weight=1.0))
+    draws = plan_epoch(distilled, QUICK, 0)[:2]
+    plain, weighted = trainer(demo, distilled), trainer(demo, distilled, replace(QUICK, distill_weight=2.0))
+    assert distilled.targets is not None
+    with torch.no_grad():
+        embed, _head = weighted.rows([d.reference for d in draws])
+        term = distill_loss(embed[:, 1:], distilled.targets[[d.identity for d in draws]]).mean()
+        torch.testing.assert_close(weighted.loss(draws), plain.loss(draws) + 2.0 * term)
+        split = weighted.batch_loss(draws)
+        torch.testing.assert_close(split(slice(0, 1)) + split(slice(1, 2)), weighted.loss(draws))
+    assert distill_loss(distilled.targets[:1], distilled.targets[:1]).item() == 0.0
+
+    def distance(run: AlignerTrainer) -> float:
+        with torch.no_grad():
+            rows = run.rows([r[0] for r in distilled.photo_ranges])[0][:, 1:]
+        return distill_loss(rows, distilled.targets).mean().item()
+
+    pulled = trainer(demo, distilled, replace(QUICK, epochs=6, distill_weight=100.0))
+    before = distance(pulled)
+    pulled.run()
+    assert distance(pulled) < 0.5 * before
 
 
 def test_recognition_compares_the_yes_and_no_logits_of_the_attached_rows(demo: LoadedModel, data: PreparedData) -> None:
