@@ -114,6 +114,30 @@ def start_state(
     return assistant.slots.initial_state(name, tokenizer, class_word(kind, facts), latent)
 
 
+def choose_start(
+    assistant: Assistant,
+    name: str,
+    given: Scores,
+    own: ConceptState,
+    check: Callable[[], Scores],
+    report: Callable[[str], None],
+) -> Scores:
+    """Between the given start rows (attached to `name`, scoring `given`) and the recipe's `own` start rows, leave
+    attached the ones with the better held-out score and return their scores: the given rows among equals and where
+    recognition is not measured (a refined instant concept starts from its instant rows unless the recipe's own
+    start scores better)."""
+    if given.score is None:
+        return given
+    kept = assistant.slots.state(name)
+    assistant.slots.load(name, own)
+    mine = check()
+    if mine.score is not None and mine.score > given.score:
+        report(f"starting from the recipe's own rows (held-out score {mine.score:.3f}, the given {given.score:.3f})")
+        return mine
+    assistant.slots.load(name, kept)
+    return given
+
+
 def training_photo_ids(assistant: Assistant, photos: Sequence[Image.Image], recipe: Recipe) -> list[list[int]]:
     """Image token ids of the photos a concept trains on (with their augmentations where the recipe says so)."""
     return encode(assistant, augmentations(photos) if recipe.augment else photos)
@@ -270,7 +294,11 @@ def personalize(
 
     if resume is None and not any(c.checkpoint.step == 0 for c in scored):
         report("checking the start rows before training")
-        keep(Checkpoint(optimizer=b"", step=0, epoch=0, state=assistant.slots.state(name)), check(), None)
+        scores = check()
+        if concept.start is not None:
+            own = start_state(assistant, name, concept.kind, concept.facts, photo_ids, descriptions, recipe)
+            scores = choose_start(assistant, name, scores, own, check, report)
+        keep(Checkpoint(optimizer=b"", step=0, epoch=0, state=assistant.slots.state(name)), scores, None)
 
     def on_epoch(checkpoint: Checkpoint) -> None:
         nonlocal stopping
