@@ -3,7 +3,7 @@ attribute reader (resources/microworld-reader.safetensors, this world's stand-in
 rendered micro-world identities, bound to the demo model's fingerprint. Then measure instant concepts on
 held-out identities against the untrained rows. Rerun whenever the demo model or the reader changes:
 
-    python scripts/make_demo_aligner.py [--identities 400] [--epochs 2] [--out results.json]
+    python scripts/make_demo_aligner.py [--identities 400] [--epochs 8] [--distill-weight 10] [--out results.json]
 
 The identity folders and the run's checkpoint live in --work (default ~/.cache/familiar/demo-aligner); an
 interrupted run (Ctrl-C, a crash) continues from its last epoch when rerun with the same options, and a
