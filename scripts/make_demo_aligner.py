@@ -65,22 +65,24 @@ def untrained_rows(assistant: Assistant, name: str, _concept: HeldOutConcept) ->
 def described_rows(assistant: Assistant, name: str, concept: HeldOutConcept) -> None:
     """The recipe's start rows from the reference photo alone: spelled from the base model's description of it."""
     descriptions = describe_photos(assistant, [render(concept.reference)])
-    assistant.attach(start_state(assistant, name, CLASS_KIND, "", [], descriptions, Recipe()))
+    assistant.attach(start_state(assistant, name, CLASS_KIND, "", [], descriptions, Recipe(start="description")))
 
 
 def measure(loaded: LoadedModel, aligner: LoadedAligner, concepts: list[HeldOutConcept]) -> dict[str, object]:
     """Recognition on held-out identities: the class word's untrained rows, the rows spelled from the base model's
     description of the reference photo, and the instant rows from it, per concept and on average, with the paired
     difference (instant - untrained)."""
-    rows: dict[str, list[dict[str, float]]] = {"untrained": [], "described": [], "instant": []}
+
+    def instant_rows(assistant: Assistant, name: str, concept: HeldOutConcept) -> None:
+        assistant.attach(instant_state(aligner, render(concept.reference), name, loaded.fingerprint))
+
+    conditions = {"untrained": untrained_rows, "described": described_rows, "instant": instant_rows}
+    rows: dict[str, list[dict[str, float]]] = {condition: [] for condition in conditions}
     for concept in concepts:
-        for condition, attach in (("untrained", untrained_rows), ("described", described_rows)):
+        for condition, attach in conditions.items():
             assistant = Assistant(loaded)
             attach(assistant, "c0", concept)
             rows[condition].append(recognition(assistant, "c0", concept))
-        instant = Assistant(loaded)
-        instant.attach(instant_state(aligner, render(concept.reference), "c0", loaded.fingerprint))
-        rows["instant"].append(recognition(instant, "c0", concept))
     keys = ("positive", "hard_negative", "random_negative", "weighted")
     summary: dict[str, object] = {
         condition: {key: round(mean(r[key] for r in per), 4) for key in keys} for condition, per in rows.items()

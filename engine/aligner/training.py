@@ -48,9 +48,8 @@ from engine.aligner.model import (
     save_aligner,
 )
 from engine.atomic_write import write_atomic
-from engine.concepts.layout import N_GENERATION, SLOT_SIZE
+from engine.concepts.layout import SLOT_SIZE
 from engine.concepts.prompts import IGNORE
-from engine.concepts.start_rows import agreed_description, description_rows
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
 from engine.model.images import open_image
@@ -64,6 +63,8 @@ from engine.training.data import (
     fact_pairs,
 )
 from engine.training.loop import TrainingCheckpoint, TrainingLoop
+from engine.training.personalization import start_state
+from engine.training.recipe import Recipe
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 REFERENCE_STEM = "reference"
@@ -232,20 +233,17 @@ def prepare_data(
 def description_targets(
     identities: Sequence[Identity], loaded: LoadedModel, status: Callable[[str], None] | None = None
 ) -> torch.Tensor:
-    """Each identity's latent rows [identities, 32, H] as the recipe's description start lays them out: the base
-    model describes every photo of the identity, and the description the others agree with most is spelled into
-    the rows (`engine.concepts.start_rows`)."""
+    """Each identity's latent rows [identities, 32, H]: the recipe's description start (`start_state`) from the
+    base model's descriptions of every photo of the identity."""
     report = status or (lambda _m: None)
     report(f"describing the photos of {len(identities)} identities with the base model")
     assistant = Assistant(loaded)
-    weight = loaded.model.get_input_embeddings().weight.detach()
+    recipe = Recipe(start="description")
     targets = []
     for identity in identities:
-        described = agreed_description(describe_photos(assistant, [open_image(p) for p in identity.photos]))
-        latent = description_rows(
-            weight, loaded.tokenizer.encode(f" {described}", add_special_tokens=False), N_GENERATION
-        )
-        targets.append(assistant.slots.initial_state(PLACEHOLDER, loaded.tokenizer, None, latent).embed[1:])
+        descriptions = describe_photos(assistant, [open_image(p) for p in identity.photos])
+        start = start_state(assistant, PLACEHOLDER, "object", "", [], descriptions, recipe)
+        targets.append(start.embed[1:])
     return torch.stack(targets)
 
 
