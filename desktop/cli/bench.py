@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image
 
+from desktop.cli import bench_cost
 from desktop.cli.charts import bar_chart
 from desktop.cli.progress import Bar, progress_bar
 
@@ -56,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="demo", help="a micro-world model (default: the embedded demo model)")
     p.add_argument("--concepts", type=int, help="concepts per seed (default: 3 with --quick, else 5)")
     p.add_argument("--seeds", type=int, default=1, help="seeds to run, from --seed on, each with its own concepts")
-    p.add_argument("--epochs", type=int, help="training epochs per concept (default 8)")
+    p.add_argument("--epochs", type=int, help="training epochs per concept, at most (default: the product's)")
     p.add_argument(
         "--conditions",
         nargs="+",
@@ -67,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.add_argument("--report-only", action="store_true", help="write --docs from the results in -o; no training")
     p.set_defaults(handler=run_personalization)
+    bench_cost.register(kinds)
 
 
 def run_personalization(args: argparse.Namespace) -> int:

@@ -18,6 +18,8 @@ COLOURS = ((66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88), (171, 71
 GRID = (225, 225, 225)
 MAX_POINT_LABELS = 12
 """A curve with more points than this labels only its last one."""
+MAX_X_TICKS = 8
+"""More distinct x values than this are labelled at this many evenly spaced ticks instead."""
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
@@ -128,8 +130,11 @@ def line_chart(path: Path, title: str, curves: Mapping[str, Sequence[tuple[float
     def at(x: float, y: float) -> tuple[float, float]:
         return canvas.left + 12 + (x - x_low) / (x_high - x_low) * (canvas.right - canvas.left - 24), canvas.y(y)
 
-    for x in sorted(set(xs)):
-        canvas.centred(at(x, low)[0], canvas.bottom + 6, f"{x:g}", canvas.small)
+    ticks = sorted(set(xs))
+    if len(ticks) > MAX_X_TICKS:
+        ticks = [x_low + k * (x_high - x_low) / (MAX_X_TICKS - 1) for k in range(MAX_X_TICKS)]
+    for x in ticks:
+        canvas.centred(at(x, low)[0], canvas.bottom + 6, f"{x:.3g}", canvas.small)
     canvas.centred((canvas.left + canvas.right) / 2, canvas.bottom + 24, x_label, canvas.font)
     for index, curve in enumerate(curves.values()):
         colour = COLOURS[index % len(COLOURS)]

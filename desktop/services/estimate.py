@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from desktop.services.personalize import TrainOptions
     from engine.inference.assistant import Assistant
 
-AUGMENTED_COPIES = 3  # engine.training.data.augmentations: each photo, its mirror image and a centre crop
-
 
 @dataclass(frozen=True)
 class MemoryNeed:
@@ -88,8 +86,8 @@ def sample_count(library: Library, name: str, options: TrainOptions, demo: bool)
     """(samples `personalize` builds for `name`, whether retrieval makes it an upper bound); `demo`: the model is
     the demo model, whose bundled subset is the index unless `bundled_index` is off."""
     from desktop.services.personalize import split_photos
+    from engine.training.cost import epoch_samples
     from engine.training.data import fact_pairs
-    from engine.training.recipe import held_out_negatives
 
     concept = library.concepts.get(name)
     train, _held = split_photos(library.concepts.photos(name))
@@ -98,16 +96,9 @@ def sample_count(library: Library, name: str, options: TrainOptions, demo: bool)
     retrieval = options.index is not None or (options.bundled_index and demo)
     if retrieval:
         negatives += 2 * (options.negatives // 2)
-    trained_negatives = negatives - held_out_negatives(negatives)
-    photos = len(train) * (AUGMENTED_COPIES if options.augment else 1)
-    questions = len(fact_pairs(concept.kind, concept.facts, name)) + (len(train) if options.describe_photos else 0)
-    samples = (
-        photos * (options.recognition_per_photo + options.generation_per_photo)
-        + trained_negatives
-        + options.qa_repeats * questions
-        + (options.soft_positives if retrieval else 0)
-    )
-    return samples, retrieval
+    facts = len(fact_pairs(concept.kind, concept.facts, name))
+    soft_positives = options.soft_positives if retrieval else 0
+    return epoch_samples(options, len(train), negatives, soft_positives, facts), retrieval
 
 
 def measured_pace(library: Library, options: TrainOptions) -> tuple[float, Run] | None:

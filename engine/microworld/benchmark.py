@@ -73,7 +73,7 @@ from engine.retrieval.plan import ConceptPhoto, PlanSettings, concept_query, pla
 from engine.training import personalization
 from engine.training.data import describe_photos
 from engine.training.personalization import ConceptPhotos, Personalized
-from engine.training.recipe import Recipe
+from engine.training.recipe import DEFAULT, Recipe
 from engine.training.selection import answers_yes, draw_prompt
 
 Report = Callable[[str], None]
@@ -195,10 +195,10 @@ CONDITIONS = {
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """Sizes of the benchmark. Training is the product's `Recipe` with fewer epochs (8, not 15), soft positives
-    (45, not 1,000) and negatives (30, not 200), scaled to a 3,000-scene pool and to what a 2-core CPU trains in
-    a minute or two per concept (`recipe`). The default conditions
-    leave out `no_self_prompting` and `tokens_8` (run them with `conditions`) to keep a run under an hour."""
+    """Sizes of the benchmark. Training is the product's `Recipe` and epochs (at most 4 since session 32; 8 before),
+    with fewer soft positives (45, not 1,000) and negatives (30, not 200), scaled to a 3,000-scene pool and to what a
+    2-core CPU trains in a minute or two per concept (`recipe`). The default conditions leave out
+    `no_self_prompting` and `tokens_8` (run them with `conditions`) to keep a run under an hour."""
 
     concepts: int = 5
     train_renders: int = 4
@@ -207,7 +207,7 @@ class BenchSettings:
     pool: int = 3000
     soft_positives: int = 45
     train_negatives: int = 30
-    epochs: int = 8
+    epochs: int = DEFAULT.epochs
     drawings: int = 4
     seed: int = 0
     conditions: tuple[str, ...] = (
@@ -399,10 +399,16 @@ class Benchmark:
         return instant_state(self._aligner, render(concept.train[0]), concept.name, fingerprint)
 
     def train(
-        self, concept: BenchConcept, recipe: Recipe, descriptions: list[str], start: ConceptState | None = None
+        self,
+        concept: BenchConcept,
+        recipe: Recipe,
+        descriptions: list[str],
+        start: ConceptState | None = None,
+        on_checkpoint: Callable[[personalization.Scored], None] | None = None,
     ) -> Personalized:
         """Train the concept by `recipe` with the product's function, as `familiar train` does with a library's
-        photos, from `start` (default: the class word's rows); leaves the best epoch's rows attached. As in the app
+        photos, from `start` (default: the recipe's start rows), handing every scored candidate to `on_checkpoint`;
+        leaves the best one's rows attached. As in the app
         (3 or more photos, none marked for testing), the last training render is held out; negatives are the
         retrieval's hard ones, then random pool scenes."""
         photos, held_out = concept.train[:-1], concept.train[-1:]
@@ -418,7 +424,7 @@ class Benchmark:
             start=start,
             descriptions=descriptions,
         )
-        return personalization.personalize(self.assistant, inputs, recipe)
+        return personalization.personalize(self.assistant, inputs, recipe, on_checkpoint=on_checkpoint)
 
     def measure(
         self, concept: BenchConcept, condition: str, subject: str, drawing: str, names: list[str]
@@ -566,7 +572,7 @@ def run_seeds(
     return summarize(settings, per_concept, time.monotonic() - started, seeds), first
 
 
-def _mean_and_error(values: Sequence[float]) -> tuple[float, float]:
+def mean_and_error(values: Sequence[float]) -> tuple[float, float]:
     """Mean and standard error over units (0 for a single unit)."""
     mean = float(np.mean(values))
     error = float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
@@ -583,7 +589,7 @@ def paired_difference(
 ) -> tuple[float, float]:
     """Mean over units (concepts, of every seed) of `condition` minus `other` on `metric`, and its standard
     error."""
-    return _mean_and_error([c["conditions"][condition][metric] - c["conditions"][other][metric] for c in per_concept])
+    return mean_and_error([c["conditions"][condition][metric] - c["conditions"][other][metric] for c in per_concept])
 
 
 def compared_pairs(conditions: Sequence[str]) -> list[tuple[str, str]]:
@@ -634,7 +640,7 @@ def summarize(
         rows = [c["conditions"][name] for c in per_concept]
         summary: dict[str, Any] = {"what": CONDITIONS[name].what}
         for metric in METRICS:
-            summary[metric], summary[f"{metric}_stderr"] = _mean_and_error([r[metric] for r in rows])
+            summary[metric], summary[f"{metric}_stderr"] = mean_and_error([r[metric] for r in rows])
         if "train_seconds" in rows[0]:
             summary["train_seconds"] = float(np.mean([r["train_seconds"] for r in rows]))
             summary["steps"] = float(np.mean([r["steps"] for r in rows]))

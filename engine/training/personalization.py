@@ -88,6 +88,8 @@ class Personalized:
     epochs: int
     losses: list[float]
     stopped_early: bool = False
+    epoch_tokens: int = 0
+    """Tokens in one epoch's samples (padding not counted): what an epoch's FLOPs are counted from."""
 
 
 def start_state(
@@ -317,4 +319,5 @@ def personalize(
         report(f"kept the start rows: no checkpoint beat them on the {CRITERIA[criterion(scored)[0]]}")
     assistant.slots.load(name, chosen.checkpoint.state)
     epochs = len(losses) // trainer.steps_per_epoch
-    return Personalized(chosen, len(samples), len(losses), epochs, losses, stopping)
+    tokens = sum(len(s.ids) for s in samples)
+    return Personalized(chosen, len(samples), len(losses), epochs, losses, stopping, tokens)

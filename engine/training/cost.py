@@ -1,0 +1,71 @@
+"""What training a concept costs in FLOPs, counted from the model's size and the tokens trained on, and the same
+recipe projected onto a 7B Chameleon-class model (docs/training.md, "At 7B").
+
+The base model is frozen, so a training token costs its forward pass (2 FLOP per parameter it passes), the backward
+pass of the inputs only (another 2; the weight-gradient half of a usual backward is never computed), and, where
+gradient checkpointing recomputes activations in the backward (on CUDA, `engine.model.memory`), the forward again
+(2 more). The input embedding table is a lookup and costs nothing; attention's own products (about 2% at 1,100
+tokens on 7B) are left out. No torch here: callers count the parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from engine.training.recipe import Recipe, held_out_negatives
+
+AUGMENTED_COPIES = 3
+"""`engine.training.data.augmentations`: each photo, its mirror image and a centre crop."""
+SEVEN_B_PARAMETERS = 7e9
+SEVEN_B_TOKENS_PER_SAMPLE = 1100
+"""1,024 image tokens and the prompt; text-only question-answer samples are shorter, so this over-counts them."""
+RTX_4090_BF16_FLOPS = 165e12
+"""Dense bf16 tensor throughput of a 4090-class GPU (FP32 accumulate), the projection's peak."""
+
+
+def flop_per_token(parameters: float, checkpointing: bool) -> float:
+    """FLOP per training token of a frozen model with `parameters` (the embedding table excluded): forward and
+    input-gradient backward, plus the recomputed forward under gradient checkpointing."""
+    return (6 if checkpointing else 4) * parameters
+
+
+def epoch_samples(recipe: Recipe, photos: int, negatives: int, soft_positives: int, facts: int = 0) -> int:
+    """Samples in one epoch of `recipe` for a concept with `photos` training photos, given `negatives` (a fifth
+    held out for scoring), `soft_positives` look-alikes found and `facts` question-answer facts, as
+    `engine.training.personalization.personalize` builds them."""
+    images = photos * (AUGMENTED_COPIES if recipe.augment else 1)
+    questions = facts + (photos if recipe.describe_photos else 0)
+    return (
+        images * (recipe.recognition_per_photo + recipe.generation_per_photo)
+        + negatives
+        - held_out_negatives(negatives)
+        + recipe.qa_repeats * questions
+        + min(soft_positives, recipe.soft_positives)
+    )
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A run of the recipe on a 7B model: its samples, steps and FLOP, and its minutes on a 4090-class GPU at
+    `utilisation` of the bf16 peak."""
+
+    samples_per_epoch: int
+    steps_per_epoch: int
+    epochs: float
+    flop: float
+    utilisation: float
+
+    @property
+    def minutes(self) -> float:
+        return self.flop / (RTX_4090_BF16_FLOPS * self.utilisation) / 60
+
+
+def project_7b(recipe: Recipe, epochs: float, utilisation: float, photos: int = 4) -> Projection:
+    """`epochs` of `recipe` on a 7B model for a concept of `photos` training photos (5 added, one held out) with
+    every negative and soft positive the recipe asks for found, under gradient checkpointing."""
+    samples = epoch_samples(recipe, photos, recipe.negatives, recipe.soft_positives)
+    steps = math.ceil(samples / recipe.batch_size)
+    tokens = steps * recipe.batch_size * SEVEN_B_TOKENS_PER_SAMPLE * epochs
+    flop = tokens * flop_per_token(SEVEN_B_PARAMETERS, checkpointing=True)
+    return Projection(samples, steps, epochs, flop, utilisation)
