@@ -10,13 +10,13 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from desktop.cli import bench_cost
 from desktop.cli.charts import bar_chart
 from desktop.cli.progress import Bar, progress_bar
 
@@ -68,27 +68,89 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.add_argument("--report-only", action="store_true", help="write --docs from the results in -o; no training")
     p.set_defaults(handler=run_personalization)
+    from desktop.cli import bench_cost  # it uses this module's helpers
+
     bench_cost.register(kinds)
 
 
-def run_personalization(args: argparse.Namespace) -> int:
+def saved_results(args: argparse.Namespace, what: str) -> dict[str, Any]:
+    """The results in `-o` that `--report-only` rewrites the `--docs` report from; `what` names them in errors."""
+    from engine.errors import EngineError
+
+    if args.output is None or args.docs is None:
+        raise EngineError("--report-only reads the results in -o and writes the report to --docs: give both")
+    try:
+        return json.loads(args.output.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"cannot read {what} results {args.output}: {exc}") from None
+
+
+def check_settings(settings: Any, seeds: int) -> None:
+    """Refuse invalid benchmark `settings` (anything with `validate()`) or fewer than one seed, plainly."""
+    from engine.errors import EngineError
+
+    try:
+        settings.validate()
+        if seeds < 1:
+            raise ValueError("--seeds must be at least 1")
+    except ValueError as exc:
+        raise EngineError(str(exc)) from None
+
+
+def load_microworld(args: argparse.Namespace, what: str) -> Any:
+    """The micro-world model `--model` on the CPU with `--threads` torch threads; any other model is refused."""
     import torch
 
     from engine.errors import EngineError
-    from engine.inference.assistant import Assistant
-    from engine.microworld.benchmark import QUICK, BenchSettings, run_seeds
-    from engine.microworld.reader import load_reader
     from engine.microworld.world import SIZE
     from engine.model.loading import load_model
 
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, device="cpu", progress=progress_bar())
+    tokens = loaded.image_tokenizer
+    if tokens.resolution != SIZE:
+        raise EngineError(
+            f"the {what} needs a micro-world model ({SIZE}x{SIZE} pictures); "
+            f"{args.model} draws {tokens.resolution}x{tokens.resolution}"
+        )
+    return loaded
+
+
+def timed_lines(progress: Any) -> Callable[[str], None]:
+    """A report that stamps each line with the seconds since now: above `progress`'s bar on a terminal, on stderr
+    otherwise."""
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        line = f"[{time.monotonic() - started:6.0f} s] {message}"
+        if isinstance(progress, Bar):
+            progress.above(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    return say
+
+
+def save_results(results: dict[str, Any], args: argparse.Namespace, loaded: Any, command: str) -> None:
+    """Record the command, machine and model in `results`, and write them to `-o` where given."""
+    import torch
+
+    results["command"] = command
+    results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}"
+    results["model"] = {"source": loaded.source, "fingerprint": loaded.fingerprint, "demo": loaded.is_demo}
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.output}")
+
+
+def run_personalization(args: argparse.Namespace) -> int:
+    from engine.inference.assistant import Assistant
+    from engine.microworld.benchmark import QUICK, BenchSettings, run_seeds
+    from engine.microworld.reader import load_reader
+
     if args.report_only:
-        if args.output is None or args.docs is None:
-            raise EngineError("--report-only reads the results in -o and writes the report to --docs: give both")
-        try:
-            saved = json.loads(args.output.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise EngineError(f"cannot read benchmark results {args.output}: {exc}") from None
-        write_report(saved, args.docs, args.output, None)
+        write_report(saved_results(args, "benchmark"), args.docs, args.output, None)
         print(f"wrote {args.docs}")
         return 0
     settings = QUICK if args.quick else BenchSettings()
@@ -100,39 +162,13 @@ def run_personalization(args: argparse.Namespace) -> int:
     if args.conditions:
         changes["conditions"] = tuple(args.conditions)
     settings = replace(settings, **changes)
-    try:
-        settings.validate()
-        if args.seeds < 1:
-            raise ValueError("--seeds must be at least 1")
-    except ValueError as exc:
-        raise EngineError(str(exc)) from None
-    torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, device="cpu", progress=progress_bar())
-    tokens = loaded.image_tokenizer
-    if tokens.resolution != SIZE:
-        raise EngineError(
-            f"the personalization benchmark needs a micro-world model ({SIZE}x{SIZE} pictures); "
-            f"{args.model} draws {tokens.resolution}x{tokens.resolution}"
-        )
-    started = time.monotonic()
-
+    check_settings(settings, args.seeds)
+    loaded = load_microworld(args, "personalization benchmark")
     progress = progress_bar(lines_when_piped=True)
-
-    def say(message: str) -> None:
-        line = f"[{time.monotonic() - started:6.0f} s] {message}"
-        if isinstance(progress, Bar):
-            progress.above(line)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
+    say = timed_lines(progress)
     results, bench = run_seeds(Assistant(loaded), load_reader(), settings, args.seeds, say, progress)
-    results["command"] = "familiar bench personalization" + (" --quick" if args.quick else "") + _extra(args)
-    results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}"
-    results["model"] = {"source": loaded.source, "fingerprint": loaded.fingerprint, "demo": loaded.is_demo}
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-        print(f"wrote {args.output}")
+    command = "familiar bench personalization" + (" --quick" if args.quick else "") + _extra(args)
+    save_results(results, args, loaded, command)
     if args.docs is not None:
         write_report(results, args.docs, args.output, bench)
         print(f"wrote {args.docs}")

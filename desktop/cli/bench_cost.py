@@ -7,16 +7,13 @@ the choice; it writes files only where asked: the results to `-o`, the report (t
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from desktop.cli.bench import check_settings, load_microworld, save_results, saved_results, timed_lines
 from desktop.cli.charts import line_chart
-from desktop.cli.progress import Bar, progress_bar
+from desktop.cli.progress import progress_bar
 
 UTILISATIONS = (0.40, 0.35)
 """Shares of a 4090-class GPU's bf16 peak the 7B projection is given at (docs/training.md says why)."""
@@ -49,23 +46,12 @@ def register(kinds: argparse._SubParsersAction) -> None:
 
 
 def run_cost(args: argparse.Namespace) -> int:
-    import torch
-
-    from engine.errors import EngineError
     from engine.inference.assistant import Assistant
     from engine.microworld.cost import CostBenchmark, CostSettings
     from engine.microworld.reader import load_reader
-    from engine.microworld.world import SIZE
-    from engine.model.loading import load_model
 
     if args.report_only:
-        if args.output is None or args.docs is None:
-            raise EngineError("--report-only reads the results in -o and writes the report to --docs: give both")
-        try:
-            saved = json.loads(args.output.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise EngineError(f"cannot read cost results {args.output}: {exc}") from None
-        write_report(saved, args.docs, args.output)
+        write_report(saved_results(args, "cost"), args.docs, args.output)
         print(f"wrote {args.docs}")
         return 0
     settings = CostSettings()
@@ -78,35 +64,12 @@ def run_cost(args: argparse.Namespace) -> int:
     if args.conditions:
         changes["conditions"] = tuple(args.conditions)
     settings = replace(settings, **changes)
-    try:
-        settings.validate()
-        if args.seeds < 1:
-            raise ValueError("--seeds must be at least 1")
-    except ValueError as exc:
-        raise EngineError(str(exc)) from None
-    torch.set_num_threads(args.threads)
-    loaded = load_model(args.model, device="cpu", progress=progress_bar())
-    if loaded.image_tokenizer.resolution != SIZE:
-        raise EngineError(f"the cost benchmark needs a micro-world model ({SIZE}x{SIZE} pictures)")
-    started = time.monotonic()
+    check_settings(settings, args.seeds)
+    loaded = load_microworld(args, "cost benchmark")
     progress = progress_bar(lines_when_piped=True)
-
-    def say(message: str) -> None:
-        line = f"[{time.monotonic() - started:6.0f} s] {message}"
-        if isinstance(progress, Bar):
-            progress.above(line)
-        else:
-            print(line, file=sys.stderr, flush=True)
-
-    results = CostBenchmark(Assistant(loaded), load_reader(), settings, say, progress).run(args.seeds)
-    results["command"] = "familiar bench cost" + _extra(args)
-    results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}"
-    results["model"] = {"source": loaded.source, "fingerprint": loaded.fingerprint, "demo": loaded.is_demo}
+    results = CostBenchmark(Assistant(loaded), load_reader(), settings, timed_lines(progress), progress).run(args.seeds)
     results["choice"] = choose(results)
-    if args.output is not None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-        print(f"wrote {args.output}")
+    save_results(results, args, loaded, "familiar bench cost" + _extra(args))
     if args.docs is not None:
         write_report(results, args.docs, args.output)
         print(f"wrote {args.docs}")
@@ -130,7 +93,7 @@ def choose(results: dict[str, Any]) -> dict[str, Any]:
     """The cheapest policy that keeps the full recipe's quality under every condition run, each condition's row for
     it and for the full recipe, and the policy's recipe projected onto 7B (the product's sample counts, with the
     policy's share of soft positives and the epochs it ran here on average)."""
-    from engine.microworld.cost import cheapest, policy_key, policy_table
+    from engine.microworld.cost import cheapest, full_row, policy_key, policy_table
     from engine.training.cost import project_7b
     from engine.training.recipe import PAPER
 
@@ -138,10 +101,7 @@ def choose(results: dict[str, Any]) -> dict[str, Any]:
     key = cheapest(tables)
     share, epochs, patience = key
     rows = {c: next(r for r in rows if policy_key(r) == key) for c, rows in tables.items()}
-    full = {
-        c: max((r for r in rows if r["share"] == 1.0 and r["patience"] == 0), key=lambda r: r["epochs"])
-        for c, rows in tables.items()
-    }
+    full = {c: full_row(rows) for c, rows in tables.items()}
     first = next(iter(tables))
     recipe = replace(PAPER, epochs=epochs, patience=patience, soft_positives=round(share * PAPER.soft_positives))
     projections = {}

@@ -208,11 +208,16 @@ def policy_table(results: dict[str, Any], condition: str) -> list[dict[str, Any]
             for metric in MEASURED:
                 row[metric], row[f"{metric}_stderr"] = mean_and_error([k[metric] for k in kept])
             rows.append(row)
-    full = max((r for r in rows if r["share"] == 1.0 and r["patience"] == 0), key=lambda r: r["epochs"])
+    full = full_row(rows)
     for row in rows:
         for metric in HEADLINE:
             row[f"{metric}_kept"] = row[metric] / full[metric] if full[metric] else 1.0
     return rows
+
+
+def full_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The full recipe's row of a `policy_table`: every soft positive, the most epochs, no early stopping."""
+    return max((r for r in rows if r["share"] == 1.0 and r["patience"] == 0), key=lambda r: r["epochs"])
 
 
 def cheapest(tables: dict[str, Sequence[dict[str, Any]]], keep: float = KEEP) -> tuple[float, int, int]:
