@@ -1,4 +1,5 @@
-"""Shared fixtures: the real photos beside the repo, a private library for every test, and a socket guard."""
+"""Shared fixtures: the real photos beside the repo, a private library for every test, a socket guard, and an empty
+working folder."""
 
 from __future__ import annotations
 
@@ -58,3 +59,13 @@ def no_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, no_sockets: list[Any
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.chdir(tmp_path)
     return no_sockets
+
+
+@pytest.fixture
+def empty_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder under `tmp_path`, made the working folder: a command that writes only where it is told leaves
+    it empty."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work

@@ -12,14 +12,11 @@ from desktop.cli.main import main
 
 
 def test_bench_writes_nothing_without_out_and_pairs_over_seeds(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, empty_cwd: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
     args = ["bench", "personalization", "--concepts", "1", "--seeds", "2", "--epochs", "1", "--threads", "1"]
     assert main([*args, "--conditions", "trained", "text_prompt"]) == 0
-    assert list(work.iterdir()) == []  # no docs/, no results: nothing was asked for
+    assert list(empty_cwd.iterdir()) == []  # no docs/, no results: nothing was asked for
     out = capsys.readouterr().out
     assert "wrote" not in out
     assert "trained - text_prompt: recognition_weighted " in out and "(2 concepts over 2 seeds)" in out

@@ -108,17 +108,14 @@ def test_the_cheapest_policy_keeps_the_full_recipes_quality_under_every_conditio
 
 
 def test_bench_cost_writes_only_where_asked_and_refuses_a_partial_full_recipe(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, empty_cwd: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
     assert main(["bench", "cost", "--shares", "0.5", "1"]) == 2
     assert "the first one 1" in capsys.readouterr().err
     results, docs = tmp_path / "r.json", tmp_path / "report" / "cost.md"
     args = ["--concepts", "1", "--epochs", "1", "--shares", "1", "--conditions", "trained", "--threads", "1"]
     assert main(["bench", "cost", *args, "-o", str(results), "--docs", str(docs)]) == 0
-    assert list(work.iterdir()) == []
+    assert list(empty_cwd.iterdir()) == []
     saved = json.loads(results.read_text())
     (run,) = saved["runs"]
     assert [c["epoch"] for c in run["candidates"]] == [0, 1] and run["share"] == 1.0
