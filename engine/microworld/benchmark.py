@@ -173,6 +173,11 @@ CONDITIONS = {
             changes={"soft_selection": True},
         ),
         Condition(
+            "held_out_views",
+            "change: checkpoints' recognition scored on each held-out photo's mirror and crop too",
+            changes={"held_out_views": True},
+        ),
+        Condition(
             "lr_1e2",
             "change: learning rate 1e-2, not 1e-3, every epoch",
             changes={"learning_rate": 1e-2, "patience": 0},

@@ -260,6 +260,7 @@ def personalize(
     trainer = Trainer(assistant, name, samples, recipe)
     report(f"{len(samples)} samples, {trainer.total_steps} steps")
     held_positive, held_negative = encode(assistant, concept.held_out), concept.negatives[:held]
+    held_views = encode(assistant, augmentations(concept.held_out)) if recipe.held_out_views else held_positive
     notice = selection_notice(len(held_negative), len(held_positive))
     held_samples: list[Sample] = []
     if notice is not None:
@@ -274,7 +275,7 @@ def personalize(
         return score(
             assistant,
             name,
-            held_positive,
+            held_views,
             held_negative,
             concept.photos,
             concept.similarity,

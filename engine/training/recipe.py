@@ -70,6 +70,9 @@ class Recipe:
     """Score checkpoints' recognition by the probability of the right answer rather than by right or wrong
     (`selection.recognition_accuracy`): one held-out photo and a few negatives often score epochs the same, and
     then selection and early stopping go by noise; the benchmark's `soft_selection` measures it."""
+    held_out_views: bool = False
+    """Score checkpoints' recognition of the concept on each held-out photo's augmentations too (the photo, its
+    mirror and its centre crop: `data.augmentations`), so that one held-out photo is three answers, not one."""
     describe_photos: bool = True
     sample_checkpoints: bool = True
     layout: PromptLayout = field(default_factory=PromptLayout)

@@ -114,3 +114,14 @@ def test_a_tie_is_no_improvement_and_without_a_score_the_held_out_loss_counts() 
     start = _scored(0, score=None)
     assert epochs_without_improvement([start, _scored(1, score=None, loss=2.0), _scored(2, score=None, loss=1.0)]) == 0
     assert best([start, _scored(1, score=None, loss=2.0), _scored(2, score=None, loss=3.0)]).checkpoint.step == 1
+
+
+@pytest.mark.parametrize("views", [False, True])
+def test_held_out_views_score_each_held_out_photo_with_its_mirror_and_crop(views: bool) -> None:
+    assistant = Assistant(load_model("demo", device="cpu"))
+    scored: list[Scored] = []
+    recipe = Recipe(**{**vars(RECIPE), "epochs": 1, "held_out_views": views})
+    personalize(assistant, _concept(assistant, peak=0), recipe, on_checkpoint=scored.append)
+    for metrics in (s.metrics for s in scored):
+        count = metrics["held_out_photos"]
+        assert count == (3 if views else 1) and (metrics["recognition_positive"] * count) % 1 == pytest.approx(0)
