@@ -91,8 +91,9 @@ def _extra(args: argparse.Namespace) -> str:
 
 def choose(results: dict[str, Any]) -> dict[str, Any]:
     """The cheapest policy that keeps the full recipe's quality under every condition run, each condition's row for
-    it and for the full recipe, and the policy's recipe projected onto 7B (the product's sample counts, with the
-    policy's share of soft positives and the epochs it ran here on average)."""
+    it and for the full recipe, and both projected onto 7B (the product's sample counts): the policy's with its share
+    of soft positives and the epochs it ran here on average, the full recipe's with the epochs it ran here (the
+    paper's 15 unless `--epochs` said otherwise)."""
     from engine.microworld.cost import cheapest, full_row, policy_key, policy_table
     from engine.training.cost import project_7b
     from engine.training.recipe import PAPER
@@ -104,8 +105,9 @@ def choose(results: dict[str, Any]) -> dict[str, Any]:
     full = {c: full_row(rows) for c, rows in tables.items()}
     first = next(iter(tables))
     recipe = replace(PAPER, epochs=epochs, patience=patience, soft_positives=round(share * PAPER.soft_positives))
+    full_recipe = replace(PAPER, epochs=results["settings"]["bench"]["epochs"])
     projections = {}
-    for name, chosen, ran in (("chosen", recipe, rows[first]["epochs_run"]), ("full", PAPER, PAPER.epochs)):
+    for name, chosen, ran in (("chosen", recipe, rows[first]["epochs_run"]), ("full", full_recipe, full_recipe.epochs)):
         for utilisation in UTILISATIONS:
             p = project_7b(chosen, ran, utilisation)
             projections[f"{name}@{utilisation:g}"] = {

@@ -46,3 +46,17 @@ def test_report_only_needs_both_files(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["bench", "personalization", "--report-only", "-o", str(tmp_path / "r.json")]) == 2
     assert "give both" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cost_choice_projects_the_full_recipe_with_the_epochs_it_ran() -> None:
+    """The cost study's "full" 7B line is the full recipe as run (6 epochs here, set by `--epochs`), not always
+    the paper's 15."""
+    from desktop.cli.bench_cost import choose
+    from engine.training.cost import project_7b
+    from engine.training.recipe import PAPER
+
+    results = json.loads((Path(__file__).parents[3] / "docs/results/cost_share033_seed5.json").read_text())
+    assert results["settings"]["bench"]["epochs"] == 6
+    full = choose(results)["projection_7b"]["full@0.4"]
+    assert full["epochs"] == 6 and full["minutes"] == pytest.approx(project_7b(PAPER, 6, 0.4).minutes)
+    assert full["minutes"] < project_7b(PAPER, 15, 0.4).minutes
