@@ -162,5 +162,5 @@ def test_instant_concepts_attach_together_and_answer_in_chat(demo: LoadedModel, 
     assert assistant.slots.names() == ["bo", "mimi"]
     bo, mimi = assistant.slots.params("bo").embed, assistant.slots.params("mimi").embed
     assert not torch.equal(bo, mimi)
-    pieces = list(assistant.chat("Is <bo> with <mimi>?", None, Sampling(seed=0), max_new_tokens=8))
+    pieces = list(assistant.chat("Is <mimi> with <bo>?", None, Sampling(seed=0), max_new_tokens=8))
     assert pieces and all(isinstance(piece, str) for piece in pieces) and "".join(pieces).strip()
