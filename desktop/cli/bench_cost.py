@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from desktop.cli.bench import check_settings, load_microworld, save_results, saved_results, timed_lines
+from desktop.cli.bench_shared import check_settings, load_microworld, save_results, saved_results, timed_lines
 from desktop.cli.charts import line_chart
 from desktop.cli.progress import progress_bar
 
