@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from desktop.services.conversation import Reply
     from engine.inference.assistant import Assistant
 
+NO_ANSWER = "(no answer: the model ended its reply at once; try asking another way)"
 MODES = {"auto": "Auto: the model decides", "answer": "Answer in words", "draw": "Draw a picture"}
 LIST_WIDTH = 160
 PICTURE_GONE = "(this picture was deleted from the gallery)"
@@ -462,10 +463,13 @@ class ChatView(QWidget):
             self._replace(ImageBubble(reply.image))
             self._keep("assistant", image_id=reply.image.id)
             self.image_added.emit()
+        elif not reply.text.strip():  # the model ended its reply at once
+            self._replace(TextBubble(NO_ANSWER, False))
+            self._keep("assistant", NO_ANSWER)
         else:
             if self.reply is not None and self.reply.property("placeholder"):
-                self._replace(TextBubble(reply.text or "(no words came out)", False))
-            self._keep("assistant", reply.text or "(no words came out)")
+                self._replace(TextBubble(reply.text, False))
+            self._keep("assistant", reply.text)
         self._end_turn()
 
     def _failed(self, message: str) -> None:

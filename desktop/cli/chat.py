@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from desktop.cli.answer import print_answer
 from desktop.cli.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -151,9 +152,7 @@ def run_chat(args: argparse.Namespace) -> int:
         picture = assistant.generate(drawn, sampling, progress=progress_bar())
         _save(picture, args.output or Path(f"familiar-{picture.seed}.png"), assistant, args)
         return 0
-    for piece in assistant.chat(args.question, image, sampling, max_new_tokens=args.max_tokens):
-        print(piece, end="", flush=True)
-    print()
+    print_answer(assistant.chat(args.question, image, sampling, max_new_tokens=args.max_tokens))
     return 0
 
 

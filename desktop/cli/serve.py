@@ -10,6 +10,7 @@ import signal
 import sys
 from typing import Any
 
+from desktop.cli.answer import print_answer
 from desktop.cli.progress import progress_bar
 
 DEFAULT_PORT = 8770
@@ -107,9 +108,7 @@ def use_server(args: argparse.Namespace, command: str) -> bool:
         if args.image:
             content.append(_image_part(args.image))
         messages = [{"role": "user", "content": content}]
-        for piece in client.chat({**common, "messages": messages, "max_tokens": args.max_tokens, "top_p": 0.9}):
-            print(piece, end="", flush=True)
-        print()
+        print_answer(client.chat({**common, "messages": messages, "max_tokens": args.max_tokens, "top_p": 0.9}))
         return True
     png, seed = client.draw({**common, "prompt": args.prompt, "top_k": args.top_k, "guidance": args.guidance})
     try:

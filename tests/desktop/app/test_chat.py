@@ -11,7 +11,7 @@ from PIL import Image
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication
 
-from desktop.app.chat_view import ChatView, ImageBubble, TextBubble
+from desktop.app.chat_view import NO_ANSWER, ChatView, ImageBubble, TextBubble
 from engine.inference import assistant as assistant_module
 from engine.inference.assistant import SHOWN_SIZE, Assistant
 from engine.model.loading import TRAINED_DEMO
@@ -85,6 +85,16 @@ def test_question_with_a_photo_streams_its_answer(chat_window, qtbot, dreambooth
     assert question.label.text() == "What is <bo> doing in this photo?" and question.findChildren(type(question.label))
     assert len(pieces) > 1 and answer.label.text() == "".join(pieces)
     assert chat_window.engine._attached == {"bo": chat_window.library.concepts.get("bo").active.id}
+
+
+def test_an_answer_with_no_words_says_so(chat_window, qtbot, monkeypatch) -> None:
+    """A model that ends its reply at once leaves a note in the transcript, not an empty bubble."""
+    chat = chat_window.chat_view
+    monkeypatch.setattr(Assistant, "chat", lambda *args, **kwargs: iter([" "]))
+    _ask(chat, qtbot, "Is <bo> on grass?", "answer")
+    assert [bubble.label.text() for bubble in _bubbles(chat, TextBubble)] == ["Is <bo> on grass?", NO_ANSWER]
+    kept = chat_window.library.conversations.messages(chat.conversation)
+    assert [message.text for message in kept] == ["Is <bo> on grass?", NO_ANSWER]
 
 
 def test_drawing_appears_inline_and_in_the_gallery(chat_window, qtbot, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from desktop import __version__
+from desktop.cli.answer import NO_ANSWER
 from desktop.cli.main import main
 from engine.inference.assistant import SHOWN_SIZE, Assistant
 from engine.model import loading
@@ -47,6 +48,18 @@ def test_chat_about_a_photo_with_a_concept_file(
     captured = capsys.readouterr()
     assert captured.out.strip()
     assert TRAINED_DEMO.warning in captured.err
+    assert NO_ANSWER not in captured.err
+
+
+def test_an_answer_with_no_words_is_said_to_be_empty(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The model may end its reply at once; the user is told so rather than shown a bare empty line."""
+    monkeypatch.setattr(Assistant, "chat", lambda *args, **kwargs: iter(["", " "]))
+    assert main(["chat", "What is in the picture?", "--no-server"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == ""
+    assert NO_ANSWER in captured.err
 
 
 def test_unknown_concept_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
