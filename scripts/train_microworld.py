@@ -66,17 +66,20 @@ def vq_stage(work: Path, steps: int, seed: int, start: Path | None) -> tuple[Cha
 
 def lm_stage(
     work: Path, tokenizer: PreTrainedTokenizerFast, vqmodel: ChameleonVQVAE, args: argparse.Namespace
-) -> tuple[pretrain.LMState, list[dict]]:
-    """The language model trained to `args.lm_steps`, and the run's stages: a new stage (its first step, the
-    schedule's total and the mix) starts whenever a resume changes `--lm-steps` or `--mix`; they are saved in
-    `lm.json` and the export marker, so a model says how it was trained."""
+) -> tuple[pretrain.LMState, list[dict], int]:
+    """The language model trained to `args.lm_steps`, the run's stages, and the steps of the model it continued
+    from (0 for a new one). A new stage (its first step, the schedule's total and the mix) starts whenever a
+    resume changes `--lm-steps` or `--mix`. Stages and the earlier steps are saved in `lm.json` and the export
+    marker, so a model says how it was trained, also when a resume is run without `--start-from`."""
     vocab = tokenizer.get_vocab()
     config = model_files.build_config(vocab)
     model = pretrain.new_language_model(config, vqmodel, args.seed)
     optimizer = torch.optim.AdamW(pretrain.lm_parameters(model), lr=1e-3, weight_decay=0.01)
     state = pretrain.LMState(model, optimizer, 0, [])
     weights, moments, meta = work / "lm.safetensors", work / "lm_optimizer.safetensors", work / "lm.json"
+    earlier = 0
     if args.start_from is not None and not meta.is_file():
+        earlier = json.loads((args.start_from / DEMO_MARKER).read_text()).get("language_model_steps", 0)
         start = load_file(args.start_from / "model.safetensors")
         start.update({f"{pretrain.EXPORTED_PREFIX}{k}": v for k, v in vqmodel.state_dict().items()})
         model.load_state_dict(start)
@@ -95,6 +98,7 @@ def lm_stage(
         )
         saved = json.loads(meta.read_text())
         state.step, state.losses, stages = saved["step"], saved["losses"], saved.get("stages", [])
+        earlier = saved.get("continued_from_steps", 0)
         log(f"language model resumed at step {state.step}")
     else:
         stages = []
@@ -109,7 +113,8 @@ def lm_stage(
         save_file(packed, moments.with_suffix(".tmp"))
         weights.with_suffix(".tmp").replace(weights)
         moments.with_suffix(".tmp").replace(moments)
-        meta.write_text(json.dumps({"step": current.step, "losses": current.losses, "stages": stages}) + "\n")
+        saved = {"step": current.step, "losses": current.losses, "stages": stages, "continued_from_steps": earlier}
+        meta.write_text(json.dumps(saved) + "\n")
 
     mapping = ChameleonImageVocabularyMapping(vocab)
     code_to_vocab = torch.tensor([mapping.img2bpe[c] for c in range(model_files.CODEBOOK_SIZE)])
@@ -119,7 +124,7 @@ def lm_stage(
         pretrain.train_language_model(
             state, maker, args.lm_steps, args.seed, log, checkpoint, stop_at=stop_at, mix=args.mix
         )
-    return state, stages
+    return state, stages, earlier
 
 
 def export(
@@ -127,12 +132,10 @@ def export(
     work: Path,
     state: pretrain.LMState,
     stages: list[dict],
+    earlier: int,
     decoder: VQGANDecoder,
     args: argparse.Namespace,
 ) -> None:
-    earlier = 0
-    if args.start_from is not None:
-        earlier = json.loads((args.start_from / DEMO_MARKER).read_text()).get("language_model_steps", 0)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -189,11 +192,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer_stage(args.work, args.seed, args.start_from)
     vqmodel, decoder = vq_stage(args.work, args.vq_steps, args.seed, args.start_from)
-    state, stages = lm_stage(args.work, tokenizer, vqmodel, args)
+    state, stages, earlier = lm_stage(args.work, tokenizer, vqmodel, args)
     if state.step < args.lm_steps and not args.export_only:
         log(f"stopped at step {state.step} of {args.lm_steps}; rerun to continue")
         sys.exit(0)
-    export(args.out, args.work, state, stages, decoder, args)
+    export(args.out, args.work, state, stages, earlier, decoder, args)
 
 
 if __name__ == "__main__":
