@@ -5,7 +5,7 @@ tokenizer, VQ image tokenizer, language model (checkpointed every 250 steps), ex
 arguments to continue; `--minutes` stops the language model after that much time (it resumes next run).
 
     python scripts/train_microworld.py [--vq-steps 3000] [--lm-steps 6000] [--minutes M] [--export-only]
-        [--mix check=0.4,rec=0.2,...]
+        [--mix check=0.4,rec=0.2,...] [--float32]
 """
 
 from __future__ import annotations
@@ -143,6 +143,8 @@ def export(
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(work / name, out / name)
     save_decoder(decoder, out / DECODER_FILE)
+    if not args.float32:
+        model_files.halve_weights(out)
     marker = {
         "what": "Familiar's embedded demo model: the real Chameleon architecture, small, trained on the micro-world "
         "(32x32 scenes of creatures with shapes, colours, patterns and accessories).",
@@ -185,6 +187,9 @@ def main() -> None:
         type=sample_mix,
         default=None,
         help="the language model's sample mix as kind=weight,... (default pretrain.MIX), e.g. check=0.5,qa=0.2",
+    )
+    parser.add_argument(
+        "--float32", action="store_true", help="export float32 weights (default float16: half the size, same quality)"
     )
     parser.add_argument("--export-only", action="store_true", help="write the model as trained so far")
     args = parser.parse_args()

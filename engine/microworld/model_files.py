@@ -11,12 +11,17 @@ import json
 import random
 from pathlib import Path
 
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import ChameleonConfig, ChameleonVQVAEConfig
 
+from engine.atomic_write import write_atomic
 from engine.concepts.prompts import ASSISTANT, USER
 from engine.microworld.world import Identity, sample_scene
 from engine.model.synthetic import TOKENIZER_CONFIG, image_token_name
+from engine.model.vqgan import DECODER_FILE
 from engine.training.data import (
     DESCRIBE_QUESTIONS,
     FACT_QUESTIONS,
@@ -39,6 +44,8 @@ VQ_CONFIG = {
     "num_embeddings": CODEBOOK_SIZE,
     "attn_resolutions": [],
 }
+WEIGHT_FILES = ("model.safetensors", DECODER_FILE)
+FLOAT16_MAX = torch.finfo(torch.float16).max
 LM_SIZES = {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 4}
 
 
@@ -110,3 +117,24 @@ def build_config(vocab: dict[str, int]) -> ChameleonConfig:
 def write_tokenizer(tokenizer: Tokenizer, out: Path) -> None:
     tokenizer.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
+
+
+def halve_weights(folder: Path) -> None:
+    """Store the folder's weights (language model, VQ encoder, VQGAN decoder) as float16, half the size; loading
+    casts them to the compute dtype. A weight float16 cannot hold is refused before anything is rewritten."""
+    halved: dict[str, tuple[dict[str, torch.Tensor], dict[str, str] | None]] = {}
+    for name in WEIGHT_FILES:
+        with safe_open(str(folder / name), "pt") as weights:
+            tensors = {key: weights.get_tensor(key) for key in weights.keys()}  # noqa: SIM118 (safe_open is not iterable)
+            metadata = weights.metadata()
+        for key, tensor in tensors.items():
+            if tensor.is_floating_point():
+                if tensor.abs().max() > FLOAT16_MAX:
+                    raise ValueError(f"{folder / name}: {key} holds a value beyond float16's range")
+                tensors[key] = tensor.to(torch.float16)
+        halved[name] = tensors, metadata
+    for name, (tensors, metadata) in halved.items():
+        write_atomic(folder / name, save(tensors, metadata=metadata))
+    config = json.loads((folder / "config.json").read_text())
+    config["dtype"] = "float16"
+    write_atomic(folder / "config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())

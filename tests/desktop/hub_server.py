@@ -156,17 +156,21 @@ def serve(hub: FakeHub) -> Iterator[FakeHub]:
 def tiny_model_hub() -> FakeHub:
     """The demo model's files as a repository in the Hugging Face layout (without its demo marker and its converted
     decoder), and an original release holding a VQGAN checkpoint saved with `torch.save` of a plain state dict.
-    Files Familiar must not fetch (a pickled copy of the weights, the release's own weights) are listed too."""
+    Files Familiar must not fetch (a pickled copy of the weights, the release's own weights) are listed too. The
+    weights are widened to float32 (17 MB), so the file is longer than huggingface_hub's 10 MiB download chunk and
+    a dropped connection leaves part of it to resume."""
     import io
 
     import torch
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save
 
     from engine.model.loading import demo_model_dir
 
     demo = demo_model_dir()
-    names = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors")
+    names = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
     model = {name: (demo / name).read_bytes() for name in names}
+    weights = load_file(demo / "model.safetensors")
+    model["model.safetensors"] = save({k: v.float() for k, v in weights.items()}, metadata={"format": "pt"})
     model["LICENSE"] = b"Test licence for the tiny model.\n"
     model["pytorch_model.bin"] = b"not to be fetched"
     checkpoint = io.BytesIO()
