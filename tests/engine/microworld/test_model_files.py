@@ -22,13 +22,11 @@ def _float32_copy(folder: Path) -> Path:
     shutil.copytree(demo_model_dir(), folder)
     generator = torch.Generator().manual_seed(0)
     for name in WEIGHT_FILES:
-        with safe_open(str(folder / name), "pt") as weights:
-            metadata = weights.metadata()
         tensors = load_file(folder / name)
         for key, tensor in tensors.items():
             if tensor.is_floating_point():
                 tensors[key] = tensor.float() * (1 + 1e-4 * torch.rand(tensor.shape, generator=generator))
-        save_file(tensors, folder / name, metadata=metadata)
+        save_file(tensors, folder / name, metadata=_metadata(folder / name))
     return folder
 
 
