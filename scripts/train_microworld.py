@@ -5,7 +5,7 @@ tokenizer, VQ image tokenizer, language model (checkpointed every 250 steps), ex
 arguments to continue; `--minutes` stops the language model after that much time (it resumes next run).
 
     python scripts/train_microworld.py [--vq-steps 3000] [--lm-steps 6000] [--minutes M] [--export-only]
-        [--mix check=0.4,rec=0.2,...] [--float32]
+        [--mix check=0.4,rec=0.2,...] [--peak-lr 1e-3] [--float32]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def lm_stage(
     else:
         stages = []
     if not args.export_only:  # an export trains nothing, so it starts no stage
-        stages = pretrain.with_stage(stages, state.step, args.lm_steps, args.mix)
+        stages = pretrain.with_stage(stages, state.step, args.lm_steps, args.mix, args.peak_lr)
 
     def checkpoint(current: pretrain.LMState) -> None:
         names = [n for n, p in current.model.named_parameters() if p.requires_grad]
@@ -122,7 +122,7 @@ def lm_stage(
     stop_at = time.monotonic() + args.minutes * 60 if args.minutes else None
     if state.step < args.lm_steps and not args.export_only:
         pretrain.train_language_model(
-            state, maker, args.lm_steps, args.seed, log, checkpoint, stop_at=stop_at, mix=args.mix
+            state, maker, args.lm_steps, args.seed, log, checkpoint, stop_at=stop_at, mix=args.mix, peak_lr=args.peak_lr
         )
     return state, stages, earlier
 
@@ -181,6 +181,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vq-steps", type=int, default=3000)
     parser.add_argument("--lm-steps", type=int, default=6000)
+    parser.add_argument(
+        "--peak-lr",
+        type=float,
+        default=pretrain.LM_PEAK_LR,
+        help="the language model's peak learning rate (default 1e-3; lower to continue a trained model gently)",
+    )
     parser.add_argument("--minutes", type=float, default=None, help="stop the language model after this long")
     parser.add_argument(
         "--mix",

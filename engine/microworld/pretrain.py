@@ -435,11 +435,22 @@ def parse_mix(text: str) -> dict[str, float]:
     return mix
 
 
-def with_stage(stages: list[dict], step: int, total: int, mix: dict[str, float] | None) -> list[dict]:
-    """A run's stages (each `{"from": step, "total": schedule length, "mix": ...}`) as they stand when it
-    (re)starts at `step`: a new stage where the schedule's total or the mix differs from the last one's."""
-    stage = {"from": step, "total": total, "mix": dict(mix or MIX)}
-    if stages and (stages[-1]["total"], stages[-1]["mix"]) == (total, stage["mix"]):
+LM_PEAK_LR = 1e-3
+"""The language model's default peak learning rate."""
+
+
+def with_stage(
+    stages: list[dict], step: int, total: int, mix: dict[str, float] | None, peak_lr: float = LM_PEAK_LR
+) -> list[dict]:
+    """A run's stages (each `{"from": step, "total": schedule length, "mix": ...}`, plus `"peak_lr"` where it is
+    not the default) as they stand when it (re)starts at `step`: a new stage where the schedule's total, the mix
+    or the peak learning rate differs from the last one's."""
+    stage: dict = {"from": step, "total": total, "mix": dict(mix or MIX)}
+    if peak_lr != LM_PEAK_LR:
+        stage["peak_lr"] = peak_lr
+    if stages and {k: v for k, v in stages[-1].items() if k != "from"} == {
+        k: v for k, v in stage.items() if k != "from"
+    }:
         return stages
     return [*stages, stage]
 
@@ -489,7 +500,7 @@ def train_language_model(
     report: Report,
     checkpoint: Callable[[LMState], None],
     batch: int = 32,
-    peak_lr: float = 1e-3,
+    peak_lr: float = LM_PEAK_LR,
     checkpoint_every: int = 250,
     stop_at: float | None = None,
     mix: dict[str, float] | None = None,

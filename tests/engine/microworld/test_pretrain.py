@@ -91,6 +91,9 @@ def test_a_resume_with_another_mix_or_schedule_starts_a_new_stage() -> None:
     assert second[1] == {"from": 2000, "total": 5000, "mix": {"check": 0.5, "qa": 0.5}}
     third = with_stage(second, 5000, 5000, None)
     assert len(third) == 3 and third[2]["mix"] == MIX and third[2]["from"] == 5000
+    gentler = with_stage(third, 5000, 5000, None, peak_lr=3e-4)
+    assert len(gentler) == 4 and gentler[3] == {"from": 5000, "total": 5000, "mix": MIX, "peak_lr": 3e-4}
+    assert with_stage(gentler, 5250, 5000, None, peak_lr=3e-4) == gentler
 
 
 def test_hard_recognition_asks_about_the_creature_or_a_one_attribute_change_never_a_random_one() -> None:
