@@ -202,7 +202,7 @@ def test_distillation_adds_its_weighted_term_and_training_pulls_the_rows_to_the_
             rows = run.rows([r[0] for r in distilled.photo_ranges])[0][:, 1:]
         return distill_loss(rows, distilled.targets).mean().item()
 
-    pulled = trainer(demo, distilled, replace(QUICK, epochs=6, distill_weight=100.0))
+    pulled = trainer(demo, distilled, replace(QUICK, epochs=10, distill_weight=100.0))
     before = distance(pulled)
     pulled.run()
     assert distance(pulled) < 0.5 * before
