@@ -448,9 +448,7 @@ def with_stage(
     stage: dict = {"from": step, "total": total, "mix": dict(mix or MIX)}
     if peak_lr != LM_PEAK_LR:
         stage["peak_lr"] = peak_lr
-    if stages and {k: v for k, v in stages[-1].items() if k != "from"} == {
-        k: v for k, v in stage.items() if k != "from"
-    }:
+    if stages and {**stages[-1], "from": step} == stage:
         return stages
     return [*stages, stage]
 
