@@ -68,9 +68,10 @@ def lm_stage(
     work: Path, tokenizer: PreTrainedTokenizerFast, vqmodel: ChameleonVQVAE, args: argparse.Namespace
 ) -> tuple[pretrain.LMState, list[dict], int]:
     """The language model trained to `args.lm_steps`, the run's stages, and the steps of the model it continued
-    from (0 for a new one). A new stage (its first step, the schedule's total and the mix) starts whenever a
-    resume changes `--lm-steps` or `--mix`. Stages and the earlier steps are saved in `lm.json` and the export
-    marker, so a model says how it was trained, also when a resume is run without `--start-from`."""
+    from (0 for a new one). A new stage (its first step, the schedule's total, the mix and a peak learning rate other
+    than the default) starts whenever a resume changes `--lm-steps`, `--mix` or `--peak-lr`. Stages and the earlier
+    steps are saved in `lm.json` and the export marker, so a model says how it was trained, also when a resume is run
+    without `--start-from`."""
     vocab = tokenizer.get_vocab()
     config = model_files.build_config(vocab)
     model = pretrain.new_language_model(config, vqmodel, args.seed)
