@@ -178,6 +178,23 @@ CONDITIONS = {
             changes={"held_out_views": True},
         ),
         Condition(
+            "start_margin",
+            "change: an epoch replaces the start rows only where it beats their held-out score by 0.05",
+            changes={"start_margin": 0.05},
+        ),
+        Condition(
+            "route_rows",
+            "change: each sample trains only its task's latent set (drawings the generation set, answers the other)",
+            changes={"route_rows": True},
+        ),
+        Condition("lr_3e4", "change: learning rate 3e-4, not 1e-3", changes={"learning_rate": 3e-4}),
+        Condition("epochs_2", "change: at most 2 epochs, not 4", changes={"epochs": 2}),
+        Condition(
+            "soft_views",
+            "change: checkpoints scored by the probability of the right yes/no on each held-out photo's views too",
+            changes={"soft_selection": True, "held_out_views": True},
+        ),
+        Condition(
             "lr_1e2",
             "change: learning rate 1e-2, not 1e-3, every epoch",
             changes={"learning_rate": 1e-2, "patience": 0},

@@ -75,16 +75,17 @@ def compute_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for part in parts for p in part.parameters())
 
 
-def follow(candidates: Sequence[Scored], epochs: int, patience: int) -> tuple[int, Scored]:
+def follow(candidates: Sequence[Scored], epochs: int, patience: int, start_margin: float = 0.0) -> tuple[int, Scored]:
     """(epochs trained, candidate kept) of a run of at most `epochs` epochs with `patience` (0: none), read off
     `candidates`, the start rows then every epoch's checkpoint of a longer run without early stopping, as
-    `personalize` would stop and choose."""
+    `personalize` would stop and choose with `start_margin` (`Recipe.start_margin`)."""
     seen = list(candidates[:1])
     for candidate in candidates[1 : epochs + 1]:
         seen.append(candidate)
-        if patience and candidate.checkpoint.epoch < epochs and epochs_without_improvement(seen) >= patience:
+        stale = epochs_without_improvement(seen, start_margin)
+        if patience and candidate.checkpoint.epoch < epochs and stale >= patience:
             break
-    return seen[-1].checkpoint.epoch, best(seen)
+    return seen[-1].checkpoint.epoch, best(seen, start_margin)
 
 
 class CostBenchmark:
@@ -160,7 +161,7 @@ class CostBenchmark:
         policies = {}
         for epochs in range(1, trained.epochs + 1):
             for patience in PATIENCES:
-                ran, kept = follow(candidates, epochs, patience)
+                ran, kept = follow(candidates, epochs, patience, recipe.start_margin)
                 policies[f"{epochs}/{patience}"] = {"epochs": ran, "kept": kept.checkpoint.epoch}
         line = ", ".join(
             f"epoch {c.checkpoint.epoch} {m['recognition_weighted']:.2f}/{m['generation_attribute_accuracy']:.2f}"

@@ -168,22 +168,29 @@ def criterion(candidates: Sequence[Scored]) -> tuple[str, float]:
     return key, -1.0
 
 
-def ranked(candidates: Sequence[Scored]) -> list[tuple[float, int, Scored]]:
-    """The candidates that have the `criterion`'s value, as (value with higher better, step, candidate) by step."""
+def ranked(candidates: Sequence[Scored], start_margin: float = 0.0) -> list[tuple[float, int, Scored]]:
+    """The candidates that have the `criterion`'s value, as (value with higher better, step, candidate) by step;
+    where the criterion is the held-out score, the start rows' (step 0) counts `start_margin` higher, so that an
+    epoch must beat them by that much (`Recipe.start_margin`)."""
     key, sign = criterion(candidates)
-    found = [(sign * c.metrics[key], c.checkpoint.step, c) for c in candidates if c.metrics.get(key) is not None]
+    bonus = start_margin if key == "score" else 0.0
+    found = [
+        (sign * c.metrics[key] + bonus * (c.checkpoint.step == 0), c.checkpoint.step, c)
+        for c in candidates
+        if c.metrics.get(key) is not None
+    ]
     return sorted(found, key=lambda item: item[1])
 
 
-def best(candidates: Sequence[Scored]) -> Scored:
-    """The best checkpoint by `criterion`; the later one among equals."""
-    return max(ranked(candidates), key=lambda item: item[:2])[2]
+def best(candidates: Sequence[Scored], start_margin: float = 0.0) -> Scored:
+    """The best checkpoint by `criterion` (`ranked`); the later one among equals."""
+    return max(ranked(candidates, start_margin), key=lambda item: item[:2])[2]
 
 
-def epochs_without_improvement(candidates: Sequence[Scored]) -> int:
-    """How many checkpoints came after the first one to reach the best value by `criterion` (a tie is no
+def epochs_without_improvement(candidates: Sequence[Scored], start_margin: float = 0.0) -> int:
+    """How many checkpoints came after the first one to reach the best value by `criterion` (`ranked`; a tie is no
     improvement)."""
-    values = [value for value, _step, _c in ranked(candidates)]
+    values = [value for value, _step, _c in ranked(candidates, start_margin)]
     return len(values) - 1 - values.index(max(values))
 
 
@@ -308,16 +315,18 @@ def personalize(
         report(f"scoring the checkpoint at step {checkpoint.step}")
         window = checkpoint.losses[-trainer.steps_per_epoch :]
         keep(checkpoint, check(), sum(window) / max(len(window), 1))
-        stale = epochs_without_improvement(scored)
+        stale = epochs_without_improvement(scored, recipe.start_margin)
         if recipe.patience and stale >= recipe.patience and not checkpoint.final:
             stopping = True
             what = CRITERIA[criterion(scored)[0]]
             report(f"stopped early at epoch {checkpoint.epoch}: no better {what} for {stale} epochs")
 
     losses = trainer.run(progress, cancelled, on_epoch, resume, stop=lambda: stopping)
-    chosen = best(scored)
+    chosen = best(scored, recipe.start_margin)
     if chosen.checkpoint.step == 0:
-        report(f"kept the start rows: no checkpoint beat them on the {CRITERIA[criterion(scored)[0]]}")
+        key = criterion(scored)[0]
+        by = f" by {recipe.start_margin:g}" if recipe.start_margin and key == "score" else ""
+        report(f"kept the start rows: no checkpoint beat them{by} on the {CRITERIA[key]}")
     assistant.slots.load(name, chosen.checkpoint.state)
     epochs = len(losses) // trainer.steps_per_epoch
     tokens = sum(len(s.ids) for s in samples)

@@ -73,6 +73,16 @@ class Recipe:
     held_out_views: bool = False
     """Score checkpoints' recognition of the concept on each held-out photo's augmentations too (the photo, its
     mirror and its centre crop: `data.augmentations`), so that one held-out photo is three answers, not one."""
+    start_margin: float = 0.0
+    """An epoch's checkpoint replaces the start rows only where its held-out score beats theirs by at least this
+    much (0: by any amount); early stopping counts from the start rows the same way. Only the held-out score has a
+    margin; the losses selection falls back to do not. Rows spelled from a good description are hard to beat, and a
+    score from one held-out photo moves by a quarter for one answer (docs/training.md, "Selection")."""
+    route_rows: bool = False
+    """Each sample trains only its own task's latent set: a drawing's gradient reaches the generation rows, a text
+    answer's the understanding rows (the other set still sits in the prompt's concept prefix, read but not trained
+    by it). With the paper's token mean a drawing's ~80 image tokens outweigh a yes/no answer, and both sets sit in
+    every prompt, so without this the drawings also steer the rows recognition reads. No effect with a shared set."""
     describe_photos: bool = True
     sample_checkpoints: bool = True
     layout: PromptLayout = field(default_factory=PromptLayout)
@@ -86,6 +96,8 @@ class Recipe:
             raise EngineError("the learning rate must be positive")
         if self.start not in START_ROWS:
             raise EngineError(f"unknown start rows {self.start!r}; known: {', '.join(START_ROWS)}")
+        if not 0.0 <= self.start_margin < 1.0:
+            raise EngineError("the start margin is a held-out score difference, from 0 up to (not including) 1")
         if self.patience < 0:
             raise EngineError("patience cannot be negative (0 runs every epoch)")
         counts = (self.soft_positives, self.negatives, self.recognition_per_photo)

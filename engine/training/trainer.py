@@ -132,6 +132,9 @@ class Trainer(TrainingLoop[Sample, Checkpoint]):
         self.params = assistant.slots.params(name)
         loaded = assistant.loaded
         self.image_ids = loaded.image_tokenizer.image_token_ids.sort().values.to(loaded.device)
+        prompts = assistant.prompts
+        sets = (prompts.generation_ids(name), prompts.understanding_ids(name))
+        self.sets = tuple(torch.tensor(ids, dtype=torch.long, device=loaded.device) for ids in sets)
         super().__init__(loaded.model, loaded.device, self.params.parameters(), config, len(self.samples))
 
     def epoch_items(self, epoch: int) -> list[Sample]:
@@ -144,10 +147,22 @@ class Trainer(TrainingLoop[Sample, Checkpoint]):
         ids, mask, labels = collate(batch, int(self.assistant.loaded.tokenizer.pad_token_id), self.device)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else nullcontext()
         with autocast:
-            hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+            if self.config.route_rows and not self.config.layout.shared:
+                inputs = self.routed(self.model.get_input_embeddings()(ids), ids, labels)
+                hidden = self.model.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+            else:
+                hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
             selected = labels != IGNORE
             weights = sample_weights(selected) if self.config.sample_mean else None
             return target_loss(self.model.lm_head, hidden[selected], labels[selected], self.image_ids, weights)
+
+    def routed(self, inputs: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """`inputs` with the other task's latent set detached in each sample (`Recipe.route_rows`): the
+        understanding rows in a drawing (a sample with an image-token target), the generation rows elsewhere."""
+        drawing = torch.isin(labels, self.image_ids).any(1, keepdim=True)
+        generation, understanding = (torch.isin(ids, rows) for rows in self.sets)
+        frozen = torch.where(drawing, understanding, generation)
+        return torch.where(frozen.unsqueeze(-1), inputs.detach(), inputs)
 
     def batch_loss(self, batch: Sequence[Sample]) -> Callable[[slice], torch.Tensor]:
         return lambda part: self.loss(batch[part]) * (len(batch[part]) / len(batch))

@@ -43,9 +43,9 @@ def test_a_policy_read_off_the_full_run_is_the_run_the_product_makes(assistant: 
     train(RECIPE, candidates)
     assert [c.checkpoint.epoch for c in candidates] == [0, 1, 2, 3, 4]
     stopped = False
-    for epochs, patience in ((2, 0), (4, 1), (4, 2)):
-        ran, kept = train(replace(RECIPE, epochs=epochs, patience=patience))
-        read_ran, read_kept = follow(candidates, epochs, patience)
+    for epochs, patience, margin in ((2, 0, 0.0), (4, 1, 0.0), (4, 2, 0.0), (4, 1, 0.3)):
+        ran, kept = train(replace(RECIPE, epochs=epochs, patience=patience, start_margin=margin))
+        read_ran, read_kept = follow(candidates, epochs, patience, margin)
         assert (ran, kept.checkpoint.step) == (read_ran, read_kept.checkpoint.step)
         assert torch.equal(kept.checkpoint.state.embed, read_kept.checkpoint.state.embed)
         assert torch.equal(kept.checkpoint.state.head, read_kept.checkpoint.state.head)

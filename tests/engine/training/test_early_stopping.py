@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.errors import EngineError
 from engine.inference.assistant import Assistant
 from engine.microworld.world import BACKGROUNDS, Scene, render, sample_identity
 from engine.model.loading import load_model
@@ -125,3 +126,43 @@ def test_held_out_views_score_each_held_out_photo_with_its_mirror_and_crop(views
     for metrics in (s.metrics for s in scored):
         count = metrics["held_out_photos"]
         assert count == (3 if views else 1) and (metrics["recognition_positive"] * count) % 1 == pytest.approx(0)
+
+
+def test_a_start_margin_keeps_the_start_rows_unless_an_epoch_beats_them_by_that_much() -> None:
+    run = [_scored(0, score=0.60), _scored(1, score=0.64), _scored(2, score=0.62)]
+    assert best(run).checkpoint.step == 1 and epochs_without_improvement(run) == 1
+    assert best(run, start_margin=0.05).checkpoint.step == 0
+    assert epochs_without_improvement(run, start_margin=0.05) == 2
+    assert best([*run, _scored(3, score=0.65)], start_margin=0.05).checkpoint.step == 3  # a tie goes to the later
+    assert best([*run, _scored(3, score=0.66)], start_margin=0.05).checkpoint.step == 3
+    by_loss = [_scored(0, score=None, held_out_loss=2.0), _scored(1, score=None, held_out_loss=1.99)]
+    assert best(by_loss, start_margin=0.05).checkpoint.step == 1  # no margin on a loss
+
+
+@pytest.mark.parametrize("margin", [-0.1, 1.0])
+def test_a_start_margin_outside_0_to_1_is_refused(margin: float) -> None:
+    with pytest.raises(EngineError, match="start margin"):
+        Recipe(start_margin=margin)
+
+
+def test_personalize_chooses_and_stops_with_the_recipes_start_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.training.personalization as personalization
+
+    margins: list[float] = []
+
+    def spy(candidates: Sequence[Scored], start_margin: float = 0.0) -> int:
+        margins.append(start_margin)
+        return epochs_without_improvement(candidates, start_margin)
+
+    def best_spy(candidates: Sequence[Scored], start_margin: float = 0.0) -> Scored:
+        margins.append(start_margin)
+        return best(candidates, start_margin)
+
+    monkeypatch.setattr(personalization, "epochs_without_improvement", spy)
+    monkeypatch.setattr(personalization, "best", best_spy)
+    assistant = Assistant(load_model("demo", device="cpu"))
+    recipe = Recipe(**{**vars(RECIPE), "epochs": 1, "start_margin": 0.99})
+    lines: list[str] = []
+    result = personalize(assistant, _concept(assistant, peak=0), recipe, status=lambda m: lines.append(str(m)))
+    assert margins == [0.99, 0.99] and result.chosen.checkpoint.step == 0
+    assert "kept the start rows: no checkpoint beat them by 0.99 on the held-out score" in lines

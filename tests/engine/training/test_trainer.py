@@ -332,3 +332,30 @@ def test_sample_mean_loss_is_the_mean_of_each_samples_own_mean(images: dict[str,
     head = torch.nn.Linear(8, 5)
     whole = chunked_cross_entropy(head, rows, targets, chunk=64, weights=weights)
     torch.testing.assert_close(chunked_cross_entropy(head, rows, targets, chunk=7, weights=weights), whole)
+
+
+@pytest.mark.parametrize("route", [False, True])
+def test_routed_rows_train_only_the_samples_own_task_set(images: dict[str, list[list[int]]], route: bool) -> None:
+    """With `Recipe.route_rows` a drawing's gradient reaches the generation rows and not the understanding rows, a
+    text answer's the other way round; without it both sets get both. The loss itself is the same."""
+    assistant = _fresh()
+    data = ConceptData("bo", "pet", images["photos"], images["negatives"])
+    recipe = Recipe(recognition_per_photo=1, generation_per_photo=1, qa_repeats=0, route_rows=route)
+    samples = build_samples(assistant.prompts, data, recipe)
+    image_ids = set(assistant.loaded.image_tokenizer.image_token_ids.tolist())
+    drawing = next(s for s in samples if image_ids & set(s.labels))
+    answer = next(s for s in samples if not image_ids & set(s.labels))
+    trainer = Trainer(assistant, "bo", samples, recipe)
+    trainer.train_mode(True)
+    generation, understanding = slice(1, 17), slice(17, 33)
+    for sample, own, other in ((drawing, generation, understanding), (answer, understanding, generation)):
+        trainer.params.zero_grad(set_to_none=True)
+        loss = trainer.loss([sample])
+        loss.backward()
+        grad = trainer.params.embed.grad
+        assert grad is not None and bool(grad[own].abs().sum() > 0)
+        assert bool(grad[other].abs().sum() == 0) == route
+        plain = Trainer(assistant, "bo", samples, Recipe(**{**vars(recipe), "route_rows": False}))
+        with torch.no_grad():
+            torch.testing.assert_close(plain.loss([sample]), loss.detach())
+    trainer.train_mode(False)
