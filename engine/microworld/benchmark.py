@@ -107,6 +107,8 @@ class Condition:
         return replace(base, **self.changes)
 
 
+LEAN = {"soft_positives": 15, "epochs": 2}
+"""A third of the benchmark's 45 soft positives (`BenchSettings`) and at most 2 epochs."""
 RECOGNITION_ONLY = {"patience": 0, "generation_per_photo": 0, "soft_positives": 0, "qa_repeats": 0}
 
 CONDITIONS = {
@@ -186,6 +188,17 @@ CONDITIONS = {
             "route_rows",
             "change: each sample trains only its task's latent set (drawings the generation set, answers the other)",
             changes={"route_rows": True},
+        ),
+        Condition(
+            "lean",
+            "change: a third of the soft positives and at most 2 epochs (the cost study's cheaper recipe)",
+            changes=LEAN,
+        ),
+        Condition(
+            "refined_lean",
+            "change: `refined` with a third of the soft positives and at most 2 epochs",
+            from_aligner=True,
+            changes=LEAN,
         ),
         Condition("lr_3e4", "change: learning rate 3e-4, not 1e-3", changes={"learning_rate": 3e-4}),
         Condition("epochs_2", "change: at most 2 epochs, not 4", changes={"epochs": 2}),
