@@ -346,6 +346,7 @@ def test_routed_rows_train_only_the_samples_own_task_set(images: dict[str, list[
     drawing = next(s for s in samples if image_ids & set(s.labels))
     answer = next(s for s in samples if not image_ids & set(s.labels))
     trainer = Trainer(assistant, "bo", samples, recipe)
+    plain = Trainer(assistant, "bo", samples, Recipe(**{**vars(recipe), "route_rows": False}))
     trainer.train_mode(True)
     generation, understanding = slice(1, 17), slice(17, 33)
     for sample, own, other in ((drawing, generation, understanding), (answer, understanding, generation)):
@@ -355,7 +356,6 @@ def test_routed_rows_train_only_the_samples_own_task_set(images: dict[str, list[
         grad = trainer.params.embed.grad
         assert grad is not None and bool(grad[own].abs().sum() > 0)
         assert bool(grad[other].abs().sum() == 0) == route
-        plain = Trainer(assistant, "bo", samples, Recipe(**{**vars(recipe), "route_rows": False}))
         with torch.no_grad():
             torch.testing.assert_close(plain.loss([sample]), loss.detach())
     trainer.train_mode(False)
