@@ -93,8 +93,12 @@ def photos(size: int, count: int) -> list[Image.Image]:
     return [Image.new("RGB", (size, size), (40 + 50 * i, 90, 160)) for i in range(count)]
 
 
-def train_phase(assistant: Assistant, meter: Meter, steps: int) -> dict[str, Any]:
+def train_phase(assistant: Assistant, meter: Meter, steps: int, checkpointing: bool | None) -> dict[str, Any]:
+    """`steps` training steps at `MICRO_BATCH` image samples a step; `checkpointing` None as the product chooses
+    (`engine.model.memory.training_shape`), True forced on at `MICRO_BATCH`."""
     loaded = assistant.loaded
+    if "bo" in assistant.slots.names():  # trained by the phase before: start afresh
+        assistant.slots.detach("bo")
     assistant.attach(assistant.slots.initial_state("bo", loaded.tokenizer, "dog"))
     tokens = [row.tolist() for row in loaded.image_tokenizer.encode(photos(loaded.image_tokenizer.resolution, 4))]
     recipe = Recipe(
@@ -110,16 +114,19 @@ def train_phase(assistant: Assistant, meter: Meter, steps: int) -> dict[str, Any
     )
     samples = build_samples(assistant.prompts, ConceptData("bo", "pet", tokens), recipe)
     trainer = Trainer(assistant, "bo", samples, recipe)
+    if checkpointing:
+        trainer.micro_batch, trainer.checkpointing = MICRO_BATCH, True
     ticks: list[float] = []
     trainer_run = lambda: trainer.run(progress=lambda _p: (meter.sync(), ticks.append(time.perf_counter())))  # noqa: E731
     start = time.perf_counter()
     _, seconds, peak = meter.run(trainer_run)
     times = [b - a for a, b in zip([start, *ticks], ticks, strict=False)]
     length = max(len(s.ids) for s in samples)
-    shape = memory.TrainingShape(MICRO_BATCH, memory.gradient_checkpointing(loaded.device))
+    shape = memory.TrainingShape(trainer.micro_batch, trainer.checkpointing)
     predicted = memory.training_step(loaded.config, loaded.dtype, loaded.quantized, shape)
     return {
-        "micro_batch": MICRO_BATCH,
+        "micro_batch": trainer.micro_batch,
+        "checkpointing": trainer.checkpointing,
         "tokens_per_sample": length,
         "steps": len(times),
         "seconds_first_step": round(times[0], 3),
@@ -257,7 +264,7 @@ def main() -> None:
         }
         save()
         log("loading")
-        shape = memory.TrainingShape(MICRO_BATCH, memory.gradient_checkpointing(device))
+        shape = memory.TrainingShape(MICRO_BATCH, memory.can_checkpoint(device))
         loaded, seconds, peak = meter.run(
             lambda: load_model(str(folder), device=str(device), train_micro_batch=MICRO_BATCH)
         )
@@ -277,7 +284,8 @@ def main() -> None:
         save()
         assistant = Assistant(loaded)
         for name, phase in (
-            ("train", lambda: train_phase(assistant, meter, args.train_steps)),
+            ("train", lambda: train_phase(assistant, meter, args.train_steps, None)),
+            ("train_checkpointed", lambda: train_phase(assistant, meter, args.train_steps, True)),
             ("image", lambda: image_phase(assistant, meter, result.get("bandwidth_gbs"), repeats)),
             ("text", lambda: text_phase(assistant, meter, args.text_tokens)),
             ("instant", lambda: instant_phase(loaded, meter, work, args.demo)),

@@ -18,8 +18,9 @@ def test_the_demo_rehearsal_runs_every_phase_and_writes_its_json(tmp_path: Path)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert result["mode"] == "demo"
-    for phase in ("load", "train", "image", "text", "instant"):
+    for phase in ("load", "train", "train_checkpointed", "image", "text", "instant"):
         assert "error" not in result[phase], result[phase]
+    assert result["train"]["checkpointing"] is False and result["train_checkpointed"]["checkpointing"] is True
     assert result["train"]["steps"] == 2 and result["train"]["seconds_per_step"] > 0
     assert result["train"]["predicted_peak_gib"] > result["load"]["predicted_weights_gib"]
     assert result["image"]["tokens_per_image"] == 64

@@ -45,7 +45,7 @@ QUICK = TrainOptions(
 )
 """The `quick` recipe (the default): a small data mix that runs on the demo model in seconds per concept, from the
 photos alone (not the demo model's bundled subset: its 1,000 look-alikes would take minutes).
-The `full` recipe is `TrainOptions()`, the product's: up to 4 epochs (early stopping, patience 3), augmentation, photo
+The `full` recipe is `TrainOptions()`, the product's: at most 2 epochs, up to 333 look-alikes, augmentation, photo
 descriptions."""
 PUBLISHED = [
     ("Yo'Chameleon (CVPR 2025), 32 tokens", "recognition (weighted)", 0.845),

@@ -381,7 +381,7 @@ class AlignerTrainer(TrainingLoop[Draw, AlignerCheckpoint]):
             raise EngineError("distillation needs the identities' description targets (prepare_data with distill)")
         self.decision = Decision.of(loaded.tokenizer)
         items = len(data.identities) * config.samples_per_identity
-        super().__init__(loaded.model, loaded.device, aligner.parameters(), config, items)
+        super().__init__(loaded, aligner.parameters(), config, items)
         self._qa = [fact_pairs("object", identity.facts, PLACEHOLDER) for identity in data.identities]
         embedding, head = self.model.get_input_embeddings(), self.model.get_output_embeddings()
         self._base_embedding: nn.Module = getattr(embedding, "base", embedding)

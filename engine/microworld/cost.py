@@ -25,6 +25,7 @@ import torch
 from engine.inference.assistant import Assistant
 from engine.microworld.benchmark import (
     CONDITIONS,
+    FULL_SOFT_POSITIVES,
     QUICK,
     BenchConcept,
     Benchmark,
@@ -35,7 +36,7 @@ from engine.microworld.benchmark import (
 )
 from engine.microworld.reader import AttributeReader
 from engine.microworld.world import render
-from engine.model.memory import gradient_checkpointing
+from engine.model.memory import device_training_shape
 from engine.progress import Progress, ProgressCallback
 from engine.training.cost import flop_per_token
 from engine.training.data import describe_photos
@@ -56,7 +57,9 @@ class CostSettings:
     """The benchmark's concepts and recipe at the full epochs; `shares` of the benchmark's soft positives to run
     (the first is the full recipe's), each for every condition."""
 
-    bench: BenchSettings = field(default_factory=lambda: replace(QUICK, epochs=FULL_EPOCHS))
+    bench: BenchSettings = field(
+        default_factory=lambda: replace(QUICK, epochs=FULL_EPOCHS, soft_positives=FULL_SOFT_POSITIVES)
+    )
     conditions: tuple[str, ...] = ("trained", "refined")
     shares: tuple[float, ...] = (1.0, 0.0)
 
@@ -106,7 +109,11 @@ class CostBenchmark:
         self.report = report or (lambda _m: None)
         self.progress = progress or (lambda _p: None)
         loaded = assistant.loaded
-        self.flop_per_token = flop_per_token(compute_parameters(loaded.model), gradient_checkpointing(loaded.device))
+        recipe = settings.bench.recipe()
+        shape = device_training_shape(
+            loaded.config, loaded.device, loaded.dtype, loaded.quantized, recipe.batch_size, recipe.micro_batch
+        )
+        self.flop_per_token = flop_per_token(compute_parameters(loaded.model), shape.checkpointing)
 
     def run(self, seeds: int = 1) -> dict[str, Any]:
         """Every run of seeds `bench.seed .. bench.seed + seeds - 1`, with the policies read off each."""

@@ -30,7 +30,7 @@ from engine.model.folder_checks import (
     weight_files,
 )
 from engine.model.image_tokens import ImageTokenizer
-from engine.model.memory import TrainingShape, estimate_memory, gradient_checkpointing, training_estimate
+from engine.model.memory import TrainingShape, can_checkpoint, estimate_memory, training_estimate
 from engine.model.vqgan import DECODER_FILE, load_decoder
 from engine.progress import Progress, ProgressCallback
 
@@ -277,9 +277,7 @@ def load_model(
     target = resolve_device(device)
     quantize, dtype = precision(target, is_demo, quantize, dtype)
     if check_memory:
-        training = (
-            None if train_micro_batch is None else TrainingShape(train_micro_batch, gradient_checkpointing(target))
-        )
+        training = None if train_micro_batch is None else TrainingShape(train_micro_batch, can_checkpoint(target))
         estimate = estimate_memory(config, target, dtype, quantize, training)
         if not estimate.fits:
             what = "will not fit" + ("" if training is None else f" for training at micro-batch {train_micro_batch}")
@@ -329,8 +327,9 @@ def load_model(
 
 
 def check_training_memory(loaded: LoadedModel, micro_batch: int) -> None:
-    """Refuse, with the numbers, to train on `loaded` when a micro-batch will not fit beside it now."""
-    shape = TrainingShape(micro_batch, gradient_checkpointing(loaded.device))
+    """Refuse, with the numbers, to train on `loaded` when a micro-batch will not fit beside it now, even with
+    gradient checkpointing where the device has it (training leaves it off where memory allows: `TrainingLoop`)."""
+    shape = TrainingShape(micro_batch, can_checkpoint(loaded.device))
     estimate = training_estimate(loaded.config, loaded.device, loaded.dtype, loaded.quantized, shape)
     if not estimate.fits:
         hint = "; a smaller micro-batch needs less" if micro_batch > 1 else ""

@@ -9,7 +9,8 @@
 - **Training** (`training_memory`): the model is frozen, so only activations that the input gradients need are
   kept, roughly 8 x hidden + 3 x intermediate elements per token and decoder layer (norm inputs, attention inputs
   and output, the MLP's gate, up and activation). With gradient checkpointing only each layer's input is kept and
-  one layer at a time is recomputed. The loss holds logits for at most `chunk` labelled positions at a time:
+  one layer at a time is recomputed. On CUDA training checkpoints only where no micro-batch fits without it
+  (`training_shape`). The loss holds logits for at most `chunk` labelled positions at a time:
   image targets over the image-token rows only, other targets over the full vocabulary
   (`engine.training.trainer`); per row, the logits in the model's dtype (twice where concept rows are patched in),
   a float32 copy, its log-softmax and that one's gradient. Attention is taken to be SDPA (no sequence-squared
@@ -42,8 +43,9 @@ LOSS_CHUNK_ROWS = 256
 SLACK = 1.15
 
 
-def gradient_checkpointing(device: torch.device) -> bool:
-    """Whether training recomputes activations in the backward pass: on CUDA, where memory is scarce."""
+def can_checkpoint(device: torch.device) -> bool:
+    """Whether training on `device` recomputes activations when memory is short: on CUDA, where memory is scarce.
+    On the CPU memory is plentiful and recomputing would only cost time."""
     return device.type == "cuda"
 
 
@@ -214,10 +216,11 @@ class MemoryEstimate:
 
 
 def free_bytes(device: torch.device) -> int:
-    """Memory free on `device` now: the GPU's free memory, or the machine's available RAM."""
+    """Memory free on `device` now: the GPU's free memory (with what torch's allocator holds unused), or the
+    machine's available RAM."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        return int(free) + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return int(psutil.virtual_memory().available)
 
 
@@ -247,6 +250,37 @@ def training_estimate(
     step = training_step(config, dtype, quantize, shape)
     parts = (("training activations", step.activations), ("training logits", step.logits))
     return MemoryEstimate(needed=int(step.step * SLACK), available=free_bytes(device), device=str(device), parts=parts)
+
+
+def training_shape(
+    config: ChameleonConfig,
+    dtype: torch.dtype,
+    quantize: bool,
+    *,
+    batch_size: int,
+    micro_batch: int,
+    available: int | None,
+) -> TrainingShape:
+    """How a training step runs. With `available` None (the CPU: `can_checkpoint`) as asked, without gradient
+    checkpointing. Otherwise the largest micro-batch up to `micro_batch` that divides `batch_size` and whose step
+    fits in `available` bytes without checkpointing (with `SLACK`): recomputing the forward pass makes a token cost
+    6N FLOP instead of 4N (docs/training.md, "Cost"), while a smaller micro-batch only splits the same batch. Where
+    none fits, `micro_batch` with checkpointing."""
+    if available is None:
+        return TrainingShape(micro_batch, checkpointing=False)
+    for size in range(micro_batch, 0, -1):
+        shape = TrainingShape(size, checkpointing=False)
+        if batch_size % size == 0 and training_step(config, dtype, quantize, shape).step * SLACK <= available:
+            return shape
+    return TrainingShape(micro_batch, checkpointing=True)
+
+
+def device_training_shape(
+    config: ChameleonConfig, device: torch.device, dtype: torch.dtype, quantize: bool, batch_size: int, micro_batch: int
+) -> TrainingShape:
+    """`training_shape` for a model already loaded on `device`, against what is free there now."""
+    available = free_bytes(device) if can_checkpoint(device) else None
+    return training_shape(config, dtype, quantize, batch_size=batch_size, micro_batch=micro_batch, available=available)
 
 
 def _vq_config(config: ChameleonConfig) -> ChameleonVQVAEConfig:

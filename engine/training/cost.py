@@ -3,9 +3,10 @@ recipe projected onto a 7B Chameleon-class model (docs/training.md, "At 7B").
 
 The base model is frozen, so a training token costs its forward pass (2 FLOP per parameter it passes), the backward
 pass of the inputs only (another 2; the weight-gradient half of a usual backward is never computed), and, where
-gradient checkpointing recomputes activations in the backward (on CUDA, `engine.model.memory`), the forward again
-(2 more). The input embedding table is a lookup and costs nothing; attention's own products (about 2% at 1,100
-tokens on 7B) are left out. No torch here: callers count the parameters.
+gradient checkpointing recomputes activations in the backward (on CUDA where memory is short,
+`engine.model.memory.training_shape`), the forward again (2 more). The input embedding table is a lookup and costs
+nothing; attention's own products (about 2% at 1,100 tokens on 7B) are left out. No torch here: callers count the
+parameters.
 """
 
 from __future__ import annotations
@@ -61,11 +62,14 @@ class Projection:
         return self.flop / (RTX_4090_BF16_FLOPS * self.utilisation) / 60
 
 
-def project_7b(recipe: Recipe, epochs: float, utilisation: float, photos: int = 4) -> Projection:
+def project_7b(
+    recipe: Recipe, epochs: float, utilisation: float, photos: int = 4, checkpointing: bool = True
+) -> Projection:
     """`epochs` of `recipe` on a 7B model for a concept of `photos` training photos (5 added, one held out) with
-    every negative and soft positive the recipe asks for found, under gradient checkpointing."""
+    every negative and soft positive the recipe asks for found, with or without gradient checkpointing (a 24 GiB
+    card trains 7B at micro-batch 2 without it: `engine.model.memory.training_shape`)."""
     samples = epoch_samples(recipe, photos, recipe.negatives, recipe.soft_positives)
     steps = math.ceil(samples / recipe.batch_size)
     tokens = steps * recipe.batch_size * SEVEN_B_TOKENS_PER_SAMPLE * epochs
-    flop = tokens * flop_per_token(SEVEN_B_PARAMETERS, checkpointing=True)
+    flop = tokens * flop_per_token(SEVEN_B_PARAMETERS, checkpointing)
     return Projection(samples, steps, epochs, flop, utilisation)

@@ -3,9 +3,12 @@
 and what its checkpoints hold.
 
 AdamW over the trained parameters; each step takes the next `batch_size` items of the epoch's order, accumulates
-gradients over micro-batches of `micro_batch` items (0: the whole batch) and clips them to `max_grad_norm`. The
-frozen model runs in train mode (with gradient checkpointing on CUDA) and is back in eval mode afterwards. Runs
-repeat exactly for a seed, so a run resumed from any checkpoint ends bit-identical to an uninterrupted one.
+gradients over micro-batches of at most `micro_batch` items (0: the whole batch) and clips them to `max_grad_norm`.
+The frozen model runs in train mode and is back in eval mode afterwards. On CUDA the micro-batch and gradient
+checkpointing come from the memory model (`engine.model.memory.training_shape`): the largest micro-batch that fits
+without checkpointing, else checkpointing; where a step without it still runs out of memory, the step is taken again
+with checkpointing, which stays on for the rest of the run. Runs repeat exactly for a seed, so a run resumed from
+any checkpoint ends bit-identical to an uninterrupted one.
 
 A checkpoint goes to `on_checkpoint` at the end of every epoch; where `stop` then says so (early stopping), the run
 ends there as finished, not cancelled. A cancelled run raises `TrainingCancelled` with the
@@ -27,7 +30,8 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from engine.model.memory import gradient_checkpointing
+from engine.model.loading import LoadedModel
+from engine.model.memory import device_training_shape
 from engine.progress import Progress, ProgressCallback
 
 ItemT = TypeVar("ItemT")
@@ -95,26 +99,32 @@ def _unpack_optimizer(optimizer: torch.optim.Optimizer, data: bytes) -> None:
 
 
 class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
-    """Trains `parameters` with `model` (frozen, on `device`) over `items_per_epoch` items an epoch."""
+    """Trains `parameters` with the frozen model of `loaded` over `items_per_epoch` items an epoch."""
 
     def __init__(
-        self,
-        model: nn.Module,
-        device: torch.device,
-        parameters: Iterable[nn.Parameter],
-        config: LoopConfig,
-        items_per_epoch: int,
+        self, loaded: LoadedModel, parameters: Iterable[nn.Parameter], config: LoopConfig, items_per_epoch: int
     ) -> None:
-        self.model = model
-        self.device = device
+        self.model: nn.Module = loaded.model
+        self.device = loaded.device
         self.config = config
         self.trained = list(parameters)
         self.optimizer = torch.optim.AdamW(self.trained, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.steps_per_epoch = math.ceil(items_per_epoch / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.checkpointing = gradient_checkpointing(device)
-        """Gradient checkpointing while training (recompute activations in the backward pass): on CUDA, to save
-        memory; off for everything the caller does with a handed-over checkpoint (scoring draws and asks)."""
+        shape = device_training_shape(
+            loaded.config,
+            loaded.device,
+            loaded.dtype,
+            loaded.quantized,
+            config.batch_size,
+            config.micro_batch or config.batch_size,
+        )
+        self.micro_batch = shape.micro_batch
+        """Items per forward pass: the config's, or on CUDA fewer where that avoids checkpointing."""
+        self.checkpointing = shape.checkpointing
+        """Gradient checkpointing while training (recompute activations in the backward pass): on CUDA where no
+        micro-batch fits without it; off for everything the caller does with a handed-over checkpoint (scoring
+        draws and asks)."""
 
     @abstractmethod
     def epoch_items(self, epoch: int) -> Sequence[ItemT]:
@@ -167,6 +177,26 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
             if checkpoint.step < self.total_steps:
                 self._set_training(True)
 
+    def _gradients(self, batch: Sequence[ItemT]) -> float:
+        """Accumulate the gradients of `batch`, a micro-batch at a time; returns its loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_of = self.batch_loss(batch)
+        total = 0.0
+        for start in range(0, len(batch), self.micro_batch):
+            loss = loss_of(slice(start, start + self.micro_batch))
+            loss.backward()
+            total += loss.item()
+        return total
+
+    def _start_checkpointing(self) -> None:
+        """A step without checkpointing ran out of memory (the memory model's estimate was short): drop its partial
+        gradients and checkpoint from now on, at the same micro-batch, which needs less than the step that failed."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.checkpointing = True
+        self._set_training(True)
+
     def run(
         self,
         progress: ProgressCallback | None = None,
@@ -187,7 +217,7 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
             step, losses = resume.step, list(resume.losses)
         saved = resume  # the latest checkpoint the caller has: handed over by this run, or resumed from
         started, first_step = time.monotonic(), step
-        size, micro = self.config.batch_size, self.config.micro_batch or self.config.batch_size
+        size = self.config.batch_size
         order: tuple[int, Sequence[ItemT]] = (-1, [])
         self._set_training(True)
         try:
@@ -201,13 +231,13 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
                 if order[0] != epoch:
                     order = (epoch, self.epoch_items(epoch))
                 batch = order[1][within * size : (within + 1) * size]
-                self.optimizer.zero_grad(set_to_none=True)
-                loss_of = self.batch_loss(batch)
-                total = 0.0
-                for start in range(0, len(batch), micro):
-                    loss = loss_of(slice(start, start + micro))
-                    loss.backward()
-                    total += loss.item()
+                try:
+                    total = self._gradients(batch)
+                except torch.OutOfMemoryError:
+                    if self.checkpointing:
+                        raise
+                    self._start_checkpointing()
+                    total = self._gradients(batch)
                 nn.utils.clip_grad_norm_(self.trained, self.config.max_grad_norm)
                 self.optimizer.step()
                 step += 1

@@ -135,7 +135,7 @@ class Trainer(TrainingLoop[Sample, Checkpoint]):
         prompts = assistant.prompts
         sets = (prompts.generation_ids(name), prompts.understanding_ids(name))
         self.sets = tuple(torch.tensor(ids, dtype=torch.long, device=loaded.device) for ids in sets)
-        super().__init__(loaded.model, loaded.device, self.params.parameters(), config, len(self.samples))
+        super().__init__(loaded, self.params.parameters(), config, len(self.samples))
 
     def epoch_items(self, epoch: int) -> list[Sample]:
         generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)

@@ -35,7 +35,7 @@ def test_the_commands_named_in_the_issue_show_their_defaults() -> None:
     def shown(command: str) -> str:
         return " ".join(COMMANDS[command].format_help().split())
 
-    assert "--epochs EPOCHS passes over the samples (default: 4)" in shown("familiar train")
+    assert "--epochs EPOCHS passes over the samples (default: 2)" in shown("familiar train")
     assert "(default: 0.001)" in shown("familiar train") and "(default: auto)" in shown("familiar train")
     chat = shown("familiar chat")
     assert "(default: 200)" in chat and "(default: 0.7)" in chat and "--seed SEED random seed" in chat

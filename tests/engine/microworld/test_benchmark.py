@@ -75,7 +75,7 @@ def test_retrieval_follows_the_plan_rules(assistant: Assistant) -> None:
     bench = Benchmark(assistant, load_reader(), SMALL)
     concept = make_concepts(SMALL)[0]
     photos = concept.train[:-1]
-    tiers, negatives = bench.retrieval(concept, photos, 4)
+    tiers, negatives = bench.retrieval(concept, photos, 4, 0)
     assert [n for n, _ in tiers] == [3, 2, 1]
     positives = [s for _, scenes in tiers for s in scenes]
     assert 0 < len(positives) <= SMALL.soft_positives and len(negatives) == SMALL.train_negatives
@@ -88,6 +88,16 @@ def test_retrieval_follows_the_plan_rules(assistant: Assistant) -> None:
     hard = negatives[: SMALL.train_negatives // 2]
     assert similarity(positives).min() >= similarity(hard).max() - 1e-5
     assert similarity(hard).mean() > similarity(negatives[len(hard) :]).mean()
+    assert bench.retrieval(concept, photos, 4, SMALL.soft_positives) == (tiers, negatives)
+
+    # a recipe asking for more look-alikes than the benchmark's plans further down the ranking, as `familiar train`
+    # plans its --soft-positives: more of them, and hard negatives from the ranks after them
+    wider, wider_negatives = bench.retrieval(concept, photos, 4, 2 * SMALL.soft_positives)
+    more = [s for _, scenes in wider for s in scenes]
+    wider_hard = wider_negatives[: SMALL.train_negatives // 2]
+    assert len(positives) < len(more) <= 2 * SMALL.soft_positives
+    assert similarity(more).min() >= similarity(wider_hard).max() - 1e-5
+    assert similarity(wider_hard).max() < similarity(hard).max()
 
 
 @pytest.fixture()

@@ -3,6 +3,7 @@ goal, and the refusals before loading or training."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from engine.model.memory import (
     kv_cache_bytes,
     tokens_per_image,
     training_memory,
+    training_shape,
     training_step,
     weight_bytes,
 )
@@ -78,6 +80,33 @@ def test_a_full_size_nf4_training_step_at_batch_4_is_predicted_under_8_gib() -> 
         config, torch.bfloat16, True, batch=4, length=1091, labelled=4 * 1027, chunk=4 * 1027, checkpointing=True
     )
     assert unchunked.logits > 10 * step.logits  # what chunking and the image rows save
+
+
+def test_training_checkpoints_only_where_no_micro_batch_fits_without_it() -> None:
+    """At 7B NF4: the largest micro-batch dividing the batch whose step fits unchecked, else checkpointing at the
+    asked micro-batch; on the CPU (`available` None) always as asked, unchecked."""
+    from engine.model.synthetic import chameleon_7b_config
+
+    config = chameleon_7b_config()
+
+    def unchecked(size: int) -> int:
+        return math.ceil(
+            training_step(config, torch.bfloat16, True, TrainingShape(size, checkpointing=False)).step * 1.15
+        )
+
+    def shape(available: int | None, micro_batch: int = 4) -> TrainingShape:
+        return training_shape(config, torch.bfloat16, True, batch_size=4, micro_batch=micro_batch, available=available)
+
+    assert unchecked(1) < unchecked(2) < unchecked(3) < unchecked(4)
+    assert shape(None) == TrainingShape(4, checkpointing=False)
+    assert shape(unchecked(4)) == TrainingShape(4, checkpointing=False)
+    assert shape(unchecked(4) - 1) == TrainingShape(2, checkpointing=False)  # 3 does not divide the batch
+    assert shape(unchecked(3) + 1, micro_batch=2) == TrainingShape(2, checkpointing=False)
+    assert shape(unchecked(1)) == TrainingShape(1, checkpointing=False)
+    assert shape(unchecked(1) - 1) == TrainingShape(4, checkpointing=True)
+    weights = weight_bytes(config, torch.bfloat16, True) * 1.15
+    assert weights + unchecked(2) < 20 * 2**30  # a 24 GiB card trains 7B at micro-batch 2 without recomputing
+    assert weights + unchecked(4) > 24 * 2**30
 
 
 def test_kv_cache_prediction_matches_a_real_cache(demo: LoadedModel) -> None:

@@ -31,3 +31,4 @@ def test_the_7b_projection_counts_steps_tokens_and_minutes() -> None:
     assert projection.flop == pytest.approx(flop)
     assert projection.minutes == pytest.approx(flop / (0.4 * RTX_4090_BF16_FLOPS) / 60)
     assert project_7b(PAPER, epochs=3, utilisation=0.4).flop == pytest.approx(flop / 5)
+    assert project_7b(PAPER, epochs=15, utilisation=0.4, checkpointing=False).flop == pytest.approx(flop * 4 / 6)

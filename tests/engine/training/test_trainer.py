@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -302,6 +302,36 @@ def test_checkpoints_are_handed_over_in_eval_mode_with_checkpointing_off(images:
     for _, _, checkpoint, picture in seen:
         assistant.slots.load("bo", checkpoint.state)
         assert draw(assistant, "bo", seed=3).tobytes() == picture
+
+
+def test_a_step_that_runs_out_of_memory_is_taken_again_with_checkpointing(images: dict[str, list[list[int]]]) -> None:
+    """Where a run went without checkpointing (the memory model said it fits) and a step still runs out of memory
+    halfway through its micro-batches, that step is taken again with checkpointing, which stays on: the run ends
+    with the losses and rows, bit for bit, of a run that never ran out."""
+    recipe = Recipe(epochs=2, micro_batch=2)
+    assistant = _fresh()
+    expected = Trainer(assistant, "bo", _samples(assistant, images), recipe).run()
+    expected_rows = assistant.slots.state("bo")
+
+    assistant = _fresh()
+    trainer = Trainer(assistant, "bo", _samples(assistant, images), recipe)
+    assert not trainer.checkpointing and trainer.micro_batch == 2 and len(trainer.samples) > 4
+    real, calls, checkpointed = trainer.loss, [0], []
+
+    def loss(batch: Sequence[Sample]) -> torch.Tensor:
+        calls[0] += 1
+        checkpointed.append(assistant.loaded.model.is_activation_checkpointing)
+        if calls[0] == 4:  # the second micro-batch of the second step, after the first one's backward
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(batch)
+
+    trainer.loss = loss  # type: ignore[method-assign]
+    losses = trainer.run()
+    assert trainer.checkpointing and checkpointed[:4] == [False] * 4 and all(checkpointed[4:])
+    assert not assistant.loaded.model.is_activation_checkpointing  # off again once the run ends
+    rows = assistant.slots.state("bo")
+    assert losses == expected
+    assert torch.equal(rows.embed, expected_rows.embed) and torch.equal(rows.head, expected_rows.head)
 
 
 def test_sample_mean_loss_is_the_mean_of_each_samples_own_mean(images: dict[str, list[list[int]]]) -> None:
