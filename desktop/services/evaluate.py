@@ -44,7 +44,7 @@ QUICK = TrainOptions(
     bundled_index=False,
 )
 """The `quick` recipe (the default): a small data mix that runs on the demo model in seconds per concept, from the
-photos alone (not the demo model's bundled subset: its 1,000 look-alikes would take minutes).
+photos alone (not the demo model's bundled subset: its 333 look-alikes a run would take minutes).
 The `full` recipe is `TrainOptions()`, the product's: at most 2 epochs, up to 333 look-alikes, augmentation, photo
 descriptions."""
 PUBLISHED = [
