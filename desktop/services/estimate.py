@@ -122,12 +122,11 @@ def estimate_training(
     pace = measured_pace(library, options)
     memory = None
     if assistant is not None:
-        from engine.model.memory import device_training_shape, training_estimate
+        from engine.model.loading import loaded_training_shape
+        from engine.model.memory import training_estimate
 
         loaded = assistant.loaded
-        shape = device_training_shape(
-            loaded.config, loaded.device, loaded.dtype, loaded.quantized, options.batch_size, options.micro_batch
-        )
+        shape = loaded_training_shape(loaded, options.batch_size, options.micro_batch)
         estimate = training_estimate(loaded.config, loaded.device, loaded.dtype, loaded.quantized, shape)
         memory = MemoryNeed(estimate.needed, estimate.available, estimate.device, estimate.describe())
     return TrainingEstimate(steps, upper, pace[0] if pace else None, pace[1] if pace else None, memory)

@@ -36,7 +36,7 @@ from engine.microworld.benchmark import (
 )
 from engine.microworld.reader import AttributeReader
 from engine.microworld.world import render
-from engine.model.memory import device_training_shape
+from engine.model.loading import loaded_training_shape
 from engine.progress import Progress, ProgressCallback
 from engine.training.cost import flop_per_token
 from engine.training.data import describe_photos
@@ -110,9 +110,7 @@ class CostBenchmark:
         self.progress = progress or (lambda _p: None)
         loaded = assistant.loaded
         recipe = settings.bench.recipe()
-        shape = device_training_shape(
-            loaded.config, loaded.device, loaded.dtype, loaded.quantized, recipe.batch_size, recipe.micro_batch
-        )
+        shape = loaded_training_shape(loaded, recipe.batch_size, recipe.micro_batch)
         self.flop_per_token = flop_per_token(compute_parameters(loaded.model), shape.checkpointing)
 
     def run(self, seeds: int = 1) -> dict[str, Any]:

@@ -30,7 +30,14 @@ from engine.model.folder_checks import (
     weight_files,
 )
 from engine.model.image_tokens import ImageTokenizer
-from engine.model.memory import TrainingShape, can_checkpoint, estimate_memory, training_estimate
+from engine.model.memory import (
+    TrainingShape,
+    can_checkpoint,
+    estimate_memory,
+    free_bytes,
+    training_estimate,
+    training_shape,
+)
 from engine.model.vqgan import DECODER_FILE, load_decoder
 from engine.progress import Progress, ProgressCallback
 
@@ -324,6 +331,19 @@ def load_model(
     )
     report(Progress("loaded", 2, 2))
     return loaded
+
+
+def loaded_training_shape(loaded: LoadedModel, batch_size: int, micro_batch: int) -> TrainingShape:
+    """`engine.model.memory.training_shape` for `loaded`, against what is free on its device now."""
+    available = free_bytes(loaded.device) if can_checkpoint(loaded.device) else None
+    return training_shape(
+        loaded.config,
+        loaded.dtype,
+        loaded.quantized,
+        batch_size=batch_size,
+        micro_batch=micro_batch,
+        available=available,
+    )
 
 
 def check_training_memory(loaded: LoadedModel, micro_batch: int) -> None:

@@ -275,14 +275,6 @@ def training_shape(
     return TrainingShape(micro_batch, checkpointing=True)
 
 
-def device_training_shape(
-    config: ChameleonConfig, device: torch.device, dtype: torch.dtype, quantize: bool, batch_size: int, micro_batch: int
-) -> TrainingShape:
-    """`training_shape` for a model already loaded on `device`, against what is free there now."""
-    available = free_bytes(device) if can_checkpoint(device) else None
-    return training_shape(config, dtype, quantize, batch_size=batch_size, micro_batch=micro_batch, available=available)
-
-
 def _vq_config(config: ChameleonConfig) -> ChameleonVQVAEConfig:
     vq = config.vq_config
     return vq if isinstance(vq, ChameleonVQVAEConfig) else ChameleonVQVAEConfig(**(vq or {}))

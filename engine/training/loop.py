@@ -30,8 +30,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from engine.model.loading import LoadedModel
-from engine.model.memory import device_training_shape
+from engine.model.loading import LoadedModel, loaded_training_shape
 from engine.progress import Progress, ProgressCallback
 
 ItemT = TypeVar("ItemT")
@@ -111,14 +110,7 @@ class TrainingLoop(ABC, Generic[ItemT, CheckpointT]):
         self.optimizer = torch.optim.AdamW(self.trained, lr=config.learning_rate, weight_decay=config.weight_decay)
         self.steps_per_epoch = math.ceil(items_per_epoch / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
-        shape = device_training_shape(
-            loaded.config,
-            loaded.device,
-            loaded.dtype,
-            loaded.quantized,
-            config.batch_size,
-            config.micro_batch or config.batch_size,
-        )
+        shape = loaded_training_shape(loaded, config.batch_size, config.micro_batch or config.batch_size)
         self.micro_batch = shape.micro_batch
         """Items per forward pass: the config's, or on CUDA fewer where that avoids checkpointing."""
         self.checkpointing = shape.checkpointing
