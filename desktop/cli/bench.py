@@ -47,13 +47,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train micro-world concepts with the product's recipe and measure them against baselines",
     )
     p.add_argument(
-        "--quick", action="store_true", help="3 concepts, the baselines and the Aligner's conditions, no ablations"
+        "--quick",
+        action="store_true",
+        help="5 concepts x 2 seeds, the baselines and the Aligner's conditions, no ablations",
     )
     p.add_argument("-o", "--output", type=Path, help="results JSON file to write (none unless given)")
     p.add_argument("--docs", type=Path, help="Markdown report to write, charts beside it (none unless given)")
     p.add_argument("--model", default="demo", help="a micro-world model (default: the embedded demo model)")
-    p.add_argument("--concepts", type=int, help="concepts per seed (default: 3 with --quick, else 5)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds to run, from --seed on, each with its own concepts")
+    p.add_argument("--concepts", type=int, help="concepts per seed (default: 5)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        help="seeds to run, from --seed on, each with its own concepts (default: 2 with --quick, else 1)",
+    )
     p.add_argument("--epochs", type=int, help="training epochs per concept, at most (default: the product's)")
     p.add_argument(
         "--conditions",
@@ -70,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_personalization(args: argparse.Namespace) -> int:
     from engine.inference.assistant import Assistant
-    from engine.microworld.benchmark import QUICK, BenchSettings, run_seeds
+    from engine.microworld.benchmark import QUICK, QUICK_SEEDS, BenchSettings, run_seeds
     from engine.microworld.reader import load_reader
 
     if args.report_only:
@@ -78,6 +84,8 @@ def run_personalization(args: argparse.Namespace) -> int:
         print(f"wrote {args.docs}")
         return 0
     settings = QUICK if args.quick else BenchSettings()
+    if args.seeds is None:
+        args.seeds = QUICK_SEEDS if args.quick else 1
     changes: dict[str, Any] = {"seed": args.seed}
     if args.concepts is not None:
         changes["concepts"] = args.concepts

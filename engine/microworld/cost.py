@@ -58,7 +58,7 @@ class CostSettings:
     (the first is the full recipe's), each for every condition."""
 
     bench: BenchSettings = field(
-        default_factory=lambda: replace(QUICK, epochs=FULL_EPOCHS, soft_positives=FULL_SOFT_POSITIVES)
+        default_factory=lambda: replace(QUICK, concepts=3, epochs=FULL_EPOCHS, soft_positives=FULL_SOFT_POSITIVES)
     )
     conditions: tuple[str, ...] = ("trained", "refined")
     shares: tuple[float, ...] = (1.0, 0.0)

@@ -42,6 +42,21 @@ def test_bench_writes_nothing_without_out_and_pairs_over_seeds(
     assert sorted(p.name for p in docs.parent.iterdir()) == ["bench-baselines.png", "bench-examples.png", "bench.md"]
 
 
+def test_quick_runs_two_seeds_unless_told(tmp_path: Path) -> None:
+    """`--quick` runs `QUICK_SEEDS` seeds of its concepts by default, and the command it records says so."""
+    from engine.microworld.benchmark import QUICK, QUICK_SEEDS
+
+    assert (QUICK.concepts, QUICK_SEEDS) == (5, 2)
+    results = tmp_path / "quick.json"
+    args = ["bench", "personalization", "--quick", "--concepts", "1", "--epochs", "1", "--threads", "1"]
+    assert main([*args, "--seed", "7", "--conditions", "text_prompt", "-o", str(results)]) == 0
+    saved = json.loads(results.read_text())
+    assert [(c["name"], c["seed"]) for c in saved["concepts"]] == [("c0", 7), ("c0", 8)]
+    assert saved["settings"]["seeds"] == 2 and "--quick --concepts 1" in saved["command"]
+    assert main([*args, "--seed", "7", "--seeds", "1", "--conditions", "text_prompt", "-o", str(results)]) == 0
+    assert [c["seed"] for c in json.loads(results.read_text())["concepts"]] == [7]
+
+
 def test_report_only_needs_both_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "personalization", "--report-only", "-o", str(tmp_path / "r.json")]) == 2
     assert "give both" in capsys.readouterr().err
