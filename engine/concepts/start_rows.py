@@ -9,7 +9,6 @@ model's description of a photo, so the prefix first reads like `<bo> is a red st
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import pairwise
 
 import torch
 
@@ -53,35 +52,6 @@ def agreed_description(descriptions: Sequence[str]) -> str:
     words = [set(text.lower().replace(",", " ").replace(".", " ").split()) for text in descriptions]
     agreement = [sum(len(mine & theirs) for j, theirs in enumerate(words) if j != i) for i, mine in enumerate(words)]
     return descriptions[agreement.index(max(agreement))]
-
-
-def shared_words(descriptions: Sequence[str]) -> str:
-    """The agreed description (`agreed_description`) cut to the words that stand, with a neighbour, in more than
-    half of the descriptions (a word pair such as "black bow" or "the left"), in its order, punctuation dropped: what
-    stays the same across the photos (the subject), not what changes from one photo to the next (the background, the
-    place in the frame) nor one description's misreading. Where no pair is shared that widely, the agreed
-    description itself."""
-    agreed = agreed_description(descriptions)
-    pairs = [set(pairwise(words)) for words in map(_words, descriptions)]
-
-    def shared(pair: tuple[str, str]) -> bool:
-        return sum(pair in used for used in pairs) * 2 > len(descriptions)
-
-    words = agreed.split()
-    keys = _words(agreed)
-    kept: list[str] = []
-    for i, word in enumerate(words):
-        paired = (i > 0 and shared((keys[i - 1], keys[i]))) or (i + 1 < len(words) and shared((keys[i], keys[i + 1])))
-        if paired and (not kept or kept[-1].lower() != keys[i]):  # "hat on sand, on the left": one "on"
-            kept.append(word.strip(PUNCTUATION))
-    return " ".join(kept) + "." if kept else agreed
-
-
-PUNCTUATION = ",.;:!?"
-
-
-def _words(text: str) -> list[str]:
-    return [word.lower().strip(PUNCTUATION) for word in text.split()]
 
 
 def spelled_ids(token_ids: Sequence[int], count: int) -> list[int]:

@@ -169,17 +169,6 @@ CONDITIONS = {
             changes={"start": "class_word"},
         ),
         Condition(
-            "shared_words",
-            "change: latent rows start from the words most of the photos' descriptions share (no background, no place)",
-            changes={"start": "shared_words"},
-        ),
-        Condition(
-            "shared_words_untrained",
-            "reference: `shared_words`'s start rows, not trained",
-            trained=False,
-            changes={"start": "shared_words"},
-        ),
-        Condition(
             "description_untrained",
             "reference: the recipe's start rows (spelled from the photos' description), not trained",
             trained=False,

@@ -28,7 +28,7 @@ from PIL import Image
 
 from engine.concepts.layout import N_GENERATION
 from engine.concepts.prompts import Sample
-from engine.concepts.start_rows import agreed_description, description_rows, photo_rows, shared_words
+from engine.concepts.start_rows import agreed_description, description_rows, photo_rows
 from engine.concepts.state import ConceptState
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
@@ -109,9 +109,10 @@ def start_state(
     latent = None
     if recipe.start == "photos":
         latent = photo_rows(weight, photo_ids, N_GENERATION)
-    elif recipe.start in ("description", "shared_words") and descriptions:
-        words = agreed_description(descriptions) if recipe.start == "description" else shared_words(descriptions)
-        latent = description_rows(weight, tokenizer.encode(f" {words}", add_special_tokens=False), N_GENERATION)
+    elif recipe.start == "description" and descriptions:
+        latent = description_rows(
+            weight, tokenizer.encode(f" {agreed_description(descriptions)}", add_special_tokens=False), N_GENERATION
+        )
     return assistant.slots.initial_state(name, tokenizer, class_word(kind, facts), latent)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from engine.concepts.layout import PromptLayout
 from engine.errors import EngineError
 
-START_ROWS = ("class_word", "photos", "description", "shared_words")
+START_ROWS = ("class_word", "photos", "description")
 """Where a new concept's latent rows can start (`Recipe.start`)."""
 
 HELD_OUT_NEGATIVE_SHARE = 5
@@ -68,9 +68,7 @@ class Recipe:
     start: str = "description"
     """Where a new concept's latent rows start (`START_ROWS`): "description", the words of the description of the
     photos that the base model's descriptions agree on most (engine.concepts.start_rows); "class_word", the class
-    word's embedding, as in the paper; "photos", the photos' image tokens; "shared_words", that description cut to
-    the words most of the descriptions share (`start_rows.shared_words`: no background or place in the frame). The
-    description is the default: on the
+    word's embedding, as in the paper; "photos", the photos' image tokens. The description is the default: on the
     demo model its rows beat the user's words before any training, and the class word's do not
     (docs/personalization.md; the benchmark's `class_word_start` and `photo_start` measure the others)."""
     soft_selection: bool = False

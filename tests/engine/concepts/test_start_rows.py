@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.concepts.start_rows import agreed_description, description_rows, photo_rows, shared_words
+from engine.concepts.start_rows import agreed_description, description_rows, photo_rows
 
 
 def test_each_row_is_the_embedding_of_a_token_the_photos_contain() -> None:
@@ -59,20 +59,3 @@ def test_the_agreed_description_is_the_one_most_like_the_others() -> None:
     assert agreed_description(["A red hat.", "A blue hat."]) == "A red hat."  # a tie: the first
     with pytest.raises(ValueError, match="no descriptions"):
         agreed_description([])
-
-
-def test_shared_words_keep_what_the_photos_agree_on_and_drop_what_changes() -> None:
-    descriptions = [
-        "A small blue plain triangle with blue glasses at night, on the left.",
-        "A small blue plain triangle with a black bow by the sea, on the left.",
-        "A small blue plain triangle with a black bow in a room, in the centre.",
-    ]
-    assert shared_words(descriptions) == "A small blue plain triangle with a black bow on the left."
-    hats = [
-        "A small yellow dotted triangle with a red hat on sand, on the left.",
-        "A small orange dotted triangle with a red hat in a room, on the left.",
-        "A large yellow dotted triangle with a red hat on grass, on the right.",
-    ]
-    assert shared_words(hats) == "A small yellow dotted triangle with a red hat on the left."
-    assert shared_words(["A red hat."]) == "A red hat."
-    assert shared_words(["A red hat.", "A blue cap."]) == "A red hat."  # nothing shared: the agreed description
