@@ -73,8 +73,9 @@ def test_index_over_dreambooth_has_one_row_per_photo(dreambooth: Path, dreamboot
     assert manifest["embedder"] == {"name": "demo", "tag": None, "dim": 64, "untrained": True, "weights_file": None}
 
 
-def test_a_photo_in_the_index_finds_itself_first(dreambooth: Path, dreambooth_index: EmbeddingIndex,
-                                                 embedder: Embedder) -> None:
+def test_a_photo_in_the_index_finds_itself_first(
+    dreambooth: Path, dreambooth_index: EmbeddingIndex, embedder: Embedder
+) -> None:
     photos = sorted(dreambooth.rglob("*.jpg"))[::13]
     queries = embedder.embed([open_image(p) for p in photos])
     for backend in ("numpy", "faiss") if vector_search.faiss_available() else ("numpy",):
@@ -153,8 +154,9 @@ def test_a_killed_build_leaves_a_valid_index_and_resumes(tmp_path: Path, embedde
     source = tmp_path / "photos"
     _write_images(source, 14)
     killed = tmp_path / "killed"
-    child = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(source), str(killed)],
-                           capture_output=True, text=True, timeout=120)
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_BUILD, str(source), str(killed)], capture_output=True, text=True, timeout=120
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr
 
     partial = EmbeddingIndex(killed)
@@ -175,8 +177,9 @@ def test_a_killed_build_leaves_a_valid_index_and_resumes(tmp_path: Path, embedde
     assert (killed / METADATA).read_bytes() == (fresh / METADATA).read_bytes()
 
 
-def test_vq_tokens_match_the_image_tokenizer(dreambooth: Path, demo: LoadedModel, embedder: Embedder,
-                                             tmp_path: Path) -> None:
+def test_vq_tokens_match_the_image_tokenizer(
+    dreambooth: Path, demo: LoadedModel, embedder: Embedder, tmp_path: Path
+) -> None:
     source = ImageTokenSource(demo.image_tokenizer, demo.fingerprint, "demo")
     build_index(dreambooth / "dog", tmp_path / "idx", embedder, image_tokens=source, batch_size=2)
     index = EmbeddingIndex(tmp_path / "idx")

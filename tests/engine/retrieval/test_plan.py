@@ -59,8 +59,9 @@ class World:
         vectors += [vector for vector, _ in planted.values()]
         shas += [sha for _, sha in planted.values()]
         writer = IndexWriter(folder, EmbedderInfo("demo", None, DIM, untrained=True, weights_file=None))
-        writer.append(np.stack(vectors), [IndexRecord(f"/library/{i}.jpg", f"caption {i}", s) for i, s in
-                                          enumerate(shas)])
+        writer.append(
+            np.stack(vectors), [IndexRecord(f"/library/{i}.jpg", f"caption {i}", s) for i, s in enumerate(shas)]
+        )
         self.index = EmbeddingIndex(folder)
 
     def ranked_rows(self, k: int) -> list[int]:
@@ -73,13 +74,19 @@ def world(tmp_path: Path) -> World:
 
 
 def _plan(world: World, settings: PlanSettings = SETTINGS) -> RetrievalPlan:
-    return plan_concept("dog", world.photos, world.own, world.index, {"cat": world.cat, "dog": world.photos},
-                        settings)
+    return plan_concept("dog", world.photos, world.own, world.index, {"cat": world.cat, "dog": world.photos}, settings)
 
 
-@pytest.mark.parametrize(("count", "sizes"), [
-    (0, [0] * 15), (5, [1] * 5 + [0] * 10), (15, [1] * 15), (41, [3] * 11 + [2] * 4), (1000, [67] * 10 + [66] * 5),
-])
+@pytest.mark.parametrize(
+    ("count", "sizes"),
+    [
+        (0, [0] * 15),
+        (5, [1] * 5 + [0] * 10),
+        (15, [1] * 15),
+        (41, [3] * 11 + [2] * 4),
+        (1000, [67] * 10 + [66] * 5),
+    ],
+)
 def test_tier_sizes_are_as_equal_as_possible_larger_first(count: int, sizes: list[int]) -> None:
     assert tier_sizes(count, 16) == sizes
 
@@ -104,8 +111,11 @@ def test_soft_positives_drop_own_photos_other_concepts_and_near_duplicates(world
         assert world.rows[name] in top and world.rows[name] not in kept
     assert (10 in kept) != (world.rows["near_duplicate"] in kept)
     assert plan.dropped == {"own_photos": 2, "other_concepts": 1, "near_duplicates": 1}
-    assert sorted(kept) == sorted(set(top) - {world.rows[n] for n in ("copy_of_own", "near_own", "cat_in_top")}
-                                  - ({10, world.rows["near_duplicate"]} - set(kept)))
+    assert sorted(kept) == sorted(
+        set(top)
+        - {world.rows[n] for n in ("copy_of_own", "near_own", "cat_in_top")}
+        - ({10, world.rows["near_duplicate"]} - set(kept))
+    )
 
 
 def test_tiers_follow_the_rule(world: World) -> None:
@@ -120,8 +130,9 @@ def test_tiers_follow_the_rule(world: World) -> None:
     assert plan.photo_tokens == plan.num_generation_tokens == 16
     query = concept_query(world.own)
     for image in positives:
-        assert image.similarity == pytest.approx(float(world.index.embeddings[image.row].astype(np.float32) @ query),
-                                                 abs=1e-5)
+        assert image.similarity == pytest.approx(
+            float(world.index.embeddings[image.row].astype(np.float32) @ query), abs=1e-5
+        )
 
 
 def test_negatives_hard_from_the_next_band_easy_at_random_and_other_concepts(world: World) -> None:

@@ -107,8 +107,13 @@ class Service:
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def result(self, path: str, similarity: float, **extra: Any) -> dict[str, Any]:
-        return {"url": self.url + path, "caption": f"image {path}", "similarity": similarity, "id": len(self.results),
-                **extra}
+        return {
+            "url": self.url + path,
+            "caption": f"image {path}",
+            "similarity": similarity,
+            "id": len(self.results),
+            **extra,
+        }
 
 
 @pytest.fixture(autouse=True)
@@ -164,8 +169,15 @@ def test_remote_search_sends_the_embedding_only_and_checks_every_download(
     assert found.source == "remote", found.warnings
 
     (body,) = service.bodies
-    assert set(body) == {"embedding_input", "modality", "num_images", "indice_name", "use_safety_model",
-                         "use_violence_detector", "deduplicate"}
+    assert set(body) == {
+        "embedding_input",
+        "modality",
+        "num_images",
+        "indice_name",
+        "use_safety_model",
+        "use_violence_detector",
+        "deduplicate",
+    }
     assert body["modality"] == "image" and body["num_images"] == 10 and body["indice_name"] == "laion5B-L-14"
     np.testing.assert_allclose(body["embedding_input"], query, atol=1e-6)
 
@@ -175,7 +187,7 @@ def test_remote_search_sends_the_embedding_only_and_checks_every_download(
     assert similarities == sorted(similarities, reverse=True)
     for item, vector in zip(items, found.neighbours.embeddings, strict=True):
         saved = Path(item.source)
-        assert saved.parent == tmp_path and saved.read_bytes() == service.files[item.url[len(service.url):]]
+        assert saved.parent == tmp_path and saved.read_bytes() == service.files[item.url[len(service.url) :]]
         assert saved.name == f"{item.sha256}.png" and item.row is None
         assert item.similarity == pytest.approx(float(vector @ query), abs=1e-5)
     assert found.warnings == ["remote kNN: 3 of 7 results used (1 malformed, 3 not downloadable)"]
@@ -205,8 +217,9 @@ def test_a_hanging_service_times_out_and_falls_back(
 ) -> None:
     service.mode = "hang"
     started = time.monotonic()
-    found = find_neighbours(query, 3, offline, RemoteKnnSettings(enabled=True, url=service.url, timeout_s=0.3),
-                            embedder, tmp_path)
+    found = find_neighbours(
+        query, 3, offline, RemoteKnnSettings(enabled=True, url=service.url, timeout_s=0.3), embedder, tmp_path
+    )
     assert time.monotonic() - started < 5
     assert found.source == "offline" and "timed out" in found.warnings[0]
 
@@ -229,12 +242,15 @@ def test_a_huge_download_is_refused_without_reading_it_all(service: Service) -> 
         client.download(service.url + "/liar")
 
 
-@pytest.mark.parametrize(("path", "reason"), [
-    ("/page", "is text/html, not an image"),
-    ("/not-an-image", "not an image in a format"),
-    ("/redirect-file", "only http and https"),
-    ("/missing", "HTTP 404"),
-])
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("/page", "is text/html, not an image"),
+        ("/not-an-image", "not an image in a format"),
+        ("/redirect-file", "only http and https"),
+        ("/missing", "HTTP 404"),
+    ],
+)
 def test_downloads_must_be_images_over_http(service: Service, path: str, reason: str) -> None:
     with pytest.raises(RemoteKnnError, match=reason):
         RemoteKnnClient(_settings(service)).download(service.url + path)
@@ -244,25 +260,41 @@ def _valid(**changes: Any) -> dict[str, Any]:
     return {"url": "https://images.example.org/a.jpg", "caption": "a dog", "similarity": 0.5, "id": 1, **changes}
 
 
-@pytest.mark.parametrize("item", [
-    _valid(url="file:///etc/passwd"), _valid(url="javascript:alert(1)"), _valid(url=None), _valid(url=42),
-    _valid(url="https://x.org/" + "a" * 3000), _valid(url="http://192.168.1.1/a.jpg"),
-    _valid(similarity=5.0), _valid(similarity=float("nan")), _valid(similarity="0.5"), _valid(similarity=True),
-    _valid(caption=3), _valid(id=True), _valid(id=[1]), "not an object",
-])
+@pytest.mark.parametrize(
+    "item",
+    [
+        _valid(url="file:///etc/passwd"),
+        _valid(url="javascript:alert(1)"),
+        _valid(url=None),
+        _valid(url=42),
+        _valid(url="https://x.org/" + "a" * 3000),
+        _valid(url="http://192.168.1.1/a.jpg"),
+        _valid(similarity=5.0),
+        _valid(similarity=float("nan")),
+        _valid(similarity="0.5"),
+        _valid(similarity=True),
+        _valid(caption=3),
+        _valid(id=True),
+        _valid(id=[1]),
+        "not an object",
+    ],
+)
 def test_malformed_results_are_dropped(item: Any) -> None:
     body = json.dumps([_valid(similarity=0.2), item, _valid(similarity=0.9)]).encode()
     results, dropped = parse_response(body, 3)
     assert dropped == 1 and [r.similarity for r in results] == [0.9, 0.2]
 
 
-@pytest.mark.parametrize(("body", "reason"), [
-    (b"\xff\xfe", "did not answer with JSON"),
-    (b'{"error": "indice not found"}', "reported an error: indice not found"),
-    (b'{"results": []}', "JSON dict, not a list"),
-    (json.dumps([_valid()] * 4).encode(), "sent 4 results for 3 asked"),
-    (json.dumps([_valid(similarity=9)] * 2).encode(), "none of the service's 2 results is valid"),
-])
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"\xff\xfe", "did not answer with JSON"),
+        (b'{"error": "indice not found"}', "reported an error: indice not found"),
+        (b'{"results": []}', "JSON dict, not a list"),
+        (json.dumps([_valid()] * 4).encode(), "sent 4 results for 3 asked"),
+        (json.dumps([_valid(similarity=9)] * 2).encode(), "none of the service's 2 results is valid"),
+    ],
+)
 def test_unusable_answers_are_errors(body: bytes, reason: str) -> None:
     with pytest.raises(RemoteKnnError, match=reason):
         parse_response(body, 3)
@@ -274,8 +306,13 @@ def test_results_keep_printable_captions_and_ids() -> None:
 
 
 def test_private_and_local_addresses_are_refused_unless_they_are_the_service() -> None:
-    for url in ("http://10.0.0.1/a.jpg", "http://127.0.0.1:9/a.jpg", "http://[::1]/a.jpg", "http://localhost/a",
-                "http://169.254.169.254/latest/meta-data"):
+    for url in (
+        "http://10.0.0.1/a.jpg",
+        "http://127.0.0.1:9/a.jpg",
+        "http://[::1]/a.jpg",
+        "http://localhost/a",
+        "http://169.254.169.254/latest/meta-data",
+    ):
         with pytest.raises(RemoteKnnError, match="refusing"):
             check_url(url)
     assert check_url("http://127.0.0.1:9/a.jpg", allowed_host="127.0.0.1")
@@ -283,11 +320,16 @@ def test_private_and_local_addresses_are_refused_unless_they_are_the_service() -
 
 
 def test_with_the_service_off_no_socket_is_opened(
-    no_sockets: list[Any], offline: EmbeddingIndex, embedder: Embedder, query: np.ndarray, dreambooth: Path,
+    no_sockets: list[Any],
+    offline: EmbeddingIndex,
+    embedder: Embedder,
+    query: np.ndarray,
+    dreambooth: Path,
     tmp_path: Path,
 ) -> None:
-    found = find_neighbours(query, 3, offline, RemoteKnnSettings(url="https://knn.example.org/knn-service"),
-                            embedder, tmp_path)
+    found = find_neighbours(
+        query, 3, offline, RemoteKnnSettings(url="https://knn.example.org/knn-service"), embedder, tmp_path
+    )
     assert found.source == "offline" and found.warnings == [] and len(found.neighbours.items) == 3
     photos, embeddings = read_concept_photos(sorted((dreambooth / "dog").glob("*.jpg")), embedder)
     plan = plan_concept("dog", photos, embeddings, offline, settings=PlanSettings(top_n=3, num_hard_negatives=1))
@@ -300,5 +342,6 @@ def test_with_the_service_off_no_socket_is_opened(
         RemoteKnnClient(RemoteKnnSettings(enabled=True, url="ftp://knn.example.org/"))
     with pytest.raises(RemoteKnnError, match="non-public address"):
         RemoteKnnClient(RemoteKnnSettings(enabled=True, url="https://knn.example.org/")).download(
-            "http://192.168.1.1/x.jpg")
+            "http://192.168.1.1/x.jpg"
+        )
     assert no_sockets == []

@@ -36,11 +36,37 @@ LAN_SERVICE = "192.168.1.20"
 
 SHORTHANDS = ["127.1", "2130706433", "0x7f000001", "0177.0.0.1", "0", "10.1", "169.254.43518"]
 OTHER_FORMS = [
-    "0x7f.1", "127.0.0.1.", "0x", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[::127.0.0.1]",
-    "[::ffff:0:a00:1]", "[64:ff9b::a9fe:a9fe]", "[64:ff9b:1::1]", "[2002:a9fe:a9fe::]",
-    "[2001:0:4136:e378:8000:63bf:3fff:fdd2]", "[fe80::1%25eth0]", "[fc00::1]", "[fec0::1]", "[ff02::1]", "[::]",
-    "100.64.0.1", "224.0.0.1", "240.0.0.1", "255.255.255.255", "192.168.0.1", "172.16.0.1", "192.0.2.1",
-    "localhost", "LOCALHOST.", "printer.localhost", "1.2.3.256", "1.2.3.4.5", "09.1.1.1", "4294967296",
+    "0x7f.1",
+    "127.0.0.1.",
+    "0x",
+    "[::1]",
+    "[::ffff:127.0.0.1]",
+    "[::ffff:7f00:1]",
+    "[::127.0.0.1]",
+    "[::ffff:0:a00:1]",
+    "[64:ff9b::a9fe:a9fe]",
+    "[64:ff9b:1::1]",
+    "[2002:a9fe:a9fe::]",
+    "[2001:0:4136:e378:8000:63bf:3fff:fdd2]",
+    "[fe80::1%25eth0]",
+    "[fc00::1]",
+    "[fec0::1]",
+    "[ff02::1]",
+    "[::]",
+    "100.64.0.1",
+    "224.0.0.1",
+    "240.0.0.1",
+    "255.255.255.255",
+    "192.168.0.1",
+    "172.16.0.1",
+    "192.0.2.1",
+    "localhost",
+    "LOCALHOST.",
+    "printer.localhost",
+    "1.2.3.256",
+    "1.2.3.4.5",
+    "09.1.1.1",
+    "4294967296",
 ]
 PRIVATE_NAMES = {
     "evil.example": ["10.0.0.5"],
@@ -89,8 +115,9 @@ def test_every_spelling_of_a_non_public_address_is_refused(host: str, connection
     url = f"http://{host}:8080/a.jpg"
     with pytest.raises(RemoteKnnError, match=r"refusing|IPv4|IPv6"):
         check_url(url, allowed_host=LAN_SERVICE)
-    body = json.dumps([{"url": url, "similarity": 0.5}, {"url": "https://images.example.org/a.jpg",
-                                                        "similarity": 0.4}]).encode()
+    body = json.dumps(
+        [{"url": url, "similarity": 0.5}, {"url": "https://images.example.org/a.jpg", "similarity": 0.4}]
+    ).encode()
     results, dropped = parse_response(body, 2, LAN_SERVICE)
     assert dropped == 1 and [r.url for r in results] == ["https://images.example.org/a.jpg"]
     resolver = Resolver({})
