@@ -116,6 +116,7 @@ def choose(results: dict[str, Any]) -> dict[str, Any]:
                 "epochs": p.epochs,
                 "flop": p.flop,
                 "minutes": p.minutes,
+                "total_minutes": p.total_minutes,
             }
     return {
         "share": share,
@@ -138,7 +139,8 @@ def describe_choice(choice: dict[str, Any]) -> str:
         parts = ", ".join(f"{LABELS[m]} {row[m]:.3f} ({row[f'{m}_kept']:.0%} of {full[m]:.3f})" for m in LABELS)
         lines.append(f"  {condition}: {parts}; {row['steps']:.0f} steps against {full['steps']:.0f}")
     for key, p in choice["projection_7b"].items():
-        lines.append(f"  7B, {key}: {p['flop']:.2g} FLOP, {p['minutes']:.0f} minutes on a 4090-class GPU")
+        total = f" ({p['total_minutes']:.0f} with describing and scoring)" if "total_minutes" in p else ""
+        lines.append(f"  7B, {key}: {p['flop']:.2g} FLOP, {p['minutes']:.0f} minutes on a 4090-class GPU{total}")
     return "\n".join(lines)
 
 

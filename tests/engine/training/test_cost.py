@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from engine.training.cost import RTX_4090_BF16_FLOPS, epoch_samples, flop_per_token, project_7b
-from engine.training.recipe import PAPER
+from engine.training.cost import RTX_4090_BF16_FLOPS, epoch_samples, flop_per_token, project_7b, scoring_seconds
+from engine.training.recipe import DEFAULT, PAPER
 
 
 def test_a_frozen_model_costs_four_flop_per_parameter_and_six_with_recomputation() -> None:
@@ -32,3 +32,16 @@ def test_the_7b_projection_counts_steps_tokens_and_minutes() -> None:
     assert projection.minutes == pytest.approx(flop / (0.4 * RTX_4090_BF16_FLOPS) / 60)
     assert project_7b(PAPER, epochs=3, utilisation=0.4).flop == pytest.approx(flop / 5)
     assert project_7b(PAPER, epochs=15, utilisation=0.4, checkpointing=False).flop == pytest.approx(flop * 4 / 6)
+
+
+def test_scoring_counts_a_forward_per_held_out_answer_and_a_picture_per_candidate() -> None:
+    # the default's 2 epochs: 3 candidates, each asked about 1 held-out photo and 40 held-out negatives, each
+    # drawing 1,024 tokens; 4 descriptions of 48 tokens; decoding at twice 4 GB per token over 1 TB/s
+    forward = 3 * 41 * 1100 * 2 * 7e9 / (0.4 * RTX_4090_BF16_FLOPS)
+    decoding = (3 * 1024 + 4 * 48) * 2 * 4e9 / 1e12
+    assert scoring_seconds(DEFAULT, epochs=2, utilisation=0.4) == pytest.approx(forward + decoding)
+    projection = project_7b(DEFAULT, epochs=2, utilisation=0.4, checkpointing=False)
+    assert projection.total_minutes == pytest.approx(projection.minutes + (forward + decoding) / 60)
+    assert scoring_seconds(DEFAULT, epochs=1.5, utilisation=0.4) == scoring_seconds(DEFAULT, 2, 0.4)  # started
+    quiet = replace(DEFAULT, describe_photos=False)
+    assert scoring_seconds(quiet, 2, 0.4) == pytest.approx(forward + 3 * 1024 * 2 * 4e9 / 1e12)
