@@ -30,7 +30,6 @@ from typing import Protocol
 
 import torch
 from PIL import Image
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 from torch import nn
 from transformers import Dinov2Config, Dinov2Model
@@ -42,6 +41,7 @@ from engine.errors import EngineError, ModelNotFoundError
 from engine.microworld.reader import AttributeReader, ReaderError, default_reader_path, load_reader, to_pixels
 from engine.model.images import open_image, to_pixel_values
 from engine.model.loading import LoadedModel, resources_dir
+from engine.safetensors_file import read_checked
 
 FORMAT = "familiar.aligner/1"
 LATENT_ROWS = N_GENERATION + N_UNDERSTANDING
@@ -387,22 +387,7 @@ def save_aligner(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapp
 
 def read_aligner_file(path: Path, expected_format: str = FORMAT) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and metadata of an Aligner file (or of a training run's resume file), format-checked."""
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise AlignerError(f"cannot read Aligner {path}: {exc.strerror or exc}") from None
-    if size > MAX_ALIGNER_BYTES:
-        raise AlignerError(f"{path} is {size} bytes, too large for an Aligner")
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            if metadata.get("format") != expected_format:
-                raise AlignerError(f"{path} is not a Familiar Aligner file (format {metadata.get('format')!r})")
-            names = handle.keys()
-            tensors = {key: handle.get_tensor(key) for key in names}
-    except (SafetensorError, OSError) as exc:
-        raise AlignerError(f"{path} is not a valid safetensors file: {exc}") from None
-    return tensors, metadata
+    return read_checked(path, expected_format, MAX_ALIGNER_BYTES, "Aligner", "a Familiar Aligner file", AlignerError)
 
 
 def build_aligner(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], source: str) -> Aligner:

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_bytes
 from torch import nn
 
@@ -42,6 +41,7 @@ from engine.atomic_write import write_atomic
 from engine.errors import EngineError
 from engine.microworld.world import ATTRIBUTE_VALUES, IDENTITY, POSE, SIZE, Scene, render, sample_scene
 from engine.progress import Progress, ProgressCallback
+from engine.safetensors_file import read_checked
 
 FORMAT = "familiar.microworld-reader/1"
 RESAMPLE = Image.Resampling.BILINEAR
@@ -203,21 +203,9 @@ class AttributeReader(nn.Module):
 def load_reader(path: Path | str | None = None) -> AttributeReader:
     """A reader from a safetensors file (default: the shipped one), checked against the current world."""
     path = Path(path) if path is not None else default_reader_path()
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ReaderError(f"cannot read attribute reader {path}: {exc.strerror or exc}") from None
-    if size > MAX_READER_BYTES:
-        raise ReaderError(f"{path} is {size} bytes, too large for an attribute reader")
-    try:
-        with safe_open(path, framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            if metadata.get("format") != FORMAT:
-                raise ReaderError(f"{path} is not a micro-world reader file (format {metadata.get('format')!r})")
-            names = handle.keys()  # a safe_open handle is not a mapping
-            tensors = {key: handle.get_tensor(key) for key in names}
-    except (SafetensorError, OSError) as exc:
-        raise ReaderError(f"{path} is not a valid safetensors file: {exc}") from None
+    tensors, metadata = read_checked(
+        path, FORMAT, MAX_READER_BYTES, "attribute reader", "a micro-world reader file", ReaderError
+    )
     config = ReaderConfig.from_json(metadata.get("config", ""))
     world = reader_values()
     if {k: set(v) for k, v in config.values.items()} != {k: set(v) for k, v in world.items()}:
