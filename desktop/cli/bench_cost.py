@@ -1,4 +1,4 @@
-"""`familiar bench cost [--concepts N --seeds S] [--epochs E] [--shares 1 0] [-o RESULTS.json] [--docs REPORT.md]`:
+"""`familiar bench cost [--concepts N --seeds S] [--epochs E] [--shares 1 0.333] [-o RESULTS.json] [--docs REPORT.md]`:
 test quality against optimizer steps and FLOPs for the trained and refined conditions, and the cheapest policy that
 keeps the full recipe's quality (engine/microworld/cost.py), with that policy projected onto a 7B model. It prints
 the choice; it writes files only where asked: the results to `-o`, the report (tables and charts beside it) to
@@ -37,7 +37,7 @@ def register(kinds: argparse._SubParsersAction) -> None:
         type=float,
         nargs="+",
         metavar="SHARE",
-        help="shares of the benchmark's soft positives to run, the first 1 (default: 1 0)",
+        help="shares of the benchmark's soft positives to run, the first 1 (default: 1 0.333, the recipe's share)",
     )
     p.add_argument("--conditions", nargs="+", metavar="NAME", help="trained and/or refined (default: both)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")

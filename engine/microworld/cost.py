@@ -41,7 +41,7 @@ from engine.progress import Progress, ProgressCallback
 from engine.training.cost import flop_per_token
 from engine.training.data import describe_photos
 from engine.training.personalization import Scored, best, epochs_without_improvement
-from engine.training.recipe import PAPER
+from engine.training.recipe import DEFAULT, PAPER
 
 FULL_EPOCHS = PAPER.epochs
 """The paper's epochs: the full recipe every policy is compared with."""
@@ -61,7 +61,8 @@ class CostSettings:
         default_factory=lambda: replace(QUICK, concepts=3, epochs=FULL_EPOCHS, soft_positives=FULL_SOFT_POSITIVES)
     )
     conditions: tuple[str, ...] = ("trained", "refined")
-    shares: tuple[float, ...] = (1.0, 0.0)
+    shares: tuple[float, ...] = (1.0, DEFAULT.soft_positives / PAPER.soft_positives)
+    """All the soft positives, and the default recipe's share of the paper's (a third)."""
 
     def validate(self) -> None:
         self.bench.validate()
