@@ -88,6 +88,11 @@ class Recipe:
     answer's the understanding rows (the other set still sits in the prompt's concept prefix, read but not trained
     by it). With the paper's token mean a drawing's ~80 image tokens outweigh a yes/no answer, and both sets sit in
     every prompt, so without this the drawings also steer the rows recognition reads. No effect with a shared set."""
+    balanced_recognition: bool = False
+    """Train on no more negatives than the recognition answers of the concept's own photos ("yes"): at most
+    `recognition_per_photo` per (augmented) photo, spread over the negatives' order (hard to easy), so that "no"
+    does not outnumber "yes" (160 to 48 with the defaults). The held-out negatives that score checkpoints are not
+    affected."""
     describe_photos: bool = True
     sample_checkpoints: bool = True
     layout: PromptLayout = field(default_factory=PromptLayout)
