@@ -208,11 +208,6 @@ CONDITIONS = {
             "reference: the default before session 40 (at most 4 epochs, all soft positives)",
             changes=FOUR_EPOCHS,
         ),
-        Condition(
-            "balanced",
-            "change: no more training negatives than the photos' recognition answers",
-            changes={"balanced_recognition": True},
-        ),
         Condition("lr_3e4", "change: learning rate 3e-4, not 1e-3", changes={"learning_rate": 3e-4}),
         Condition(
             "soft_views",

@@ -212,10 +212,7 @@ def build_samples(prompts: Prompts, data: ConceptData, recipe: Recipe) -> list[S
         for _ in range(recipe.generation_per_photo):
             prompt = prompts.prompt(f"A photo of <{name}>.", None, [name])
             samples.append(prompts.sample(prompt, prompts.image_target(photo, [name])))
-    negatives = data.negatives
-    if recipe.balanced_recognition:
-        negatives = spread(negatives, len(data.photos) * recipe.recognition_per_photo)
-    samples += [recognition(negative, False) for negative in negatives]
+    samples += [recognition(negative, False) for negative in data.negatives]
 
     qa = fact_pairs(data.kind, data.facts, name)
     qa += [(rng.choice(DESCRIBE_QUESTIONS).format(n=name), text) for text in data.descriptions if text.strip()]
@@ -231,13 +228,6 @@ def build_samples(prompts: Prompts, data: ConceptData, recipe: Recipe) -> list[S
             samples.append(prompts.sample(prompt, [*prompts.image(image), prompts.eos_id]))
         budget -= len(images)
     return samples
-
-
-def spread(items: Sequence[list[int]], count: int) -> list[list[int]]:
-    """At most `count` of `items`, evenly spaced over their order (all of them where there are no more)."""
-    if len(items) <= count:
-        return list(items)
-    return [items[i * len(items) // count] for i in range(count)]
 
 
 def augmentations(images: Sequence[Image.Image]) -> list[Image.Image]:

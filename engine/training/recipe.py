@@ -10,7 +10,7 @@ positives rather than its 15 epochs with 1,000: the cheapest recipe measured to 
 `PAPER` is the paper's. Learning rate 1e-3
 because the 66 rows are new parameters, like textual-inversion embeddings, which need a larger rate than
 fine-tuning existing weights; no weight decay, since it would pull rows towards zero on steps where they get no
-gradient; 200 negatives as in the paper; 4 recognition questions and 2 drawings
+gradient; 40 negatives, not the paper's 200 (below); 4 recognition questions and 2 drawings
 per (augmented) photo and the facts' questions twice. A fifth of the negatives (at least one) is held out to
 score checkpoints, and the best checkpoint by that score is kept. Every checkpoint (and the start rows, before the
 first step) gets one sample picture, so the concept can be watched as it appears: the picture the image-similarity
@@ -52,7 +52,11 @@ class Recipe:
     soft_positives: int = 333
     """Up to this many look-alikes from the index: a third of the paper's 1,000. At 7B they are the long samples
     (1,024 image tokens each) and 80% of the paper's epoch; a third kept the quality on the micro-world."""
-    negatives: int = 200
+    negatives: int = 40
+    """At most this many negatives (a fifth held out for scoring). The paper's 200 are more than three "no" answers
+    to every "yes" of the concept's own photos (160 against 48), and on the micro-world they trained the rows to
+    refuse the concept in new photos: 200 against 40 lost on every headline metric over 64 units, at twice the
+    steps (docs/personalization.md, "Fewer negatives")."""
     recognition_per_photo: int = 4
     generation_per_photo: int = 2
     qa_repeats: int = 2
@@ -88,11 +92,6 @@ class Recipe:
     answer's the understanding rows (the other set still sits in the prompt's concept prefix, read but not trained
     by it). With the paper's token mean a drawing's ~80 image tokens outweigh a yes/no answer, and both sets sit in
     every prompt, so without this the drawings also steer the rows recognition reads. No effect with a shared set."""
-    balanced_recognition: bool = False
-    """Train on no more negatives than the recognition answers of the concept's own photos ("yes"): at most
-    `recognition_per_photo` per (augmented) photo, spread over the negatives' order (hard to easy), so that "no"
-    does not outnumber "yes" (160 to 48 with the defaults). The held-out negatives that score checkpoints are not
-    affected."""
     describe_photos: bool = True
     sample_checkpoints: bool = True
     layout: PromptLayout = field(default_factory=PromptLayout)
@@ -116,7 +115,7 @@ class Recipe:
 
 
 DEFAULT = Recipe()
-PAPER = Recipe(epochs=15, patience=0, soft_positives=1000)
+PAPER = Recipe(epochs=15, patience=0, soft_positives=1000, negatives=200)
 """The Yo'Chameleon paper's length and mix, every epoch run: the full recipe the cost study compares with."""
 
 

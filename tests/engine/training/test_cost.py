@@ -35,13 +35,14 @@ def test_the_7b_projection_counts_steps_tokens_and_minutes() -> None:
 
 
 def test_scoring_counts_a_forward_per_held_out_answer_and_a_picture_per_candidate() -> None:
-    # the default's 2 epochs: 3 candidates, each asked about 1 held-out photo and 40 held-out negatives, each
-    # drawing 1,024 tokens; 4 descriptions of 48 tokens; decoding at twice 4 GB per token over 1 TB/s
-    forward = 3 * 41 * 1100 * 2 * 7e9 / (0.4 * RTX_4090_BF16_FLOPS)
+    # the default's 2 epochs: 3 candidates, each asked about 1 held-out photo and 8 held-out negatives (a fifth of
+    # 40), each drawing 1,024 tokens; 4 descriptions of 48 tokens; decoding at twice 4 GB per token over 1 TB/s
+    forward = 3 * 9 * 1100 * 2 * 7e9 / (0.4 * RTX_4090_BF16_FLOPS)
     decoding = (3 * 1024 + 4 * 48) * 2 * 4e9 / 1e12
     assert scoring_seconds(DEFAULT, epochs=2, utilisation=0.4) == pytest.approx(forward + decoding)
     projection = project_7b(DEFAULT, epochs=2, utilisation=0.4, checkpointing=False)
     assert projection.total_minutes == pytest.approx(projection.minutes + (forward + decoding) / 60)
     assert scoring_seconds(DEFAULT, epochs=1.5, utilisation=0.4) == scoring_seconds(DEFAULT, 2, 0.4)  # started
+    assert scoring_seconds(PAPER, 2, 0.4) == pytest.approx(forward * 41 / 9 + decoding)  # 40 held out of 200
     quiet = replace(DEFAULT, describe_photos=False)
     assert scoring_seconds(quiet, 2, 0.4) == pytest.approx(forward + 3 * 1024 * 2 * 4e9 / 1e12)
