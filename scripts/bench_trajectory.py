@@ -1,7 +1,9 @@
 """Where training takes a concept's rows on the micro-world (session 42, docs/personalization.md, "Along the
 training path"): each benchmark concept is trained once by the benchmark's recipe, then the start rows, the chosen
 rows, the last epoch's rows and blends `start + a * (last - start)` are measured; each `--variant` trains again with
-recipe changes and measures its last epoch's rows (no checkpoint selection). Writes the results JSON to `-o` only.
+recipe changes and measures its last epoch's rows (no checkpoint selection). Besides the benchmark's metrics, each
+is asked about the concept's own training photos and its held-out photo (`SEEN`). Writes the results JSON to `-o`
+only.
 
     python scripts/bench_trajectory.py --seed 20 --seeds 2 --blends 0.25 0.5 0.75 1.5 -o X.json
     python scripts/bench_trajectory.py --seed 20 --variant 'no_soft={"soft_positives": 0}' \
@@ -25,6 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from engine.concepts.prompts import Prompts
@@ -32,11 +35,15 @@ from engine.concepts.state import ConceptState
 from engine.inference.assistant import Assistant
 from engine.microworld.benchmark import BenchConcept, Benchmark, BenchSettings, make_concepts, mean_and_error, render
 from engine.microworld.reader import load_reader
+from engine.microworld.world import Scene
 from engine.model.loading import load_model
 from engine.training.data import describe_photos
 from engine.training.personalization import Personalized, Scored
+from engine.training.selection import answers_yes
 
 SHOWN = ("recognition_weighted", "recognition_positive", "recognition_negative", "generation_attribute_accuracy")
+SEEN = ("recognition_seen", "recognition_held_out")
+"""The concept's own training photos (not their augmentations), and the one photo held out to score checkpoints."""
 
 
 @contextmanager
@@ -97,7 +104,15 @@ class Trajectory:
     def measure(self, concept: BenchConcept, key: str, state: ConceptState) -> dict[str, float]:
         self.assistant.slots.load(concept.name, state)
         subject = f"<{concept.name}>"
-        return self.bench.measure(concept, key, subject, f"A photo of {subject}.", [concept.name])
+        metrics = self.bench.measure(concept, key, subject, f"A photo of {subject}.", [concept.name])
+        question = f"Is {subject} in this photo?"
+
+        def yes_rate(scenes: list[Scene]) -> float:
+            ids = self.bench.tokens(scenes)
+            return float(np.mean([answers_yes(self.assistant, question, i, [concept.name]) for i in ids]))
+
+        photos, held_out = concept.train[:-1], concept.train[-1:]
+        return {**metrics, "recognition_seen": yes_rate(photos), "recognition_held_out": yes_rate(held_out)}
 
     def concept(
         self, concept: BenchConcept, blends: list[float], variants: dict[str, dict[str, Any]]
@@ -134,7 +149,7 @@ def summary(per_concept: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in per_concept[0]["conditions"]:
         row: dict[str, Any] = {}
-        for metric in (*SHOWN, "qa_accuracy", "moved"):
+        for metric in (*SHOWN, *SEEN, "qa_accuracy", "moved"):
             row[metric] = mean_and_error([u["conditions"][key][metric] for u in per_concept])
         for metric in ("recognition_weighted", "generation_attribute_accuracy"):
             diffs = [u["conditions"][key][metric] - u["conditions"]["start"][metric] for u in per_concept]

@@ -84,5 +84,7 @@ def test_one_concept_is_measured_at_the_start_the_choice_and_the_last_epoch(tmp_
     assert conditions["start"]["moved"] == 0.0 and conditions["last"]["moved"] > 0.0
     assert conditions["blend_0.5"]["moved"] == pytest.approx(conditions["last"]["moved"] / 2, rel=1e-4)
     assert 0.0 <= conditions["last"]["recognition_weighted"] <= 1.0
+    assert conditions["last"]["recognition_seen"] in (0.0, 1 / 3, 2 / 3, 1.0)  # 3 training photos
+    assert conditions["last"]["recognition_held_out"] in (0.0, 1.0)
     assert results["summary"]["start"]["recognition_weighted_minus_start"] == [0.0, 0.0]
     assert results["command"].startswith("python scripts/bench_trajectory.py --concepts 1")

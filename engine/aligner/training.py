@@ -32,7 +32,6 @@ from PIL import Image
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
-from transformers import PreTrainedTokenizerBase
 
 from engine.aligner.model import (
     Aligner,
@@ -59,6 +58,7 @@ from engine.training.data import (
     NEGATIVE_ANSWERS,
     POSITIVE_ANSWERS,
     RECOGNITION_QUESTIONS,
+    Decision,
     describe_photos,
     fact_pairs,
 )
@@ -294,25 +294,6 @@ def _phrasing(rng: random.Random, answers: Sequence[str]) -> tuple[int, int]:
     return rng.randrange(len(RECOGNITION_QUESTIONS)), rng.randrange(len(answers))
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The tokens of " Yes" and " No": a shared prefix (a lone space in some tokenizers), then the tokens
-    that differ, which carry the answer."""
-
-    prefix: tuple[int, ...]
-    yes: tuple[int, ...]
-    no: tuple[int, ...]
-
-    @classmethod
-    def of(cls, tokenizer: PreTrainedTokenizerBase) -> Decision:
-        yes = tuple(tokenizer.encode(" Yes", add_special_tokens=False))
-        no = tuple(tokenizer.encode(" No", add_special_tokens=False))
-        shared = next((k for k, (a, b) in enumerate(zip(yes, no, strict=False)) if a != b), min(len(yes), len(no)))
-        if shared == len(yes) or shared == len(no):
-            raise EngineError("the tokenizer does not tell ' Yes' from ' No' by any token")
-        return cls(yes[:shared], yes[shared:], no[shared:])
-
-
 @dataclass
 class WeightedSample:
     """A training sequence whose labelled tokens carry loss weights."""
@@ -406,13 +387,8 @@ class AlignerTrainer(TrainingLoop[Draw, AlignerCheckpoint]):
             target = prompts.text_target(answers[draw.answer].format(n=PLACEHOLDER), [PLACEHOLDER])
             weights = [1.0] * len(target)
             opening = len(prompts.self_prompt([PLACEHOLDER], "text"))
-            answer = self.decision.yes if draw.kind == "yes" else self.decision.no
-            word = [*self.decision.prefix, *answer]
-            if target[opening : opening + len(word)] != word:
-                raise EngineError("the tokenizer splits recognition answers so that the Yes/No token is not found")
-            weights[opening + len(self.decision.prefix) : opening + len(word)] = [self.config.answer_weight] * len(
-                answer
-            )
+            for position in self.decision.positions(target, opening, draw.kind == "yes"):
+                weights[position] = self.config.answer_weight
         return WeightedSample([*prompt, *target], [IGNORE] * len(prompt) + target, [0.0] * len(prompt) + weights)
 
     def rows(self, references: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,6 +43,9 @@ class Sample:
 
     ids: list[int]
     labels: list[int]
+    decision: tuple[int, ...] = ()
+    """Positions in `ids` of the tokens that decide a recognition answer (Yes or No), which
+    `Recipe.answer_weight` weighs in the loss."""
 
 
 class Prompts:

@@ -210,6 +210,16 @@ CONDITIONS = {
         ),
         Condition("lr_3e4", "change: learning rate 3e-4, not 1e-3", changes={"learning_rate": 3e-4}),
         Condition(
+            "answer_weight_10",
+            "change: the tokens deciding a recognition answer weigh 10 times in the loss",
+            changes={"answer_weight": 10.0},
+        ),
+        Condition(
+            "answer_weight_30",
+            "change: the tokens deciding a recognition answer weigh 30 times in the loss",
+            changes={"answer_weight": 30.0},
+        ),
+        Condition(
             "soft_views",
             "change: checkpoints scored by the probability of the right yes/no on each held-out photo's views too",
             changes={"soft_selection": True, "held_out_views": True},

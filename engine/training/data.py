@@ -15,16 +15,19 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from PIL import Image, ImageOps
 
 from engine.concepts.prompts import Prompts, Sample
+from engine.errors import EngineError
 from engine.inference.generation import Sampling
 from engine.training.recipe import Recipe
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from engine.inference.assistant import Assistant
 
 RECOGNITION_QUESTIONS = [
@@ -147,6 +150,35 @@ where the recipe says so, start rows). The micro-world base model learned exactl
 and the accessory in 0.38, against 0.98 and 0.77 asked this."""
 
 
+@dataclass(frozen=True)
+class Decision:
+    """The tokens of " Yes" and " No": a shared prefix (a lone space in some tokenizers), then the tokens
+    that differ, which carry the answer."""
+
+    prefix: tuple[int, ...]
+    yes: tuple[int, ...]
+    no: tuple[int, ...]
+
+    @classmethod
+    def of(cls, tokenizer: PreTrainedTokenizerBase) -> Decision:
+        yes = tuple(tokenizer.encode(" Yes", add_special_tokens=False))
+        no = tuple(tokenizer.encode(" No", add_special_tokens=False))
+        shared = next((k for k, (a, b) in enumerate(zip(yes, no, strict=False)) if a != b), min(len(yes), len(no)))
+        if shared == len(yes) or shared == len(no):
+            raise EngineError("the tokenizer does not tell ' Yes' from ' No' by any token")
+        return cls(yes[:shared], yes[shared:], no[shared:])
+
+    def positions(self, target: Sequence[int], opening: int, positive: bool, offset: int = 0) -> tuple[int, ...]:
+        """Where the deciding tokens of the answer `target` (opened by `opening` self-prompt tokens) stand, plus
+        `offset`; raises where the answer does not start with " Yes" or " No" as this tokenizer splits them."""
+        answer = self.yes if positive else self.no
+        word = [*self.prefix, *answer]
+        if list(target[opening : opening + len(word)]) != word:
+            raise EngineError("the tokenizer splits recognition answers so that the Yes/No token is not found")
+        first = offset + opening + len(self.prefix)
+        return tuple(range(first, first + len(answer)))
+
+
 @dataclass
 class ConceptData:
     """What the samples are built from; images are VQ token id lists."""
@@ -201,11 +233,16 @@ def build_samples(prompts: Prompts, data: ConceptData, recipe: Recipe) -> list[S
     rng = random.Random(recipe.seed)
     name = data.name
     samples: list[Sample] = []
+    decision = Decision.of(prompts.tokenizer)
+    opening = len(prompts.self_prompt([name], "text"))
 
     def recognition(image: list[int], positive: bool) -> Sample:
         question = rng.choice(RECOGNITION_QUESTIONS).format(n=name)
         answer = rng.choice(POSITIVE_ANSWERS if positive else NEGATIVE_ANSWERS).format(n=name)
-        return prompts.sample(prompts.prompt(question, image, [name]), prompts.text_target(answer, [name]))
+        prompt, target = prompts.prompt(question, image, [name]), prompts.text_target(answer, [name])
+        return replace(
+            prompts.sample(prompt, target), decision=decision.positions(target, opening, positive, len(prompt))
+        )
 
     for photo in data.photos:
         samples += [recognition(photo, True) for _ in range(recipe.recognition_per_photo)]

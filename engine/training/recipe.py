@@ -65,6 +65,10 @@ class Recipe:
     """Stop after this many epochs in a row without a better held-out score (or held-out loss where the score
     is not measured); 0 runs every epoch. 3, not 1-2: recognition on one or two held-out photos moves in big
     steps (one photo: right or wrong) and can stay flat for an epoch or two while the rows still improve."""
+    answer_weight: float = 1.0
+    """How many times the tokens that decide a recognition answer (" Yes" or " No", `data.Decision`) weigh in the
+    loss, against 1 for every other target token (the Aligner's `answer_weight` is 10). At 1 the decision is one
+    token of a recognition sample's ~20 and of a batch's hundreds."""
     sample_mean: bool = False
     """The loss as the mean over samples of each sample's mean over its target tokens, rather than the mean over
     all target tokens of a batch (the paper's). With the token mean a drawing (~80 target tokens) outweighs a
@@ -103,6 +107,8 @@ class Recipe:
             raise EngineError("the batch size must be a multiple of the micro-batch")
         if self.learning_rate <= 0:
             raise EngineError("the learning rate must be positive")
+        if self.answer_weight <= 0:
+            raise EngineError("the answer weight must be positive")
         if self.start not in START_ROWS:
             raise EngineError(f"unknown start rows {self.start!r}; known: {', '.join(START_ROWS)}")
         if not 0.0 <= self.start_margin < 1.0:

@@ -110,6 +110,19 @@ def sample_weights(selected: torch.Tensor) -> torch.Tensor:
     return (1.0 / (counts * selected.shape[0])).expand_as(selected)[selected]
 
 
+def answer_weights(
+    batch: Sequence[Sample], selected: torch.Tensor, weight: float, base: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per labelled position (as `sample_weights` orders them), `base` (the token mean where None) with the
+    positions that predict a sample's deciding tokens (`Sample.decision`) `weight` times heavier, summing to 1."""
+    emphasis = torch.ones(selected.shape, device=selected.device)
+    for row, sample in enumerate(batch):
+        for position in sample.decision:
+            emphasis[row, position - 1] = weight  # the label at position - 1 is the token at `position`
+    weights = emphasis[selected] * (base if base is not None else 1.0)
+    return weights / weights.sum()
+
+
 def _image_rows(head: ConceptHead, ids: torch.Tensor) -> torch.Tensor:
     """The head's rows for the sorted image-token `ids`: base rows (concept slots are reserved tokens, never image
     tokens), as a view without a copy where the ids are one run (as Chameleon's are)."""
@@ -154,6 +167,8 @@ class Trainer(TrainingLoop[Sample, Checkpoint]):
                 hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
             selected = labels != IGNORE
             weights = sample_weights(selected) if self.config.sample_mean else None
+            if self.config.answer_weight != 1.0:
+                weights = answer_weights(batch, selected, self.config.answer_weight, weights)
             return target_loss(self.model.lm_head, hidden[selected], labels[selected], self.image_ids, weights)
 
     def routed(self, inputs: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

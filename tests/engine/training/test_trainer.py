@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from engine.concepts.prompts import IGNORE, Sample
+from engine.errors import EngineError
 from engine.inference.assistant import Assistant
 from engine.model.loading import LoadedModel, load_model
 from engine.training.data import (
@@ -16,6 +17,7 @@ from engine.training.data import (
     POSITIVE_ANSWERS,
     RECOGNITION_QUESTIONS,
     ConceptData,
+    Decision,
     augmentations,
     build_samples,
     fact_pairs,
@@ -26,6 +28,7 @@ from engine.training.selection import recognition_accuracy, says_yes, score, yes
 from engine.training.trainer import (
     Checkpoint,
     Trainer,
+    answer_weights,
     chunked_cross_entropy,
     collate,
     sample_weights,
@@ -362,6 +365,48 @@ def test_sample_mean_loss_is_the_mean_of_each_samples_own_mean(images: dict[str,
     head = torch.nn.Linear(8, 5)
     whole = chunked_cross_entropy(head, rows, targets, chunk=64, weights=weights)
     torch.testing.assert_close(chunked_cross_entropy(head, rows, targets, chunk=7, weights=weights), whole)
+
+
+def test_recognition_samples_mark_the_tokens_that_decide_the_answer(images: dict[str, list[list[int]]]) -> None:
+    """Each recognition sample knows where its " Yes" or " No" stands (after the self-prompt), and no other sample
+    marks anything."""
+    assistant = _fresh()
+    decision = Decision.of(assistant.loaded.tokenizer)
+    samples = _samples(assistant, images)
+    marked = [s for s in samples if s.decision]
+    assert len(marked) == len(images["photos"]) + len(images["negatives"])
+    words = {tuple(s.ids[p] for p in s.decision) for s in marked}
+    assert words == {decision.yes, decision.no}
+    for sample in marked:
+        assert all(sample.labels[p] == sample.ids[p] for p in sample.decision)  # inside the target
+    with pytest.raises(EngineError, match="Yes/No token is not found"):
+        decision.positions([1, 2, 3], 1, positive=True)
+
+
+def test_answer_weight_scales_only_the_deciding_positions(images: dict[str, list[list[int]]]) -> None:
+    """`answer_weights` makes the deciding tokens `weight` times heavier than the rest and sums to 1; a loss with
+    them moves towards those tokens' loss."""
+    assistant = _fresh()
+    samples = [s for s in _samples(assistant, images) if s.decision][:3]
+    pad = int(assistant.loaded.tokenizer.pad_token_id)
+    _, _, labels = collate(samples, pad, torch.device("cpu"))
+    selected = labels != IGNORE
+    weights = answer_weights(samples, selected, 10.0)
+    torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+    deciding = torch.zeros_like(selected)
+    for row, sample in enumerate(samples):
+        for position in sample.decision:
+            deciding[row, position - 1] = True
+            assert labels[row, position - 1] == sample.ids[position]
+    heavy = weights[deciding[selected]]
+    light = weights[~deciding[selected]]
+    torch.testing.assert_close(heavy, torch.full_like(heavy, 10 * float(light[0])))
+    torch.testing.assert_close(light, torch.full_like(light, float(light[0])))
+    per_sample = sample_weights(selected)
+    scaled = per_sample * torch.where(deciding[selected], 10.0, 1.0)
+    torch.testing.assert_close(answer_weights(samples, selected, 10.0, per_sample), scaled / scaled.sum())
+    with pytest.raises(EngineError, match="answer weight"):
+        Recipe(answer_weight=0.0)
 
 
 @pytest.mark.parametrize("route", [False, True])
