@@ -19,6 +19,7 @@ from PIL import Image
 
 from engine.inference.assistant import Assistant
 from engine.inference.generation import Sampling, sample_image_tokens
+from engine.training.data import Decision
 
 ImageSimilarity = Callable[[Sequence[Image.Image], Sequence[Image.Image]], float]
 QUESTION = "Is <{n}> in this photo?"
@@ -48,12 +49,9 @@ class Scores:
 
 def answer_tokens(assistant: Assistant) -> tuple[list[int], int, int]:
     """(shared prefix, Yes token, No token): " Yes" and " No" may start with the same tokens (a lone space
-    in a byte-level BPE), so the decision is read at the first token where they differ."""
-    tokenizer = assistant.loaded.tokenizer
-    yes = tokenizer.encode(" Yes", add_special_tokens=False)
-    no = tokenizer.encode(" No", add_special_tokens=False)
-    shared = next(i for i, (a, b) in enumerate(zip(yes, no, strict=False)) if a != b)
-    return list(yes[:shared]), int(yes[shared]), int(no[shared])
+    in a byte-level BPE), so the decision is read at the first token where they differ (`Decision`)."""
+    decision = Decision.of(assistant.loaded.tokenizer)
+    return list(decision.prefix), decision.yes[0], decision.no[0]
 
 
 @torch.no_grad()
