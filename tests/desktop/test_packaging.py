@@ -15,30 +15,19 @@ from desktop import __version__
 from desktop.frozen import frozen_argv
 from engine.model import loading
 from engine.model.loading import demo_model_dir, resources_dir
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _script(name: str) -> ModuleType:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-
-
 @pytest.fixture(scope="module")
 def manifest() -> ModuleType:
-    return _script("bundle_manifest")
+    return load_script("bundle_manifest")
 
 
 @pytest.fixture(scope="module")
 def build_app() -> ModuleType:
-    return _script("build_app")
+    return load_script("build_app")
 
 
 def test_gui_executable_opens_the_app_and_cli_passes_arguments_through() -> None:

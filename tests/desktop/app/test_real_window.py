@@ -7,7 +7,6 @@ and the libraries Qt's xcb plugin needs)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,10 +14,11 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from PIL import Image, ImageStat
+
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[3]
 VIEWS = ("Library", "Add concept", "Edit concept", "Chat", "Training", "Gallery", "Settings")
@@ -27,15 +27,7 @@ MIN_STD = 4.0  # grey-level standard deviation below which a grab counts as blan
 pytestmark = [pytest.mark.xvfb, pytest.mark.slow]
 
 
-def _load_xvfb_display() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("xvfb_display", ROOT / "scripts" / "xvfb_display.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-xvfb_display = _load_xvfb_display()
+xvfb_display = load_script("xvfb_display")
 x_env = xvfb_display.x_env
 
 
