@@ -44,8 +44,8 @@ class Sample:
     ids: list[int]
     labels: list[int]
     decision: tuple[int, ...] = ()
-    """Positions in `ids` of the tokens that decide a recognition answer (Yes or No), which
-    `Recipe.answer_weight` weighs in the loss."""
+    """Positions in `ids` of the tokens that decide a recognition answer (Yes or No), marked where
+    `Recipe.answer_weight` weighs them in the loss (not at the default 1)."""
 
 
 class Prompts:

@@ -233,16 +233,17 @@ def build_samples(prompts: Prompts, data: ConceptData, recipe: Recipe) -> list[S
     rng = random.Random(recipe.seed)
     name = data.name
     samples: list[Sample] = []
-    decision = Decision.of(prompts.tokenizer)
+    decision = Decision.of(prompts.tokenizer) if recipe.answer_weight != 1.0 else None
     opening = len(prompts.self_prompt([name], "text"))
 
     def recognition(image: list[int], positive: bool) -> Sample:
         question = rng.choice(RECOGNITION_QUESTIONS).format(n=name)
         answer = rng.choice(POSITIVE_ANSWERS if positive else NEGATIVE_ANSWERS).format(n=name)
         prompt, target = prompts.prompt(question, image, [name]), prompts.text_target(answer, [name])
-        return replace(
-            prompts.sample(prompt, target), decision=decision.positions(target, opening, positive, len(prompt))
-        )
+        sample = prompts.sample(prompt, target)
+        if decision is None:
+            return sample
+        return replace(sample, decision=decision.positions(target, opening, positive, len(prompt)))
 
     for photo in data.photos:
         samples += [recognition(photo, True) for _ in range(recipe.recognition_per_photo)]

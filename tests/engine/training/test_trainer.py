@@ -367,12 +367,19 @@ def test_sample_mean_loss_is_the_mean_of_each_samples_own_mean(images: dict[str,
     torch.testing.assert_close(chunked_cross_entropy(head, rows, targets, chunk=7, weights=weights), whole)
 
 
+def _weighted_samples(assistant: Assistant, images: dict[str, list[list[int]]]) -> list[Sample]:
+    data = ConceptData("bo", "pet", images["photos"], images["negatives"], facts="breed: corgi\nHe loves the beach.")
+    recipe = Recipe(recognition_per_photo=1, qa_repeats=1, generation_per_photo=0, answer_weight=10.0)
+    return build_samples(assistant.prompts, data, recipe)
+
+
 def test_recognition_samples_mark_the_tokens_that_decide_the_answer(images: dict[str, list[list[int]]]) -> None:
-    """Each recognition sample knows where its " Yes" or " No" stands (after the self-prompt), and no other sample
-    marks anything."""
+    """Where the recipe weighs the answer, each recognition sample knows where its " Yes" or " No" stands (after the
+    self-prompt), and no other sample marks anything."""
     assistant = _fresh()
     decision = Decision.of(assistant.loaded.tokenizer)
-    samples = _samples(assistant, images)
+    assert not any(s.decision for s in _samples(assistant, images))  # at the default weight nothing is marked
+    samples = _weighted_samples(assistant, images)
     marked = [s for s in samples if s.decision]
     assert len(marked) == len(images["photos"]) + len(images["negatives"])
     words = {tuple(s.ids[p] for p in s.decision) for s in marked}
@@ -387,7 +394,7 @@ def test_answer_weight_scales_only_the_deciding_positions(images: dict[str, list
     """`answer_weights` makes the deciding tokens `weight` times heavier than the rest and sums to 1; a loss with
     them moves towards those tokens' loss."""
     assistant = _fresh()
-    samples = [s for s in _samples(assistant, images) if s.decision][:3]
+    samples = [s for s in _weighted_samples(assistant, images) if s.decision][:3]
     pad = int(assistant.loaded.tokenizer.pad_token_id)
     _, _, labels = collate(samples, pad, torch.device("cpu"))
     selected = labels != IGNORE
