@@ -27,7 +27,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from engine.concepts.prompts import Prompts
@@ -35,11 +34,9 @@ from engine.concepts.state import ConceptState
 from engine.inference.assistant import Assistant
 from engine.microworld.benchmark import BenchConcept, Benchmark, BenchSettings, make_concepts, mean_and_error, render
 from engine.microworld.reader import load_reader
-from engine.microworld.world import Scene
 from engine.model.loading import load_model
 from engine.training.data import describe_photos
 from engine.training.personalization import Personalized, Scored
-from engine.training.selection import answers_yes
 
 SHOWN = ("recognition_weighted", "recognition_positive", "recognition_negative", "generation_attribute_accuracy")
 SEEN = ("recognition_seen", "recognition_held_out")
@@ -104,15 +101,11 @@ class Trajectory:
     def measure(self, concept: BenchConcept, key: str, state: ConceptState) -> dict[str, float]:
         self.assistant.slots.load(concept.name, state)
         subject = f"<{concept.name}>"
-        metrics = self.bench.measure(concept, key, subject, f"A photo of {subject}.", [concept.name])
-        question = f"Is {subject} in this photo?"
-
-        def yes_rate(scenes: list[Scene]) -> float:
-            ids = self.bench.tokens(scenes)
-            return float(np.mean([answers_yes(self.assistant, question, i, [concept.name]) for i in ids]))
-
-        photos, held_out = concept.train[:-1], concept.train[-1:]
-        return {**metrics, "recognition_seen": yes_rate(photos), "recognition_held_out": yes_rate(held_out)}
+        names = [concept.name]
+        metrics = self.bench.measure(concept, key, subject, f"A photo of {subject}.", names)
+        seen = self.bench.yes_rate(subject, concept.train[:-1], names)
+        held_out = self.bench.yes_rate(subject, concept.train[-1:], names)
+        return {**metrics, "recognition_seen": seen, "recognition_held_out": held_out}
 
     def concept(
         self, concept: BenchConcept, blends: list[float], variants: dict[str, dict[str, Any]]

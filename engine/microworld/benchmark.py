@@ -488,20 +488,20 @@ class Benchmark:
         )
         return personalization.personalize(self.assistant, inputs, recipe, on_checkpoint=on_checkpoint)
 
+    def yes_rate(self, subject: str, scenes: Sequence[Scene], names: list[str]) -> float:
+        """The share of `scenes` of which the model answers yes to "Is `subject` in this photo?"."""
+        question = f"Is {subject} in this photo?"
+        return float(np.mean([answers_yes(self.assistant, question, ids, names) for ids in self.tokens(scenes)]))
+
     def measure(
         self, concept: BenchConcept, condition: str, subject: str, drawing: str, names: list[str]
     ) -> dict[str, float]:
         """Every metric for one way of naming the concept: `subject` in questions, `drawing` as the picture
         prompt, `names` the attached concepts the prompts carry."""
         assistant, settings = self.assistant, self.settings
-        question = f"Is {subject} in this photo?"
-
-        def yes_rate(scenes: Sequence[Scene]) -> float:
-            return float(np.mean([answers_yes(assistant, question, ids, names) for ids in self.tokens(scenes)]))
-
-        positive = yes_rate(concept.test)
-        negative = 1 - yes_rate(concept.hard_negatives)
-        negative_random = 1 - yes_rate(concept.random_negatives)
+        positive = self.yes_rate(subject, concept.test, names)
+        negative = 1 - self.yes_rate(subject, concept.hard_negatives, names)
+        negative_random = 1 - self.yes_rate(subject, concept.random_negatives, names)
         right = list(answers_right(assistant, concept.identity, subject).values())
         drawn = [draw_prompt(assistant, drawing, names, settings.seed + k) for k in range(settings.drawings)]
         self.pictures[concept.name, condition] = drawn[0]
