@@ -93,8 +93,9 @@ METRICS = (
 @dataclass(frozen=True)
 class Condition:
     """One way of referring to a concept: learned tokens (trained by a recipe, or the start rows untrained) or
-    plain words. `changes` turn the benchmark's base recipe into this condition's; the start rows are the class
-    word's, or with `from_aligner` the demo Aligner's."""
+    plain words. `changes` turn the benchmark's base recipe into this condition's; the start rows are the recipe's,
+    or with `from_aligner` the demo Aligner's; `true_words` spells them from the creature's true attributes (`a red
+    striped circle with a blue hat.`) in place of the base model's description of the photos."""
 
     name: str
     what: str
@@ -102,6 +103,7 @@ class Condition:
     from_aligner: bool = False
     changes: dict[str, Any] = field(default_factory=dict)
     words: str | None = None  # "coarse" or "full": a text prompt instead of a concept
+    true_words: bool = False  # the start rows spelled from the creature's true attributes, not the description
 
     def recipe(self, base: Recipe) -> Recipe:
         return replace(base, **self.changes)
@@ -172,6 +174,12 @@ CONDITIONS = {
             "description_untrained",
             "reference: the recipe's start rows (spelled from the photos' description), not trained",
             trained=False,
+        ),
+        Condition(
+            "truth_untrained",
+            "reference: start rows spelled from the creature's true attributes in words, not trained",
+            trained=False,
+            true_words=True,
         ),
         Condition("every_epoch", "change: no early stopping (every epoch runs)", changes={"patience": 0}),
         Condition(
@@ -520,6 +528,8 @@ class Benchmark:
         if condition.words is not None:
             words = coarse_words(concept.identity) if condition.words == "coarse" else concept.identity.describe()
             return self.measure(concept, condition.name, f"the {words}", f"A photo of a {words}.", [])
+        if condition.true_words:
+            descriptions = [f"a {concept.identity.describe()}."]
         loaded = assistant.loaded
         tokens = loaded.image_tokenizer
         recipe = condition.recipe(self.settings.recipe())

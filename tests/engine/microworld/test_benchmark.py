@@ -244,3 +244,27 @@ def test_untrained_rows_from_the_class_word_encode_no_training_photos(
     settings = replace(SMALL, concepts=1, drawings=1, conditions=("untrained",))
     results = Benchmark(assistant, load_reader(), settings).run()
     assert encoded == [] and 0.0 <= results["concepts"][0]["conditions"]["untrained"]["recognition_weighted"] <= 1.0
+
+
+def test_truth_untrained_spells_the_start_rows_from_the_true_attributes(
+    assistant: Assistant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = replace(SMALL, concepts=1, drawings=1, conditions=("description_untrained", "truth_untrained"))
+    bench = Benchmark(assistant, load_reader(), settings)
+    concept = make_concepts(settings)[0]
+    measured: dict[str, torch.Tensor] = {}
+    real_measure = Benchmark.measure
+
+    def measure(self: Benchmark, concept, condition: str, subject: str, drawing: str, names: list[str]):
+        measured[condition] = self.assistant.slots.state(concept.name).embed.clone()
+        return real_measure(self, concept, condition, subject, drawing, names)
+
+    monkeypatch.setattr(Benchmark, "measure", measure)
+    bench.run()
+    tokenizer = assistant.loaded.tokenizer
+    weight = assistant.loaded.model.get_input_embeddings().weight
+    ids = tokenizer.encode(f" a {concept.identity.describe()}.", add_special_tokens=False)
+    spelled = weight[[ids[i % len(ids)] for i in range(N_GENERATION)]].float()
+    truth = measured["truth_untrained"]
+    assert torch.equal(truth[-N_GENERATION:], spelled)  # the understanding set, the last rows
+    assert not torch.equal(measured["description_untrained"], truth)  # the base model's own caption
