@@ -208,12 +208,9 @@ def selection_notice(negatives: int, held_out: int) -> Notice | None:
 
 @torch.no_grad()
 def held_out_loss(trainer: Trainer, samples: Sequence[Sample]) -> float:
-    """The mean training loss over `samples` (the held-out photos' own), without updating anything."""
-    losses = [
-        float(trainer.loss(samples[i : i + trainer.config.micro_batch]))
-        for i in range(0, len(samples), trainer.config.micro_batch)
-    ]
-    return sum(losses) / len(losses)
+    """The mean over `samples` (the held-out photos' own) of each one's training loss, without updating anything:
+    one sample at a time, so the figure does not depend on the run's micro-batch."""
+    return sum(float(trainer.loss([sample])) for sample in samples) / len(samples)
 
 
 def personalize(

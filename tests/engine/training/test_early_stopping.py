@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.concepts.prompts import Sample
 from engine.errors import EngineError
 from engine.inference.assistant import Assistant
 from engine.microworld.world import BACKGROUNDS, Scene, render, sample_identity
@@ -20,6 +21,7 @@ from engine.training.personalization import (
     best,
     encode,
     epochs_without_improvement,
+    held_out_loss,
     personalize,
 )
 from engine.training.recipe import Recipe
@@ -166,3 +168,19 @@ def test_personalize_chooses_and_stops_with_the_recipes_start_margin(monkeypatch
     result = personalize(assistant, _concept(assistant, peak=0), recipe, status=lambda m: lines.append(str(m)))
     assert margins == [0.99, 0.99] and result.chosen.checkpoint.step == 0
     assert "kept the start rows: no checkpoint beat them by 0.99 on the held-out score" in lines
+
+
+def test_the_held_out_loss_does_not_depend_on_the_micro_batch() -> None:
+    """Samples of unequal length: a mean of micro-batch means would weigh them by how the batches fall."""
+
+    class TokenMeanTrainer:
+        def __init__(self, micro_batch: int) -> None:
+            self.config = Recipe(batch_size=micro_batch, micro_batch=micro_batch)
+
+        def loss(self, batch: Sequence[Sample]) -> torch.Tensor:
+            labels = [label for sample in batch for label in sample.labels]
+            return torch.tensor(sum(labels) / len(labels), dtype=torch.float32)
+
+    samples = [Sample(ids=[0] * n, labels=[n] * n) for n in (1, 2, 3, 10)]
+    losses = [held_out_loss(TokenMeanTrainer(m), samples) for m in (1, 2, 3, 4)]  # type: ignore[arg-type]
+    assert losses == pytest.approx([4.0] * 4)
