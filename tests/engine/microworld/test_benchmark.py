@@ -183,8 +183,22 @@ def test_compared_pairs_put_the_aligner_conditions_against_trained_and_untrained
     assert compared_pairs(("instant", "untrained")) == [("instant", "untrained")]
 
 
+@pytest.fixture()
+def measured(monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
+    """The concept's embedding rows each condition was measured with, by condition."""
+    rows: dict[str, torch.Tensor] = {}
+    real_measure = Benchmark.measure
+
+    def measure(self: Benchmark, concept, condition: str, subject: str, drawing: str, names: list[str]):
+        rows[condition] = self.assistant.slots.state(concept.name).embed.clone()
+        return real_measure(self, concept, condition, subject, drawing, names)
+
+    monkeypatch.setattr(Benchmark, "measure", measure)
+    return rows
+
+
 def test_instant_measures_the_aligner_rows_and_refined_trains_from_them(
-    assistant: Assistant, monkeypatch: pytest.MonkeyPatch
+    assistant: Assistant, monkeypatch: pytest.MonkeyPatch, measured: dict[str, torch.Tensor]
 ) -> None:
     settings = replace(
         SMALL, concepts=1, epochs=1, drawings=1, conditions=("trained", "untrained", "instant", "refined")
@@ -199,15 +213,7 @@ def test_instant_measures_the_aligner_rows_and_refined_trains_from_them(
         starts.append(None if photos.start is None else photos.start.embed.clone())
         return real_personalize(assistant, photos, recipe, **kwargs)
 
-    measured: dict[str, torch.Tensor] = {}
-    real_measure = Benchmark.measure
-
-    def measure(self: Benchmark, concept, condition: str, subject: str, drawing: str, names: list[str]):
-        measured[condition] = self.assistant.slots.state(concept.name).embed.clone()
-        return real_measure(self, concept, condition, subject, drawing, names)
-
     monkeypatch.setattr(personalization, "personalize", spy)
-    monkeypatch.setattr(Benchmark, "measure", measure)
     results = bench.run()
     assert starts[0] is None and torch.equal(starts[1], predicted.embed)  # trained, then refined
     assert torch.equal(measured["instant"], predicted.embed)
@@ -247,19 +253,11 @@ def test_untrained_rows_from_the_class_word_encode_no_training_photos(
 
 
 def test_truth_untrained_spells_the_start_rows_from_the_true_attributes(
-    assistant: Assistant, monkeypatch: pytest.MonkeyPatch
+    assistant: Assistant, measured: dict[str, torch.Tensor]
 ) -> None:
     settings = replace(SMALL, concepts=1, drawings=1, conditions=("description_untrained", "truth_untrained"))
     bench = Benchmark(assistant, load_reader(), settings)
     concept = make_concepts(settings)[0]
-    measured: dict[str, torch.Tensor] = {}
-    real_measure = Benchmark.measure
-
-    def measure(self: Benchmark, concept, condition: str, subject: str, drawing: str, names: list[str]):
-        measured[condition] = self.assistant.slots.state(concept.name).embed.clone()
-        return real_measure(self, concept, condition, subject, drawing, names)
-
-    monkeypatch.setattr(Benchmark, "measure", measure)
     bench.run()
     tokenizer = assistant.loaded.tokenizer
     weight = assistant.loaded.model.get_input_embeddings().weight
