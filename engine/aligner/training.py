@@ -13,7 +13,8 @@ global features). The target is a library concept's target (understanding tokens
 answer); the token that says Yes or No is weighted `answer_weight` times in the loss. With `distill_weight`
 above 0, a second term pulls the predicted latent rows towards the rows the recipe would start that identity
 from: those spelled from the base model's own description of its photos (self-distillation, no labels). Runs
-repeat exactly for a seed, so a run resumed from a checkpoint ends bit-identical to an uninterrupted one.
+repeat exactly for a seed, so a run resumed from a checkpoint ends bit-identical to an uninterrupted one; the
+resume file keeps those descriptions, so a resumed run does not describe every photo again.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def dataset_digest(identities: Sequence[Identity]) -> str:
 class PreparedData:
     """Everything training reads, computed once: the encoder's features and the VQ token ids of every photo,
     and each identity's nearest identities (by cosine of the mean global feature), nearest first; with
-    distillation, each identity's target latent rows [identities, 32, H] (`description_targets`)."""
+    distillation, the base model's descriptions of each identity's photos and the target latent rows they spell
+    [identities, 32, H] (`description_targets`)."""
 
     identities: list[Identity]
     photo_ranges: list[range]
@@ -180,6 +182,7 @@ class PreparedData:
     encoder: ImageEncoder
     digest: str
     neighbours: list[list[int]]
+    descriptions: list[list[str]] | None = None
     targets: torch.Tensor | None = None
 
 
@@ -199,9 +202,11 @@ def prepare_data(
     image_size: int,
     status: Callable[[str], None] | None = None,
     distill: bool = False,
+    descriptions: list[list[str]] | None = None,
 ) -> PreparedData:
     """Encode every photo once with the image encoder (features) and the base model's VQ tokenizer (image ids);
-    with `distill`, also describe every photo with the base model (`description_targets`)."""
+    with `distill`, also describe every photo with the base model (`describe_identities`), or take `descriptions`
+    (an interrupted run's), and spell the targets from them (`description_targets`)."""
     report = status or (lambda _m: None)
     paths = [photo for identity in identities for photo in identity.photos]
     ranges, start = [], 0
@@ -217,6 +222,11 @@ def prepare_data(
         patches.append(features[1].cpu())
         image_ids.append(loaded.image_tokenizer.encode(images))
     global_features = torch.cat(cls)
+    if distill:
+        if descriptions is None:
+            descriptions = describe_identities(identities, loaded, report)
+        elif len(descriptions) != len(identities):
+            raise AlignerError(f"{len(descriptions)} identities' descriptions for {len(identities)} identities")
     return PreparedData(
         identities=list(identities),
         photo_ranges=ranges,
@@ -226,25 +236,29 @@ def prepare_data(
         encoder=encoder,
         digest=dataset_digest(identities),
         neighbours=nearest_identities(global_features, ranges, NEIGHBOURS),
-        targets=description_targets(identities, loaded, report) if distill else None,
+        descriptions=descriptions if distill else None,
+        targets=description_targets(descriptions, loaded) if distill and descriptions is not None else None,
     )
 
 
-def description_targets(
+def describe_identities(
     identities: Sequence[Identity], loaded: LoadedModel, status: Callable[[str], None] | None = None
-) -> torch.Tensor:
-    """Each identity's latent rows [identities, 32, H]: the recipe's description start (`start_state`) from the
-    base model's descriptions of every photo of the identity."""
+) -> list[list[str]]:
+    """The base model's description of every photo (`describe_photos`), per identity: the slow part of
+    distillation's preparation (one generation per photo)."""
     report = status or (lambda _m: None)
     report(f"describing the photos of {len(identities)} identities with the base model")
     assistant = Assistant(loaded)
+    return [describe_photos(assistant, [open_image(p) for p in identity.photos]) for identity in identities]
+
+
+def description_targets(descriptions: Sequence[Sequence[str]], loaded: LoadedModel) -> torch.Tensor:
+    """Each identity's latent rows [identities, 32, H]: the recipe's description start (`start_state`) from the
+    descriptions of the identity's photos."""
+    assistant = Assistant(loaded)
     recipe = Recipe(start="description")
-    targets = []
-    for identity in identities:
-        descriptions = describe_photos(assistant, [open_image(p) for p in identity.photos])
-        start = start_state(assistant, PLACEHOLDER, "object", "", [], descriptions, recipe)
-        targets.append(start.embed[1:])
-    return torch.stack(targets)
+    rows = [start_state(assistant, PLACEHOLDER, "object", "", [], list(d), recipe).embed[1:] for d in descriptions]
+    return torch.stack(rows)
 
 
 def distill_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -525,14 +539,16 @@ def save_checkpoint(output: Path, trainer: AlignerTrainer, checkpoint: AlignerCh
     tensors = {f"aligner.{k}": v for k, v in checkpoint.weights.items()}
     tensors |= {f"optimizer.{k}": v for k, v in load_tensors(checkpoint.optimizer).items()}
     resume = {**metadata, "format": RESUME_FORMAT, "losses": json.dumps(checkpoint.losses)}
+    if trainer.data.descriptions is not None:
+        resume["descriptions"] = json.dumps(trainer.data.descriptions)
     write_atomic(sidecar, save_tensors({k: v.contiguous() for k, v in tensors.items()}, metadata=resume))
 
 
 def load_resume(
     output: Path, loaded: LoadedModel, encoder: ImageEncoder, digest: str
-) -> tuple[Aligner, AlignerTrainConfig, AlignerCheckpoint]:
-    """The interrupted run writing `output`: its Aligner, its own options and its last checkpoint. Refused
-    for another base model, encoder or dataset."""
+) -> tuple[Aligner, AlignerTrainConfig, AlignerCheckpoint, list[list[str]] | None]:
+    """The interrupted run writing `output`: its Aligner, its own options, its last checkpoint and, where it
+    distils, its descriptions of the photos. Refused for another base model, encoder or dataset."""
     sidecar = resume_path(output)
     if not sidecar.is_file():
         raise AlignerError(f"no interrupted run to resume: {sidecar} does not exist")
@@ -552,7 +568,8 @@ def load_resume(
         epoch=int(metadata["epoch"]),
         losses=losses,
     )
-    return aligner, config, checkpoint
+    descriptions = json.loads(metadata["descriptions"]) if "descriptions" in metadata else None
+    return aligner, config, checkpoint, descriptions
 
 
 def train_aligner(
@@ -573,16 +590,19 @@ def train_aligner(
     writing `output`, with that run's own options; `aligner_config` and `config` are then ignored."""
     report = status or (lambda _m: None)
     identities = read_dataset(dataset)
-    checkpoint = None
+    checkpoint, descriptions = None, None
     if resume:
-        aligner, config, checkpoint = load_resume(output, loaded, encoder, dataset_digest(identities))
+        aligner, config, checkpoint, descriptions = load_resume(output, loaded, encoder, dataset_digest(identities))
         report(f"resuming at step {checkpoint.step}")
+        if descriptions is not None:
+            report(f"the photos' descriptions of {len(descriptions)} identities come from the resume file")
     else:
         if output.exists() or resume_path(output).exists():
             raise AlignerError(f"{output} (or its resume file) exists; remove it, choose another -o, or use --resume")
         aligner = new_aligner(aligner_config, loaded, seed=config.seed)
     check_encoder(aligner, encoder, str(output))
-    data = prepare_data(identities, loaded, encoder, aligner.config.image_size, report, config.distill_weight > 0)
+    distill = config.distill_weight > 0
+    data = prepare_data(identities, loaded, encoder, aligner.config.image_size, report, distill, descriptions)
     trainer = AlignerTrainer(Assistant(loaded), aligner, data, config)
     report(f"{trainer.total_steps} steps over {len(identities)} identities")
     return trainer.run(progress, cancelled, lambda c: save_checkpoint(output, trainer, c), checkpoint)

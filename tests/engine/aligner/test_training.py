@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from transformers import Dinov2Config, Dinov2Model
 
+from engine.aligner import training
 from engine.aligner.model import AlignerConfig, AlignerError, DinoEncoder, build_aligner, new_aligner, read_aligner_file
 from engine.aligner.training import (
     AlignerTrainConfig,
@@ -20,6 +21,7 @@ from engine.aligner.training import (
     Draw,
     PreparedData,
     dataset_digest,
+    describe_identities,
     description_targets,
     distill_loss,
     load_resume,
@@ -166,7 +168,8 @@ def test_the_trained_path_matches_an_attached_instant_concept(demo: LoadedModel,
 
 @pytest.fixture(scope="module")
 def distilled(data: PreparedData, demo: LoadedModel) -> PreparedData:
-    return replace(data, targets=description_targets(data.identities, demo))
+    descriptions = describe_identities(data.identities, demo)
+    return replace(data, descriptions=descriptions, targets=description_targets(descriptions, demo))
 
 
 def test_distillation_targets_are_the_recipes_description_start_rows(
@@ -266,8 +269,8 @@ def test_resume_after_cancel_matches_an_uninterrupted_run(
     assert stop.value.checkpoint.step == 2 and resume_path(output).is_file()
 
     digest = dataset_digest(read_dataset(dataset))
-    aligner, config, checkpoint = load_resume(output, demo, encoder, digest)
-    assert config == QUICK and checkpoint.step == 2
+    aligner, config, checkpoint, descriptions = load_resume(output, demo, encoder, digest)
+    assert config == QUICK and checkpoint.step == 2 and descriptions is None  # no distillation, none kept
     second = AlignerTrainer(Assistant(demo), aligner, data, config)
     losses = second.run(on_checkpoint=lambda c: save_checkpoint(output, second, c), resume=checkpoint)
     assert losses == expected
@@ -291,3 +294,30 @@ def test_resuming_for_another_base_model_or_dataset_is_refused(
         load_resume(output, demo, encoder, "0" * 64)
     with pytest.raises(AlignerError, match="no interrupted run"):
         load_resume(tmp_path / "other.safetensors", demo, encoder, data.digest)
+
+
+def test_a_resumed_distilling_run_reuses_the_photos_descriptions(
+    demo: LoadedModel,
+    distilled: PreparedData,
+    encoder: DinoEncoder,
+    dataset: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    output = tmp_path / "aligner.safetensors"
+    run = trainer(demo, distilled, replace(QUICK, distill_weight=1.0))
+    with pytest.raises(TrainingCancelled):
+        run.run(cancelled=lambda: True, on_checkpoint=lambda c: save_checkpoint(output, run, c))
+    *_, descriptions = load_resume(output, demo, encoder, distilled.digest)
+    assert descriptions == distilled.descriptions
+
+    def no_describing(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a resumed run described the photos again")
+
+    monkeypatch.setattr(training, "describe_photos", no_describing)
+    identities = read_dataset(dataset)
+    again = prepare_data(identities, demo, encoder, TINY.image_size, distill=True, descriptions=descriptions)
+    assert again.targets is not None and distilled.targets is not None
+    assert torch.equal(again.targets, distilled.targets)
+    with pytest.raises(AlignerError, match="descriptions for 3 identities"):
+        prepare_data(identities, demo, encoder, TINY.image_size, distill=True, descriptions=descriptions[:2])
