@@ -222,11 +222,13 @@ def prepare_data(
         patches.append(features[1].cpu())
         image_ids.append(loaded.image_tokenizer.encode(images))
     global_features = torch.cat(cls)
+    targets = None
     if distill:
         if descriptions is None:
             descriptions = describe_identities(identities, loaded, report)
         elif len(descriptions) != len(identities):
             raise AlignerError(f"{len(descriptions)} identities' descriptions for {len(identities)} identities")
+        targets = description_targets(descriptions, loaded)
     return PreparedData(
         identities=list(identities),
         photo_ranges=ranges,
@@ -237,7 +239,7 @@ def prepare_data(
         digest=dataset_digest(identities),
         neighbours=nearest_identities(global_features, ranges, NEIGHBOURS),
         descriptions=descriptions if distill else None,
-        targets=description_targets(descriptions, loaded) if distill and descriptions is not None else None,
+        targets=targets,
     )
 
 
